@@ -1,0 +1,925 @@
+//! The ledger state machine: commands in, events and replies out; events applied to state.
+//!
+//! [`Ledger::execute`] decides a command against the current state and applies the events it
+//! produces through the same [`Ledger::apply`] that replay uses, so live state and replayed state
+//! cannot drift apart. Linked chains are applied with an undo log and rolled back when one of
+//! their transfers fails.
+
+use std::collections::BTreeSet;
+
+use hashbrown::HashMap;
+
+use crate::command::{Command, PendingOptions, TransferBody, TransferCommand};
+use crate::event::{AccountIndex, Event, LedgerIndex, TransferEvent, TransferKind};
+use crate::id::{Id, LedgerCode};
+use crate::limits::{ACCOUNTS_MAX, LEDGERS_MAX, POSITION_MAX};
+use crate::reject::RejectCode;
+
+/// The whole state of every ledger: accounts, balances, remembered command ids, pending transfers.
+#[derive(Clone, Debug, Default)]
+pub struct Ledger {
+    pub(crate) accounts: Vec<Account>,
+    pub(crate) account_ids: HashMap<u128, AccountIndex>,
+    pub(crate) ledgers: Vec<LedgerInfo>,
+    pub(crate) ledger_codes: HashMap<LedgerCode, LedgerIndex>,
+    pub(crate) decided: HashMap<u128, Decided>,
+    pub(crate) pendings: HashMap<u64, PendingRecord>,
+    /// Post or void position → the pending transfer's position, to answer retries of either.
+    pub(crate) resolutions: HashMap<u64, u64>,
+    /// (expires_at_ns, pending position) of every unresolved pending transfer with a timeout.
+    pub(crate) expiry: BTreeSet<(u64, u64)>,
+    /// (first position, timestamp) of every batch that recorded events, in order.
+    pub(crate) batch_times: Vec<(u64, u64)>,
+    pub(crate) next_position: u64,
+    batch: BatchCursor,
+    undo: Option<Vec<Undo>>,
+}
+
+/// Two ledgers are equal when their recorded state is: the cursor of the batch in progress is not
+/// state (replay and live execution set it differently between batches).
+impl PartialEq for Ledger {
+    fn eq(&self, other: &Ledger) -> bool {
+        self.accounts == other.accounts
+            && self.account_ids == other.account_ids
+            && self.ledgers == other.ledgers
+            && self.ledger_codes == other.ledger_codes
+            && self.decided == other.decided
+            && self.pendings == other.pendings
+            && self.resolutions == other.resolutions
+            && self.expiry == other.expiry
+            && self.batch_times == other.batch_times
+            && self.next_position == other.next_position
+    }
+}
+
+impl Eq for Ledger {}
+
+/// An account: an id, a ledger, and its balances.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Account {
+    /// The client's id; `None` for a ledger's external account.
+    pub id: Option<Id>,
+    /// The ledger it belongs to.
+    pub ledger: LedgerIndex,
+    /// Whether its balance may go below zero (always true for external accounts).
+    pub allow_overdraft: bool,
+    /// Its amounts.
+    pub balances: Balances,
+}
+
+/// The amounts of an account. `balance = credits_posted - debits_posted`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Balances {
+    /// Sum of posted debits.
+    pub debits_posted: u64,
+    /// Sum of posted credits.
+    pub credits_posted: u64,
+    /// Sum of debits reserved by pending transfers.
+    pub debits_pending: u64,
+    /// Sum of credits reserved by pending transfers.
+    pub credits_pending: u64,
+    /// Number of events that changed the account, creation included.
+    pub version: u64,
+}
+
+impl Balances {
+    /// Posted credits minus posted debits.
+    pub fn balance(&self) -> i128 {
+        i128::from(self.credits_posted) - i128::from(self.debits_posted)
+    }
+
+    /// What may still be debited without overdraft: the balance less pending debits.
+    pub fn available(&self) -> i128 {
+        self.balance() - i128::from(self.debits_pending)
+    }
+}
+
+/// A ledger (currency or asset) and its external account.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LedgerInfo {
+    /// Its code.
+    pub code: LedgerCode,
+    /// The account deposits come from and withdrawals go to.
+    pub external: AccountIndex,
+}
+
+/// A pending transfer, kept after resolution so that retries and lookups can be answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PendingRecord {
+    /// The account whose debit is reserved.
+    pub debit: AccountIndex,
+    /// The account whose credit is reserved.
+    pub credit: AccountIndex,
+    /// The reserved amount.
+    pub amount: u64,
+    /// When it voids itself; 0 means never.
+    pub expires_at_ns: u64,
+    /// Where it stands.
+    pub state: PendingState,
+}
+
+/// Where a pending transfer stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PendingState {
+    /// Still reserved.
+    Pending,
+    /// Posted by the transfer at `position`, moving `amount`.
+    Posted {
+        /// The posted amount.
+        amount: u64,
+        /// Position of the post.
+        position: u64,
+    },
+    /// Voided by the transfer at `position`.
+    Voided {
+        /// Position of the void.
+        position: u64,
+    },
+    /// Expired at `position`.
+    Expired {
+        /// Position of the expiry event.
+        position: u64,
+    },
+}
+
+/// The ledger's answer to one command (one per transfer of a linked chain).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// The account exists, created by this command (`created`) or an earlier one with the same body.
+    Account {
+        /// Its index.
+        index: AccountIndex,
+        /// Whether this command created it.
+        created: bool,
+    },
+    /// The transfer is recorded.
+    Transfer(TransferReply),
+    /// The transfer was refused; the refusal is recorded at `position`.
+    Rejected {
+        /// Why.
+        code: RejectCode,
+        /// Position of the rejection event.
+        position: u64,
+        /// Whether this command was refused now (false: a retry of a refused command).
+        created: bool,
+    },
+    /// The id was used before with a different body; nothing changed.
+    Conflict,
+}
+
+/// What a recorded transfer looked like when it was first answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TransferReply {
+    /// Whether this command recorded it (false: a retry).
+    pub created: bool,
+    /// Its position in the log.
+    pub position: u64,
+    /// The timestamp of its batch.
+    pub timestamp_ns: u64,
+    /// Its kind.
+    pub kind: TransferKind,
+    /// The account debited.
+    pub debit: AccountIndex,
+    /// The account credited.
+    pub credit: AccountIndex,
+    /// Amount moved, reserved or released.
+    pub amount: u64,
+}
+
+/// What the ledger remembers of a decided transfer command: 32 bytes with its key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Decided {
+    pub(crate) body_hash: u64,
+    /// Tag in the top 8 bits (see [`Outcome`]), position in the low 56.
+    pub(crate) outcome: u64,
+}
+
+/// The unpacked outcome of a decided command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Recorded at `position`; `kind_tag` is the transfer kind (see [`kind_tag`]).
+    Committed {
+        /// The kind, as a tag.
+        kind_tag: u8,
+        /// Its position.
+        position: u64,
+    },
+    /// Refused, the refusal recorded at `position`.
+    Rejected {
+        /// Why.
+        code: RejectCode,
+        /// Position of the rejection event.
+        position: u64,
+    },
+}
+
+const TAG_REJECTED_BIT: u8 = 0x80;
+
+/// A small stable number per transfer kind, used in [`Outcome`].
+pub fn kind_tag(kind: TransferKind) -> u8 {
+    match kind {
+        TransferKind::Deposit => 1,
+        TransferKind::Withdrawal => 2,
+        TransferKind::Transfer => 3,
+        TransferKind::Pending { .. } => 4,
+        TransferKind::Post { .. } => 5,
+        TransferKind::Void { .. } => 6,
+    }
+}
+
+impl Decided {
+    pub(crate) fn outcome(self) -> Outcome {
+        let tag = (self.outcome >> 56) as u8;
+        let position = self.outcome & POSITION_MAX;
+        if tag & TAG_REJECTED_BIT != 0 {
+            let code = RejectCode::from_byte(tag & !TAG_REJECTED_BIT).expect("valid reject code");
+            Outcome::Rejected { code, position }
+        } else {
+            Outcome::Committed { kind_tag: tag, position }
+        }
+    }
+
+    fn pack(tag: u8, position: u64) -> u64 {
+        assert!(position <= POSITION_MAX);
+        (u64::from(tag) << 56) | position
+    }
+}
+
+/// An event that cannot be applied to the state it meets: the log contradicts the ledger rules.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("event at position {position} cannot be applied: {reason}")]
+pub struct ReplayError {
+    /// Position of the event.
+    pub position: u64,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// A broken invariant found by [`Ledger::check_invariants`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invariant broken: {0}")]
+pub struct InvariantViolation(pub String);
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct BatchCursor {
+    timestamp_ns: u64,
+    /// Whether the current batch has not recorded its first event yet.
+    untimed: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Undo {
+    Balances(AccountIndex, Balances),
+    DecidedInserted(u128),
+    PendingInserted(u64),
+    PendingState(u64, PendingState),
+    ResolutionInserted(u64),
+    ExpiryInserted((u64, u64)),
+    ExpiryRemoved((u64, u64)),
+    BatchTimePushed,
+    Position,
+}
+
+/// The outcome of deciding one transfer command, before anything changes.
+enum Decision {
+    Duplicate(Reply),
+    Conflict,
+    Commit(TransferEvent),
+    Reject(RejectCode),
+}
+
+impl Ledger {
+    /// An empty ledger.
+    pub fn new() -> Ledger {
+        Ledger::default()
+    }
+
+    /// Position the next event will get.
+    pub fn next_position(&self) -> u64 {
+        self.next_position
+    }
+
+    /// Timestamp of the last batch that recorded events; 0 before any.
+    pub fn last_timestamp_ns(&self) -> u64 {
+        self.batch_times.last().map_or(0, |(_, timestamp)| *timestamp)
+    }
+
+    /// Starts a batch: the following events carry `timestamp_ns`. Expires due pending transfers
+    /// first, appending their events to `events`.
+    pub fn begin_batch(&mut self, timestamp_ns: u64, events: &mut Vec<Event>) {
+        self.start_batch(timestamp_ns);
+        while let Some(&(expires_at_ns, pending)) = self.expiry.first() {
+            if expires_at_ns > timestamp_ns {
+                break;
+            }
+            let event = Event::Expired { pending };
+            self.apply(&event);
+            events.push(event);
+        }
+    }
+
+    /// Starts a batch read back from the log; its events follow through [`Ledger::apply_checked`].
+    pub fn begin_replayed_batch(&mut self, first_position: u64, timestamp_ns: u64) -> Result<(), ReplayError> {
+        if first_position != self.next_position {
+            return Err(ReplayError {
+                position: first_position,
+                reason: format!("batch starts at position {first_position}, expected {}", self.next_position),
+            });
+        }
+        if timestamp_ns <= self.last_timestamp_ns() {
+            return Err(ReplayError {
+                position: first_position,
+                reason: format!("batch timestamp {timestamp_ns} does not follow {}", self.last_timestamp_ns()),
+            });
+        }
+        self.start_batch(timestamp_ns);
+        Ok(())
+    }
+
+    fn start_batch(&mut self, timestamp_ns: u64) {
+        assert!(timestamp_ns > self.last_timestamp_ns(), "batch timestamps must increase");
+        assert!(self.undo.is_none());
+        self.batch = BatchCursor { timestamp_ns, untimed: true };
+    }
+
+    /// Decides `command`, applies the events it produces (appending them to `events`) and appends
+    /// one reply per command, or per transfer of a linked chain, to `replies`.
+    pub fn execute(&mut self, command: &Command, events: &mut Vec<Event>, replies: &mut Vec<Reply>) {
+        debug_assert!(command.validate().is_ok(), "the engine validates commands first");
+        match command {
+            Command::CreateAccount { id, ledger, allow_overdraft } => {
+                replies.push(self.create_account(id, ledger, *allow_overdraft, events));
+            }
+            Command::Transfer(transfer) => replies.push(self.execute_transfer(transfer, events)),
+            Command::Linked(chain) => self.execute_chain(chain, events, replies),
+        }
+    }
+
+    fn create_account(&mut self, id: &Id, ledger: &LedgerCode, allow_overdraft: bool, events: &mut Vec<Event>) -> Reply {
+        if let Some(&index) = self.account_ids.get(&id.hash128()) {
+            let account = &self.accounts[index as usize];
+            let same = account.id.as_ref() == Some(id)
+                && self.ledgers[account.ledger as usize].code == *ledger
+                && account.allow_overdraft == allow_overdraft;
+            return if same { Reply::Account { index, created: false } } else { Reply::Conflict };
+        }
+        let event = Event::AccountCreated { id: id.clone(), ledger: ledger.clone(), allow_overdraft };
+        self.apply(&event);
+        events.push(event);
+        Reply::Account { index: (self.accounts.len() - 1) as AccountIndex, created: true }
+    }
+
+    fn execute_transfer(&mut self, transfer: &TransferCommand, events: &mut Vec<Event>) -> Reply {
+        match self.decide(transfer) {
+            Decision::Duplicate(reply) => reply,
+            Decision::Conflict => Reply::Conflict,
+            Decision::Commit(event) => self.commit(event, events),
+            Decision::Reject(code) => self.reject(transfer, code, events),
+        }
+    }
+
+    fn execute_chain(&mut self, chain: &[TransferCommand], events: &mut Vec<Event>, replies: &mut Vec<Reply>) {
+        let events_before = events.len();
+        let replies_before = replies.len();
+        self.undo = Some(Vec::new());
+        let mut failure = None;
+        for (index, transfer) in chain.iter().enumerate() {
+            match self.decide(transfer) {
+                Decision::Duplicate(reply) => replies.push(reply),
+                Decision::Commit(event) => {
+                    let reply = self.commit(event, events);
+                    replies.push(reply);
+                }
+                Decision::Conflict => {
+                    failure = Some((index, None));
+                    break;
+                }
+                Decision::Reject(code) => {
+                    failure = Some((index, Some(code)));
+                    break;
+                }
+            }
+        }
+        let undo = self.undo.take().expect("undo log is recording");
+        let Some((failed_index, failed_code)) = failure else { return };
+        self.rollback(undo);
+        events.truncate(events_before);
+        replies.truncate(replies_before);
+        for (index, transfer) in chain.iter().enumerate() {
+            let reply = if index == failed_index {
+                match failed_code {
+                    None => Reply::Conflict,
+                    Some(code) => self.reject(transfer, code, events),
+                }
+            } else {
+                match self.decide(transfer) {
+                    Decision::Duplicate(reply) => reply,
+                    Decision::Conflict => Reply::Conflict,
+                    Decision::Commit(_) | Decision::Reject(_) => self.reject(transfer, RejectCode::LinkedFailed, events),
+                }
+            };
+            replies.push(reply);
+        }
+        assert_eq!(replies.len() - replies_before, chain.len());
+    }
+
+    fn commit(&mut self, transfer: TransferEvent, events: &mut Vec<Event>) -> Reply {
+        let position = self.next_position;
+        let reply = TransferReply {
+            created: true,
+            position,
+            timestamp_ns: self.batch.timestamp_ns,
+            kind: transfer.kind,
+            debit: transfer.debit,
+            credit: transfer.credit,
+            amount: transfer.amount,
+        };
+        let event = Event::Transfer(transfer);
+        self.apply(&event);
+        events.push(event);
+        Reply::Transfer(reply)
+    }
+
+    fn reject(&mut self, transfer: &TransferCommand, code: RejectCode, events: &mut Vec<Event>) -> Reply {
+        let position = self.next_position;
+        let event = Event::Rejected { id: transfer.id.clone(), body_hash: transfer.body_hash(), code };
+        self.apply(&event);
+        events.push(event);
+        Reply::Rejected { code, position, created: true }
+    }
+
+    fn decide(&self, transfer: &TransferCommand) -> Decision {
+        let body_hash = transfer.body_hash();
+        if let Some(decided) = self.decided.get(&transfer.id.hash128()) {
+            if decided.body_hash != body_hash {
+                return Decision::Conflict;
+            }
+            return Decision::Duplicate(self.replay_reply(transfer, decided.outcome()));
+        }
+        match self.decide_new(transfer, body_hash) {
+            Ok(event) => Decision::Commit(event),
+            Err(code) => Decision::Reject(code),
+        }
+    }
+
+    fn decide_new(&self, transfer: &TransferCommand, body_hash: u64) -> Result<TransferEvent, RejectCode> {
+        let event = |kind, debit, credit, amount| TransferEvent { id: transfer.id.clone(), body_hash, kind, debit, credit, amount };
+        let decided = match &transfer.body {
+            TransferBody::Deposit { account, amount } => {
+                let credit = self.lookup(account)?;
+                let debit = self.external_of(credit);
+                event(TransferKind::Deposit, debit, credit, amount.get())
+            }
+            TransferBody::Withdrawal { account, amount } => {
+                let debit = self.lookup(account)?;
+                let credit = self.external_of(debit);
+                event(TransferKind::Withdrawal, debit, credit, amount.get())
+            }
+            TransferBody::Transfer { from, to, amount, pending } => {
+                let debit = self.lookup(from)?;
+                let credit = self.lookup(to)?;
+                let kind = match pending {
+                    None => TransferKind::Transfer,
+                    Some(PendingOptions { timeout_s: 0 }) => TransferKind::Pending { expires_at_ns: 0 },
+                    Some(PendingOptions { timeout_s }) => TransferKind::Pending {
+                        expires_at_ns: self.batch.timestamp_ns.saturating_add(u64::from(*timeout_s) * 1_000_000_000),
+                    },
+                };
+                event(kind, debit, credit, amount.get())
+            }
+            TransferBody::Post { pending_id, amount } => {
+                let (position, record) = self.open_pending(pending_id)?;
+                let amount = amount.map_or(record.amount, |amount| amount.get());
+                if amount > record.amount {
+                    return Err(RejectCode::ExceedsPendingAmount);
+                }
+                event(TransferKind::Post { pending: position }, record.debit, record.credit, amount)
+            }
+            TransferBody::Void { pending_id } => {
+                let (position, record) = self.open_pending(pending_id)?;
+                event(TransferKind::Void { pending: position }, record.debit, record.credit, record.amount)
+            }
+        };
+        self.admissible(&decided)?;
+        Ok(decided)
+    }
+
+    fn lookup(&self, id: &Id) -> Result<AccountIndex, RejectCode> {
+        self.account_ids.get(&id.hash128()).copied().ok_or(RejectCode::NotFound)
+    }
+
+    fn external_of(&self, account: AccountIndex) -> AccountIndex {
+        self.ledgers[self.accounts[account as usize].ledger as usize].external
+    }
+
+    /// The position and record of the unresolved pending transfer `pending_id`.
+    fn open_pending(&self, pending_id: &Id) -> Result<(u64, PendingRecord), RejectCode> {
+        let decided = self.decided.get(&pending_id.hash128()).ok_or(RejectCode::NotFound)?;
+        match decided.outcome() {
+            Outcome::Rejected { .. } => Err(RejectCode::NotFound),
+            Outcome::Committed { kind_tag: 4, position } => {
+                let record = self.pendings[&position];
+                match record.state {
+                    PendingState::Pending => Ok((position, record)),
+                    _ => Err(RejectCode::AlreadyResolved),
+                }
+            }
+            Outcome::Committed { .. } => Err(RejectCode::NotPending),
+        }
+    }
+
+    /// Whether `transfer` may be applied to the current state: the ledger rules every recorded
+    /// transfer obeys, checked both when deciding and when replaying.
+    fn admissible(&self, transfer: &TransferEvent) -> Result<(), RejectCode> {
+        let debit = &self.accounts[transfer.debit as usize];
+        let credit = &self.accounts[transfer.credit as usize];
+        if debit.ledger != credit.ledger {
+            return Err(RejectCode::LedgerMismatch);
+        }
+        let amount = transfer.amount;
+        let (debit_after, credit_after) = match transfer.kind {
+            TransferKind::Deposit | TransferKind::Withdrawal | TransferKind::Transfer => (
+                debit.balances.debits_posted.checked_add(amount).map(|posted| (posted, debit.balances.debits_pending)),
+                credit.balances.credits_posted.checked_add(amount).map(|posted| (posted, credit.balances.credits_pending)),
+            ),
+            TransferKind::Pending { .. } => (
+                debit.balances.debits_pending.checked_add(amount).map(|pending| (debit.balances.debits_posted, pending)),
+                credit.balances.credits_pending.checked_add(amount).map(|pending| (credit.balances.credits_posted, pending)),
+            ),
+            // The reservation already covers the amount: posting moves it from pending to posted.
+            TransferKind::Post { .. } | TransferKind::Void { .. } => {
+                (Some((debit.balances.debits_posted, 0)), Some((credit.balances.credits_posted, 0)))
+            }
+        };
+        let (Some((debits_posted, debits_pending)), Some((credits_posted, credits_pending))) = (debit_after, credit_after) else {
+            return Err(RejectCode::Overflow);
+        };
+        if debits_posted.checked_add(debits_pending).is_none() || credits_posted.checked_add(credits_pending).is_none() {
+            return Err(RejectCode::Overflow);
+        }
+        let needs_funds = matches!(transfer.kind, TransferKind::Withdrawal | TransferKind::Transfer | TransferKind::Pending { .. });
+        if needs_funds && !debit.allow_overdraft && debit.balances.available() < i128::from(amount) {
+            return Err(RejectCode::InsufficientFunds);
+        }
+        Ok(())
+    }
+
+    /// The answer a retry gets: what the first answer said.
+    fn replay_reply(&self, transfer: &TransferCommand, outcome: Outcome) -> Reply {
+        let (kind_tag, position) = match outcome {
+            Outcome::Rejected { code, position } => return Reply::Rejected { code, position, created: false },
+            Outcome::Committed { kind_tag, position } => (kind_tag, position),
+        };
+        let timestamp_ns = self.timestamp_at(position);
+        let reply = |kind, debit, credit, amount| {
+            Reply::Transfer(TransferReply { created: false, position, timestamp_ns, kind, debit, credit, amount })
+        };
+        // Accounts are never removed, so the ids of a matching body resolve as they did at first.
+        let resolve = |id: &Id| self.lookup(id).expect("accounts of a recorded transfer exist");
+        match (&transfer.body, kind_tag) {
+            (TransferBody::Deposit { account, amount }, 1) => {
+                let credit = resolve(account);
+                reply(TransferKind::Deposit, self.external_of(credit), credit, amount.get())
+            }
+            (TransferBody::Withdrawal { account, amount }, 2) => {
+                let debit = resolve(account);
+                reply(TransferKind::Withdrawal, debit, self.external_of(debit), amount.get())
+            }
+            (TransferBody::Transfer { from, to, amount, .. }, 3) => reply(TransferKind::Transfer, resolve(from), resolve(to), amount.get()),
+            (TransferBody::Transfer { .. }, 4) => {
+                let record = self.pendings[&position];
+                let kind = TransferKind::Pending { expires_at_ns: record.expires_at_ns };
+                reply(kind, record.debit, record.credit, record.amount)
+            }
+            (TransferBody::Post { .. }, 5) | (TransferBody::Void { .. }, 6) => {
+                let pending = self.resolutions[&position];
+                let record = self.pendings[&pending];
+                match record.state {
+                    PendingState::Posted { amount, .. } => reply(TransferKind::Post { pending }, record.debit, record.credit, amount),
+                    _ => reply(TransferKind::Void { pending }, record.debit, record.credit, record.amount),
+                }
+            }
+            (body, tag) => unreachable!("body {body:?} matched the hash of a transfer of kind tag {tag}"),
+        }
+    }
+
+    /// The timestamp of the batch that holds `position`.
+    pub fn timestamp_at(&self, position: u64) -> u64 {
+        let index = self.batch_times.partition_point(|(first, _)| *first <= position);
+        assert!(index > 0, "position {position} precedes every batch");
+        self.batch_times[index - 1].1
+    }
+
+    /// Applies an event read from the log, after checking that the ledger rules allow it.
+    pub fn apply_checked(&mut self, event: &Event) -> Result<(), ReplayError> {
+        let fail = |reason: String| Err(ReplayError { position: self.next_position, reason });
+        match event {
+            Event::AccountCreated { id, ledger, .. } => {
+                if self.account_ids.contains_key(&id.hash128()) {
+                    return fail(format!("account {id} is created twice"));
+                }
+                let new_ledger = !self.ledger_codes.contains_key(ledger);
+                if self.accounts.len() + 2 > ACCOUNTS_MAX as usize || (new_ledger && self.ledgers.len() >= LEDGERS_MAX as usize) {
+                    return fail("too many accounts or ledgers".into());
+                }
+            }
+            Event::Transfer(transfer) => {
+                if self.decided.contains_key(&transfer.id.hash128()) {
+                    return fail(format!("transfer id {} is recorded twice", transfer.id));
+                }
+                let known = |index: AccountIndex| (index as usize) < self.accounts.len();
+                if !known(transfer.debit) || !known(transfer.credit) || transfer.debit == transfer.credit {
+                    return fail(format!("transfer {} names unknown or identical accounts", transfer.id));
+                }
+                match transfer.kind {
+                    TransferKind::Post { pending } | TransferKind::Void { pending } => {
+                        let Some(record) = self.pendings.get(&pending) else {
+                            return fail(format!("transfer {} resolves position {pending}, which is not a pending transfer", transfer.id));
+                        };
+                        let matches = record.debit == transfer.debit && record.credit == transfer.credit;
+                        let amount_ok = match transfer.kind {
+                            TransferKind::Void { .. } => transfer.amount == record.amount,
+                            _ => transfer.amount <= record.amount,
+                        };
+                        if record.state != PendingState::Pending || !matches || !amount_ok {
+                            return fail(format!("transfer {} does not match pending transfer at {pending}", transfer.id));
+                        }
+                    }
+                    TransferKind::Deposit | TransferKind::Withdrawal => {
+                        let (external, own) = match transfer.kind {
+                            TransferKind::Deposit => (transfer.debit, transfer.credit),
+                            _ => (transfer.credit, transfer.debit),
+                        };
+                        if self.accounts[external as usize].id.is_some() || self.accounts[own as usize].id.is_none() {
+                            return fail(format!("{} {} does not use the external account", transfer.kind.name(), transfer.id));
+                        }
+                    }
+                    TransferKind::Transfer | TransferKind::Pending { .. } => {
+                        if self.accounts[transfer.debit as usize].id.is_none() || self.accounts[transfer.credit as usize].id.is_none() {
+                            return fail(format!("transfer {} moves value to or from an external account", transfer.id));
+                        }
+                    }
+                }
+                if let Err(code) = self.admissible(transfer) {
+                    return fail(format!("transfer {} breaks a ledger rule: {}", transfer.id, code.as_str()));
+                }
+            }
+            Event::Rejected { id, .. } => {
+                if self.decided.contains_key(&id.hash128()) {
+                    return fail(format!("transfer id {id} is recorded twice"));
+                }
+            }
+            Event::Expired { pending } => match self.pendings.get(pending) {
+                Some(record) if record.state == PendingState::Pending && record.expires_at_ns != 0 => {
+                    if record.expires_at_ns > self.batch.timestamp_ns {
+                        return fail(format!("pending transfer at {pending} expires after its expiry event"));
+                    }
+                }
+                _ => return fail(format!("expiry of position {pending}, which is not an open pending transfer with a timeout")),
+            },
+        }
+        self.apply(event);
+        Ok(())
+    }
+
+    /// Applies an event. Total for every event [`Ledger::execute`] produced or
+    /// [`Ledger::apply_checked`] accepted; anything else is a programming error and panics.
+    pub fn apply(&mut self, event: &Event) {
+        let position = self.next_position;
+        assert!(position < POSITION_MAX);
+        if self.batch.untimed {
+            self.batch.untimed = false;
+            self.batch_times.push((position, self.batch.timestamp_ns));
+            self.record(Undo::BatchTimePushed);
+        }
+        match event {
+            Event::AccountCreated { id, ledger, allow_overdraft } => self.apply_account_created(id, ledger, *allow_overdraft),
+            Event::Transfer(transfer) => self.apply_transfer(transfer, position),
+            Event::Rejected { id, body_hash, code } => {
+                let tag = TAG_REJECTED_BIT | code.to_byte();
+                self.insert_decided(id.hash128(), Decided { body_hash: *body_hash, outcome: Decided::pack(tag, position) });
+            }
+            Event::Expired { pending } => self.release(*pending, PendingState::Expired { position }),
+        }
+        self.next_position += 1;
+        self.record(Undo::Position);
+    }
+
+    fn apply_account_created(&mut self, id: &Id, ledger: &LedgerCode, allow_overdraft: bool) {
+        // Account creation never happens inside a linked chain, so it needs no undo.
+        assert!(self.undo.is_none());
+        // Memory runs out long before these limits; they guard the u32 indices.
+        assert!(self.accounts.len() + 2 <= ACCOUNTS_MAX as usize);
+        assert!(self.ledgers.len() < LEDGERS_MAX as usize);
+        let ledger_index = match self.ledger_codes.get(ledger) {
+            Some(index) => *index,
+            None => {
+                let index = self.ledgers.len() as LedgerIndex;
+                let external = self.accounts.len() as AccountIndex;
+                self.accounts.push(Account {
+                    id: None,
+                    ledger: index,
+                    allow_overdraft: true,
+                    balances: Balances { version: 1, ..Balances::default() },
+                });
+                self.ledgers.push(LedgerInfo { code: ledger.clone(), external });
+                self.ledger_codes.insert(ledger.clone(), index);
+                index
+            }
+        };
+        let index = self.accounts.len() as AccountIndex;
+        self.accounts.push(Account {
+            id: Some(id.clone()),
+            ledger: ledger_index,
+            allow_overdraft,
+            balances: Balances { version: 1, ..Balances::default() },
+        });
+        let previous = self.account_ids.insert(id.hash128(), index);
+        assert!(previous.is_none(), "account {id} created twice");
+    }
+
+    fn apply_transfer(&mut self, transfer: &TransferEvent, position: u64) {
+        let (debit, credit, amount) = (transfer.debit, transfer.credit, transfer.amount);
+        assert_ne!(debit, credit);
+        assert_eq!(self.accounts[debit as usize].ledger, self.accounts[credit as usize].ledger);
+        assert!(amount > 0);
+        let tag = kind_tag(transfer.kind);
+        self.insert_decided(transfer.id.hash128(), Decided { body_hash: transfer.body_hash, outcome: Decided::pack(tag, position) });
+        match transfer.kind {
+            TransferKind::Deposit | TransferKind::Withdrawal | TransferKind::Transfer => {
+                self.update(debit, |balances| balances.debits_posted = balances.debits_posted.checked_add(amount).expect("admissible"));
+                self.update(credit, |balances| balances.credits_posted = balances.credits_posted.checked_add(amount).expect("admissible"));
+            }
+            TransferKind::Pending { expires_at_ns } => {
+                self.update(debit, |balances| balances.debits_pending = balances.debits_pending.checked_add(amount).expect("admissible"));
+                self.update(credit, |balances| balances.credits_pending = balances.credits_pending.checked_add(amount).expect("admissible"));
+                let record = PendingRecord { debit, credit, amount, expires_at_ns, state: PendingState::Pending };
+                assert!(self.pendings.insert(position, record).is_none());
+                self.record(Undo::PendingInserted(position));
+                if expires_at_ns != 0 {
+                    self.expiry.insert((expires_at_ns, position));
+                    self.record(Undo::ExpiryInserted((expires_at_ns, position)));
+                }
+            }
+            TransferKind::Post { pending } => {
+                self.release(pending, PendingState::Posted { amount, position });
+                self.update(debit, |balances| balances.debits_posted = balances.debits_posted.checked_add(amount).expect("admissible"));
+                self.update(credit, |balances| balances.credits_posted = balances.credits_posted.checked_add(amount).expect("admissible"));
+                self.insert_resolution(position, pending);
+            }
+            TransferKind::Void { pending } => {
+                self.release(pending, PendingState::Voided { position });
+                self.insert_resolution(position, pending);
+            }
+        }
+    }
+
+    /// Releases the reservation of the pending transfer at `pending`, moving it to `state`.
+    fn release(&mut self, pending: u64, state: PendingState) {
+        let record = self.pendings.get_mut(&pending).expect("pending transfer exists");
+        assert_eq!(record.state, PendingState::Pending, "a pending transfer resolves at most once");
+        let previous = std::mem::replace(&mut record.state, state);
+        let PendingRecord { debit, credit, amount, expires_at_ns, .. } = *record;
+        self.record(Undo::PendingState(pending, previous));
+        if expires_at_ns != 0 {
+            assert!(self.expiry.remove(&(expires_at_ns, pending)));
+            self.record(Undo::ExpiryRemoved((expires_at_ns, pending)));
+        }
+        self.update(debit, |balances| balances.debits_pending = balances.debits_pending.checked_sub(amount).expect("reserved"));
+        self.update(credit, |balances| balances.credits_pending = balances.credits_pending.checked_sub(amount).expect("reserved"));
+    }
+
+    fn update(&mut self, index: AccountIndex, change: impl FnOnce(&mut Balances)) {
+        let balances = &mut self.accounts[index as usize].balances;
+        let before = *balances;
+        change(balances);
+        balances.version += 1;
+        self.record(Undo::Balances(index, before));
+    }
+
+    fn insert_decided(&mut self, hash: u128, decided: Decided) {
+        let previous = self.decided.insert(hash, decided);
+        assert!(previous.is_none(), "a command id is decided at most once");
+        self.record(Undo::DecidedInserted(hash));
+    }
+
+    fn insert_resolution(&mut self, position: u64, pending: u64) {
+        assert!(self.resolutions.insert(position, pending).is_none());
+        self.record(Undo::ResolutionInserted(position));
+    }
+
+    fn record(&mut self, undo: Undo) {
+        if let Some(log) = &mut self.undo {
+            log.push(undo);
+        }
+    }
+
+    fn rollback(&mut self, undo: Vec<Undo>) {
+        for step in undo.into_iter().rev() {
+            match step {
+                Undo::Balances(index, before) => self.accounts[index as usize].balances = before,
+                Undo::DecidedInserted(hash) => assert!(self.decided.remove(&hash).is_some()),
+                Undo::PendingInserted(position) => assert!(self.pendings.remove(&position).is_some()),
+                Undo::PendingState(position, state) => self.pendings.get_mut(&position).expect("recorded").state = state,
+                Undo::ResolutionInserted(position) => assert!(self.resolutions.remove(&position).is_some()),
+                Undo::ExpiryInserted(key) => assert!(self.expiry.remove(&key)),
+                Undo::ExpiryRemoved(key) => assert!(self.expiry.insert(key)),
+                Undo::BatchTimePushed => {
+                    self.batch_times.pop().expect("recorded");
+                    self.batch.untimed = true;
+                }
+                Undo::Position => self.next_position -= 1,
+            }
+        }
+    }
+
+    /// The account with client id `id`, and its index.
+    pub fn account_by_id(&self, id: &Id) -> Option<(AccountIndex, &Account)> {
+        let index = *self.account_ids.get(&id.hash128())?;
+        Some((index, &self.accounts[index as usize]))
+    }
+
+    /// The account at `index`. Panics if there is none: indices come from the ledger itself.
+    pub fn account(&self, index: AccountIndex) -> &Account {
+        &self.accounts[index as usize]
+    }
+
+    /// Number of accounts, external accounts included.
+    pub fn account_count(&self) -> usize {
+        self.accounts.len()
+    }
+
+    /// The ledger at `index`.
+    pub fn ledger(&self, index: LedgerIndex) -> &LedgerInfo {
+        &self.ledgers[index as usize]
+    }
+
+    /// Every ledger, in order of first use.
+    pub fn ledgers(&self) -> &[LedgerInfo] {
+        &self.ledgers
+    }
+
+    /// Number of remembered transfer command ids.
+    pub fn decided_count(&self) -> usize {
+        self.decided.len()
+    }
+
+    /// What became of the transfer command `id`, if it was decided.
+    pub fn outcome(&self, id: &Id) -> Option<Outcome> {
+        self.decided.get(&id.hash128()).map(|decided| decided.outcome())
+    }
+
+    /// The pending transfer recorded at `position`.
+    pub fn pending(&self, position: u64) -> Option<&PendingRecord> {
+        self.pendings.get(&position)
+    }
+
+    /// Checks every invariant over the whole state: O(accounts + pending transfers).
+    pub fn check_invariants(&self) -> Result<(), InvariantViolation> {
+        let fail = |text: String| Err(InvariantViolation(text));
+        let mut balance_sums = vec![0i128; self.ledgers.len()];
+        let mut pending_debits = vec![0i128; self.ledgers.len()];
+        let mut pending_credits = vec![0i128; self.ledgers.len()];
+        for (index, account) in self.accounts.iter().enumerate() {
+            let ledger = account.ledger as usize;
+            balance_sums[ledger] += account.balances.balance();
+            pending_debits[ledger] += i128::from(account.balances.debits_pending);
+            pending_credits[ledger] += i128::from(account.balances.credits_pending);
+            if !account.allow_overdraft && account.balances.available() < 0 {
+                return fail(format!("account {:?} (index {index}) is below zero without allow_overdraft", account.id));
+            }
+            let is_external = self.ledgers[ledger].external as usize == index;
+            if is_external != account.id.is_none() {
+                return fail(format!("account index {index} is external in one place only"));
+            }
+        }
+        for (ledger, info) in self.ledgers.iter().enumerate() {
+            if balance_sums[ledger] != 0 {
+                return fail(format!("balances of ledger {} sum to {}, not zero", info.code, balance_sums[ledger]));
+            }
+            if pending_debits[ledger] != pending_credits[ledger] {
+                return fail(format!("pending debits and credits of ledger {} differ", info.code));
+            }
+        }
+        let mut reserved = vec![(0u128, 0u128); self.accounts.len()];
+        let mut with_timeout = 0usize;
+        for record in self.pendings.values().filter(|record| record.state == PendingState::Pending) {
+            reserved[record.debit as usize].0 += u128::from(record.amount);
+            reserved[record.credit as usize].1 += u128::from(record.amount);
+            with_timeout += usize::from(record.expires_at_ns != 0);
+        }
+        for (index, account) in self.accounts.iter().enumerate() {
+            let expected = (u128::from(account.balances.debits_pending), u128::from(account.balances.credits_pending));
+            if reserved[index] != expected {
+                return fail(format!("pending amounts of account index {index} do not match its open pending transfers"));
+            }
+        }
+        if with_timeout != self.expiry.len() {
+            return fail("the expiry queue does not match the open pending transfers".into());
+        }
+        if self.account_ids.len() + self.ledgers.len() != self.accounts.len() {
+            return fail("the account id index does not match the accounts".into());
+        }
+        Ok(())
+    }
+}

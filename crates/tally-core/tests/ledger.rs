@@ -1,0 +1,472 @@
+//! Tests of the ledger state machine through a tiny command language, so that tests do not pin
+//! the API: one command per line, batches separated by `tick N` lines that set the clock.
+//!
+//! ```text
+//! open a USD            # account a in ledger USD
+//! open o USD overdraft  # may go below zero
+//! deposit d1 a 100
+//! withdraw w1 a 30
+//! transfer t1 a b 10
+//! pending p1 a b 10 [timeout_s]
+//! post x1 p1 [amount]
+//! void v1 p1
+//! linked transfer t1 a b 10, transfer t2 b c 5
+//! tick 5                # start a new batch at 5 seconds
+//! ```
+
+use std::num::NonZeroU64;
+
+use proptest::prelude::*;
+use tally_core::{Command, Event, Id, Ledger, LedgerCode, PendingOptions, Reply, TransferBody, TransferCommand};
+
+fn id(text: &str) -> Id {
+    Id::new(text).unwrap()
+}
+
+fn amount(text: &str) -> NonZeroU64 {
+    NonZeroU64::new(text.parse().unwrap()).unwrap()
+}
+
+fn parse_transfer(words: &[&str]) -> TransferCommand {
+    let body = match words {
+        ["deposit", _, account, value] => TransferBody::Deposit { account: id(account), amount: amount(value) },
+        ["withdraw", _, account, value] => TransferBody::Withdrawal { account: id(account), amount: amount(value) },
+        ["transfer", _, from, to, value] => TransferBody::Transfer { from: id(from), to: id(to), amount: amount(value), pending: None },
+        ["pending", _, from, to, value, rest @ ..] => TransferBody::Transfer {
+            from: id(from),
+            to: id(to),
+            amount: amount(value),
+            pending: Some(PendingOptions { timeout_s: rest.first().map_or(0, |timeout| timeout.parse().unwrap()) }),
+        },
+        ["post", _, pending, rest @ ..] => TransferBody::Post { pending_id: id(pending), amount: rest.first().map(|value| amount(value)) },
+        ["void", _, pending] => TransferBody::Void { pending_id: id(pending) },
+        _ => panic!("unknown command {words:?}"),
+    };
+    TransferCommand { id: id(words[1]), body }
+}
+
+fn parse(line: &str) -> Command {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    match words.as_slice() {
+        ["open", account, ledger, rest @ ..] => Command::CreateAccount {
+            id: id(account),
+            ledger: LedgerCode::new(ledger).unwrap(),
+            allow_overdraft: rest == ["overdraft"],
+        },
+        ["linked", ..] => {
+            let chain = line["linked".len()..].split(',').map(|part| parse_transfer(&part.split_whitespace().collect::<Vec<_>>()));
+            Command::Linked(chain.collect())
+        }
+        _ => Command::Transfer(parse_transfer(&words)),
+    }
+}
+
+fn describe(ledger: &Ledger, reply: &Reply) -> String {
+    match reply {
+        Reply::Account { index, created } => format!("account {} {}", ledger.account(*index).id.as_ref().unwrap(), if *created { "created" } else { "exists" }),
+        Reply::Transfer(transfer) => format!(
+            "{} {} @{} amount {}{}",
+            transfer.kind.name(),
+            if transfer.created { "created" } else { "duplicate" },
+            transfer.position,
+            transfer.amount,
+            match transfer.kind {
+                tally_core::TransferKind::Pending { expires_at_ns } if expires_at_ns != 0 => format!(" expires {}s", expires_at_ns / 1_000_000_000),
+                _ => String::new(),
+            }
+        ),
+        Reply::Rejected { code, position, created } => format!("rejected {} @{position}{}", code.as_str(), if *created { "" } else { " (again)" }),
+        Reply::Conflict => "conflict".to_string(),
+    }
+}
+
+/// Runs a script and returns the replies, then the balances, checking invariants, replay and
+/// snapshot round trip along the way.
+fn run(script: &str) -> String {
+    let mut ledger = Ledger::new();
+    let mut batches: Vec<(u64, u64, Vec<Event>)> = Vec::new();
+    let mut out = String::new();
+    let mut clock_s = 1;
+    let mut events = Vec::new();
+    let mut first_position = 0;
+    ledger.begin_batch(clock_s * 1_000_000_000, &mut events);
+    for line in script.lines().map(str::trim).filter(|line| !line.is_empty()) {
+        if let Some(seconds) = line.strip_prefix("tick ") {
+            batches.push((first_position, clock_s * 1_000_000_000, std::mem::take(&mut events)));
+            first_position = ledger.next_position();
+            clock_s = seconds.parse().unwrap();
+            ledger.begin_batch(clock_s * 1_000_000_000, &mut events);
+            for event in &events {
+                if let Event::Expired { pending } = event {
+                    out.push_str(&format!("{line}: expired @{pending}\n"));
+                }
+            }
+            continue;
+        }
+        let command = parse(line);
+        command.validate().unwrap();
+        let mut replies = Vec::new();
+        ledger.execute(&command, &mut events, &mut replies);
+        let described: Vec<String> = replies.iter().map(|reply| describe(&ledger, reply)).collect();
+        out.push_str(&format!("{line}: {}\n", described.join(", ")));
+        ledger.check_invariants().unwrap();
+    }
+    batches.push((first_position, clock_s * 1_000_000_000, events));
+    assert_replays(&ledger, &batches);
+    for account in (0..ledger.account_count()).map(|index| ledger.account(index as u32)) {
+        let name = account.id.as_ref().map_or_else(|| format!("@{}", ledger.ledger(account.ledger).code), |id| id.to_string());
+        let b = account.balances;
+        out.push_str(&format!("{name}: balance {} pending -{} +{}\n", b.balance(), b.debits_pending, b.credits_pending));
+    }
+    out
+}
+
+/// Replaying the events and decoding a snapshot both reproduce the live state exactly.
+fn assert_replays(ledger: &Ledger, batches: &[(u64, u64, Vec<Event>)]) {
+    let mut replayed = Ledger::new();
+    for (first_position, timestamp, events) in batches.iter().filter(|(_, _, events)| !events.is_empty()) {
+        replayed.begin_replayed_batch(*first_position, *timestamp).unwrap();
+        let body = tally_core::encode_events(events);
+        for event in tally_core::decode_events(&body, events.len() as u32).unwrap() {
+            replayed.apply_checked(&event).unwrap();
+        }
+    }
+    assert_eq!(&replayed, ledger, "replay must equal live state");
+    let decoded = Ledger::decode_snapshot(&ledger.encode_snapshot()).unwrap();
+    assert_eq!(&decoded, ledger, "snapshot round trip must equal live state");
+}
+
+#[track_caller]
+fn check(script: &str, expected: &str) {
+    let actual = run(script);
+    let expected: String = expected.lines().map(str::trim).filter(|line| !line.is_empty()).map(|line| format!("{line}\n")).collect();
+    assert_eq!(actual, expected, "\nactual:\n{actual}");
+}
+
+#[test]
+fn deposits_withdrawals_and_transfers_keep_every_ledger_at_zero() {
+    check(
+        "open a USD
+         open b USD
+         deposit d1 a 100
+         withdraw w1 a 30
+         transfer t1 a b 50
+         transfer t2 a b 50",
+        "open a USD: account a created
+         open b USD: account b created
+         deposit d1 a 100: deposit created @2 amount 100
+         withdraw w1 a 30: withdrawal created @3 amount 30
+         transfer t1 a b 50: transfer created @4 amount 50
+         transfer t2 a b 50: rejected insufficient_funds @5
+         @USD: balance -70 pending -0 +0
+         a: balance 20 pending -0 +0
+         b: balance 50 pending -0 +0",
+    );
+}
+
+#[test]
+fn overdraft_and_ledger_mismatch() {
+    check(
+        "open o USD overdraft
+         open a USD
+         open e EUR
+         transfer t1 o a 10
+         transfer t2 a e 5
+         transfer t3 a ghost 5",
+        "open o USD overdraft: account o created
+         open a USD: account a created
+         open e EUR: account e created
+         transfer t1 o a 10: transfer created @3 amount 10
+         transfer t2 a e 5: rejected ledger_mismatch @4
+         transfer t3 a ghost 5: rejected not_found @5
+         @USD: balance 0 pending -0 +0
+         o: balance -10 pending -0 +0
+         a: balance 10 pending -0 +0
+         @EUR: balance 0 pending -0 +0
+         e: balance 0 pending -0 +0",
+    );
+}
+
+#[test]
+fn the_same_id_answers_the_same_and_a_different_body_conflicts() {
+    check(
+        "open a USD
+         open b USD
+         open a USD overdraft
+         deposit d1 a 100
+         deposit d1 a 100
+         deposit d1 a 101
+         transfer t1 a b 500
+         tick 2
+         deposit d2 a 1000
+         transfer t1 a b 500
+         open a USD",
+        "open a USD: account a created
+         open b USD: account b created
+         open a USD overdraft: conflict
+         deposit d1 a 100: deposit created @2 amount 100
+         deposit d1 a 100: deposit duplicate @2 amount 100
+         deposit d1 a 101: conflict
+         transfer t1 a b 500: rejected insufficient_funds @3
+         deposit d2 a 1000: deposit created @4 amount 1000
+         transfer t1 a b 500: rejected insufficient_funds @3 (again)
+         open a USD: account a exists
+         @USD: balance -1100 pending -0 +0
+         a: balance 1100 pending -0 +0
+         b: balance 0 pending -0 +0",
+    );
+}
+
+#[test]
+fn two_phase_transfers_reserve_then_post_or_void_once() {
+    check(
+        "open a USD
+         open b USD
+         deposit d1 a 100
+         pending p1 a b 60
+         transfer t1 a b 50
+         post x1 p1 40
+         post x2 p1
+         pending p2 a b 30
+         void v1 p2
+         void v1 p2
+         post x3 t1
+         post x4 nope
+         pending p3 a b 30
+         post x5 p3 31",
+        "open a USD: account a created
+         open b USD: account b created
+         deposit d1 a 100: deposit created @2 amount 100
+         pending p1 a b 60: pending created @3 amount 60
+         transfer t1 a b 50: rejected insufficient_funds @4
+         post x1 p1 40: post created @5 amount 40
+         post x2 p1: rejected already_resolved @6
+         pending p2 a b 30: pending created @7 amount 30
+         void v1 p2: void created @8 amount 30
+         void v1 p2: void duplicate @8 amount 30
+         post x3 t1: rejected not_found @9
+         post x4 nope: rejected not_found @10
+         pending p3 a b 30: pending created @11 amount 30
+         post x5 p3 31: rejected exceeds_pending_amount @12
+         @USD: balance -100 pending -0 +0
+         a: balance 60 pending -30 +0
+         b: balance 40 pending -0 +30",
+    );
+}
+
+#[test]
+fn pending_transfers_expire_at_their_timeout() {
+    check(
+        "open a USD
+         open b USD
+         deposit d1 a 100
+         pending p1 a b 60 10
+         tick 5
+         post x1 p1 1
+         pending p2 a b 39 10
+         tick 16
+         post x2 p2",
+        "open a USD: account a created
+         open b USD: account b created
+         deposit d1 a 100: deposit created @2 amount 100
+         pending p1 a b 60 10: pending created @3 amount 60 expires 11s
+         post x1 p1 1: post created @4 amount 1
+         pending p2 a b 39 10: pending created @5 amount 39 expires 15s
+         tick 16: expired @5
+         post x2 p2: rejected already_resolved @7
+         @USD: balance -100 pending -0 +0
+         a: balance 99 pending -0 +0
+         b: balance 1 pending -0 +0",
+    );
+}
+
+#[test]
+fn linked_chains_apply_all_or_nothing() {
+    check(
+        "open a USD
+         open b USD
+         open c USD
+         deposit d1 a 10
+         linked transfer t1 a b 10, transfer t2 b c 10
+         linked transfer t3 a b 5, transfer t4 b c 100, transfer t5 a c 1
+         linked transfer t1 a b 10, transfer t6 c a 10
+         linked transfer t3 a b 5",
+        "open a USD: account a created
+         open b USD: account b created
+         open c USD: account c created
+         deposit d1 a 10: deposit created @3 amount 10
+         linked transfer t1 a b 10, transfer t2 b c 10: transfer created @4 amount 10, transfer created @5 amount 10
+         linked transfer t3 a b 5, transfer t4 b c 100, transfer t5 a c 1: rejected insufficient_funds @6, rejected linked_failed @7, rejected linked_failed @8
+         linked transfer t1 a b 10, transfer t6 c a 10: transfer duplicate @4 amount 10, transfer created @9 amount 10
+         linked transfer t3 a b 5: rejected insufficient_funds @6 (again)
+         @USD: balance -10 pending -0 +0
+         a: balance 10 pending -0 +0
+         b: balance 0 pending -0 +0
+         c: balance 0 pending -0 +0",
+    );
+}
+
+#[test]
+fn a_failed_chain_leaves_no_trace_of_its_pending_transfers() {
+    check(
+        "open a USD
+         open b USD
+         deposit d1 a 10
+         linked pending p1 a b 5 100, post x1 p1, transfer t1 a b 100",
+        "open a USD: account a created
+         open b USD: account b created
+         deposit d1 a 10: deposit created @2 amount 10
+         linked pending p1 a b 5 100, post x1 p1, transfer t1 a b 100: rejected linked_failed @3, rejected linked_failed @4, rejected insufficient_funds @5
+         @USD: balance -10 pending -0 +0
+         a: balance 10 pending -0 +0
+         b: balance 0 pending -0 +0",
+    );
+}
+
+#[test]
+fn replay_refuses_events_that_break_the_rules() {
+    let mut ledger = Ledger::new();
+    let mut events = Vec::new();
+    let mut replies = Vec::new();
+    ledger.begin_batch(1, &mut events);
+    for line in ["open a USD", "open b USD", "deposit d1 a 5"] {
+        ledger.execute(&parse(line), &mut events, &mut replies);
+    }
+    let mut replayed = Ledger::new();
+    replayed.begin_replayed_batch(0, 1).unwrap();
+    for event in &events {
+        replayed.apply_checked(event).unwrap();
+    }
+    let overdraw = Event::Transfer(tally_core::TransferEvent {
+        id: id("evil"),
+        body_hash: 0,
+        kind: tally_core::TransferKind::Transfer,
+        debit: 1,
+        credit: 2,
+        amount: 6,
+    });
+    let error = replayed.apply_checked(&overdraw).unwrap_err();
+    assert!(error.reason.contains("insufficient_funds"), "{error}");
+    let twice = events[2].clone();
+    assert!(replayed.apply_checked(&twice).unwrap_err().reason.contains("recorded twice"));
+    assert!(replayed.begin_replayed_batch(99, 2).is_err(), "a position gap is refused");
+}
+
+#[test]
+fn garbage_snapshots_are_refused_without_panicking() {
+    let ledger = {
+        let mut ledger = Ledger::new();
+        let (mut events, mut replies) = (Vec::new(), Vec::new());
+        ledger.begin_batch(1, &mut events);
+        for line in ["open a USD", "open b USD", "deposit d1 a 5", "pending p1 a b 2 60"] {
+            ledger.execute(&parse(line), &mut events, &mut replies);
+        }
+        ledger
+    };
+    let bytes = ledger.encode_snapshot();
+    for cut in 0..bytes.len() {
+        assert!(Ledger::decode_snapshot(&bytes[..cut]).is_err(), "truncated at {cut}");
+    }
+    let mut flipped = bytes.clone();
+    let balance_offset = bytes.len() / 2;
+    flipped[balance_offset] ^= 0x40;
+    let _ = Ledger::decode_snapshot(&flipped);
+}
+
+// Random command sequences over a small universe of ids, so that repeats, conflicts, overdrafts,
+// two-phase resolutions and chains collide often.
+fn arb_account() -> impl Strategy<Value = String> {
+    (0..6u8).prop_map(|index| format!("a{index}"))
+}
+
+fn arb_transfer() -> impl Strategy<Value = String> {
+    let transfer_id = (0..40u8).prop_map(|index| format!("t{index}"));
+    let value = 1..120u64;
+    prop_oneof![
+        (transfer_id.clone(), arb_account(), value.clone()).prop_map(|(t, a, v)| format!("deposit {t} {a} {v}")),
+        (transfer_id.clone(), arb_account(), value.clone()).prop_map(|(t, a, v)| format!("withdraw {t} {a} {v}")),
+        (transfer_id.clone(), arb_account(), arb_account(), value.clone())
+            .prop_filter("distinct accounts", |(_, a, b, _)| a != b)
+            .prop_map(|(t, a, b, v)| format!("transfer {t} {a} {b} {v}")),
+        (transfer_id.clone(), arb_account(), arb_account(), value.clone(), 0..4u32)
+            .prop_filter("distinct accounts", |(_, a, b, _, _)| a != b)
+            .prop_map(|(t, a, b, v, timeout)| format!("pending {t} {a} {b} {v} {timeout}")),
+        (transfer_id.clone(), transfer_id.clone(), proptest::option::of(value)).prop_map(|(t, p, v)| match v {
+            Some(v) => format!("post {t} {p} {v}"),
+            None => format!("post {t} {p}"),
+        }),
+        (transfer_id.clone(), transfer_id).prop_map(|(t, p)| format!("void {t} {p}")),
+    ]
+}
+
+fn arb_line() -> impl Strategy<Value = String> {
+    let ledger = prop_oneof![Just("USD"), Just("EUR")];
+    prop_oneof![
+        2 => (arb_account(), ledger, any::<bool>())
+            .prop_map(|(a, l, overdraft)| format!("open {a} {l}{}", if overdraft { " overdraft" } else { "" })),
+        8 => arb_transfer(),
+        1 => proptest::collection::vec(arb_transfer(), 1..4).prop_map(|chain| format!("linked {}", chain.join(", "))),
+        1 => (1..3u64).prop_map(|step| format!("tick +{step}")),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Every invariant holds after every command, replay and snapshots equal live state, and a
+    /// retry of any decided command answers exactly as the first time and changes nothing.
+    #[test]
+    fn random_commands_keep_every_invariant(lines in proptest::collection::vec(arb_line(), 1..80)) {
+        let mut clock_s = 1;
+        let mut script = String::new();
+        for line in &lines {
+            if let Some(step) = line.strip_prefix("tick +") {
+                clock_s += step.parse::<u64>().unwrap();
+                script.push_str(&format!("tick {clock_s}\n"));
+                continue;
+            }
+            let command = parse(line);
+            if command.validate().is_ok() {
+                script.push_str(line);
+                script.push('\n');
+            }
+        }
+        // `run` checks invariants after every command, then replay and snapshot equality.
+        run(&script);
+
+        // Retrying everything afterwards changes nothing and repeats every first answer.
+        let mut ledger = Ledger::new();
+        let mut events = Vec::new();
+        let mut first_answers = Vec::new();
+        ledger.begin_batch(1, &mut events);
+        let commands: Vec<Command> = script.lines().filter(|line| !line.starts_with("tick")).map(parse).collect();
+        for command in &commands {
+            let mut replies = Vec::new();
+            ledger.execute(command, &mut events, &mut replies);
+            first_answers.push(replies);
+        }
+        let before = ledger.clone();
+        let mut retry_events = Vec::new();
+        for (command, first) in commands.iter().zip(&first_answers) {
+            let mut replies = Vec::new();
+            ledger.execute(command, &mut retry_events, &mut replies);
+            for (again, first) in replies.iter().zip(first) {
+                let same = match (again, first) {
+                    (Reply::Transfer(again), Reply::Transfer(first)) => {
+                        again.position == first.position && again.amount == first.amount && again.kind == first.kind && again.debit == first.debit
+                    }
+                    (Reply::Rejected { code, position, .. }, Reply::Rejected { code: first_code, position: first_position, .. }) => {
+                        code == first_code && position == first_position
+                    }
+                    (Reply::Account { index, .. }, Reply::Account { index: first_index, .. }) => index == first_index,
+                    // A command that conflicted at first may meet a later command with its id.
+                    (_, Reply::Conflict) => true,
+                    _ => false,
+                };
+                prop_assert!(same, "retry of {command:?} answered {again:?}, first {first:?}");
+            }
+        }
+        prop_assert!(retry_events.is_empty(), "retries recorded {retry_events:?}");
+        prop_assert_eq!(&ledger, &before);
+    }
+}
