@@ -126,7 +126,10 @@ impl Command {
                     return Err(InvalidCommand::EmptyChain);
                 }
                 if chain.len() > BATCH_TRANSFERS_MAX {
-                    return Err(InvalidCommand::ChainTooLong { max: BATCH_TRANSFERS_MAX, found: chain.len() });
+                    return Err(InvalidCommand::ChainTooLong {
+                        max: BATCH_TRANSFERS_MAX,
+                        found: chain.len(),
+                    });
                 }
                 let mut seen = std::collections::HashSet::with_capacity(chain.len());
                 for transfer in chain {
@@ -144,13 +147,19 @@ impl Command {
 impl TransferCommand {
     /// Checks one transfer command; see [`Command::validate`].
     pub fn validate(&self) -> Result<(), InvalidCommand> {
-        if let TransferBody::Transfer { from, to, pending, .. } = &self.body {
+        if let TransferBody::Transfer {
+            from, to, pending, ..
+        } = &self.body
+        {
             if from == to {
                 return Err(InvalidCommand::SameAccount(from.clone()));
             }
             if let Some(PendingOptions { timeout_s }) = pending {
                 if *timeout_s > PENDING_TIMEOUT_S_MAX {
-                    return Err(InvalidCommand::TimeoutTooLong { max: PENDING_TIMEOUT_S_MAX, found: *timeout_s });
+                    return Err(InvalidCommand::TimeoutTooLong {
+                        max: PENDING_TIMEOUT_S_MAX,
+                        found: *timeout_s,
+                    });
                 }
             }
         }
@@ -177,7 +186,12 @@ impl TransferCommand {
                 put_id(&mut bytes, account);
                 bytes.extend_from_slice(&amount.get().to_le_bytes());
             }
-            TransferBody::Transfer { from, to, amount, pending } => {
+            TransferBody::Transfer {
+                from,
+                to,
+                amount,
+                pending,
+            } => {
                 bytes.push(3);
                 put_id(&mut bytes, from);
                 put_id(&mut bytes, to);

@@ -128,7 +128,11 @@ const KIND_VOID: u8 = 6;
 /// Appends the encoding of `event` to `out`.
 pub fn encode_event(event: &Event, out: &mut Vec<u8>) {
     match event {
-        Event::AccountCreated { id, ledger, allow_overdraft } => {
+        Event::AccountCreated {
+            id,
+            ledger,
+            allow_overdraft,
+        } => {
             out.push(TAG_ACCOUNT_CREATED);
             put_str(out, id.as_str());
             put_str(out, ledger.as_str());
@@ -154,7 +158,11 @@ pub fn encode_event(event: &Event, out: &mut Vec<u8>) {
                 put_varint(out, extra);
             }
         }
-        Event::Rejected { id, body_hash, code } => {
+        Event::Rejected {
+            id,
+            body_hash,
+            code,
+        } => {
             out.push(TAG_REJECTED);
             put_str(out, id.as_str());
             out.extend_from_slice(&body_hash.to_le_bytes());
@@ -180,7 +188,11 @@ pub fn encode_events(events: &[Event]) -> Vec<u8> {
 pub fn decode_events(body: &[u8], count: u32) -> Result<Vec<Event>, DecodeError> {
     // Each event takes at least two bytes, so a lying count cannot make us allocate much.
     let mut events = Vec::with_capacity((count as usize).min(body.len() / 2));
-    let mut reader = Reader { bytes: body, offset: 0, event_index: 0 };
+    let mut reader = Reader {
+        bytes: body,
+        offset: 0,
+        event_index: 0,
+    };
     for event_index in 0..count {
         reader.event_index = event_index;
         events.push(reader.event()?);
@@ -213,17 +225,27 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn error(&self, reason: &'static str) -> DecodeError {
-        DecodeError { event_index: self.event_index, offset: self.offset, reason }
+        DecodeError {
+            event_index: self.event_index,
+            offset: self.offset,
+            reason,
+        }
     }
 
     fn byte(&mut self) -> Result<u8, DecodeError> {
-        let byte = *self.bytes.get(self.offset).ok_or_else(|| self.error("unexpected end of body"))?;
+        let byte = *self
+            .bytes
+            .get(self.offset)
+            .ok_or_else(|| self.error("unexpected end of body"))?;
         self.offset += 1;
         Ok(byte)
     }
 
     fn take(&mut self, count: usize) -> Result<&'a [u8], DecodeError> {
-        let end = self.offset.checked_add(count).filter(|end| *end <= self.bytes.len());
+        let end = self
+            .offset
+            .checked_add(count)
+            .filter(|end| *end <= self.bytes.len());
         let end = end.ok_or_else(|| self.error("unexpected end of body"))?;
         let bytes: &'a [u8] = self.bytes;
         let slice = &bytes[self.offset..end];
@@ -271,13 +293,18 @@ impl<'a> Reader<'a> {
         match self.byte()? {
             TAG_ACCOUNT_CREATED => {
                 let id = self.id()?;
-                let ledger = LedgerCode::new(self.text()?).map_err(|_| self.error("invalid ledger code"))?;
+                let ledger =
+                    LedgerCode::new(self.text()?).map_err(|_| self.error("invalid ledger code"))?;
                 let allow_overdraft = match self.byte()? {
                     0 => false,
                     1 => true,
                     _ => return Err(self.error("allow_overdraft is neither 0 nor 1")),
                 };
-                Ok(Event::AccountCreated { id, ledger, allow_overdraft })
+                Ok(Event::AccountCreated {
+                    id,
+                    ledger,
+                    allow_overdraft,
+                })
             }
             TAG_TRANSFER => {
                 let id = self.id()?;
@@ -293,20 +320,40 @@ impl<'a> Reader<'a> {
                     KIND_DEPOSIT => TransferKind::Deposit,
                     KIND_WITHDRAWAL => TransferKind::Withdrawal,
                     KIND_TRANSFER => TransferKind::Transfer,
-                    KIND_PENDING => TransferKind::Pending { expires_at_ns: self.varint()? },
-                    KIND_POST => TransferKind::Post { pending: self.varint()? },
-                    KIND_VOID => TransferKind::Void { pending: self.varint()? },
+                    KIND_PENDING => TransferKind::Pending {
+                        expires_at_ns: self.varint()?,
+                    },
+                    KIND_POST => TransferKind::Post {
+                        pending: self.varint()?,
+                    },
+                    KIND_VOID => TransferKind::Void {
+                        pending: self.varint()?,
+                    },
                     _ => return Err(self.error("unknown transfer kind")),
                 };
-                Ok(Event::Transfer(TransferEvent { id, body_hash, kind, debit, credit, amount }))
+                Ok(Event::Transfer(TransferEvent {
+                    id,
+                    body_hash,
+                    kind,
+                    debit,
+                    credit,
+                    amount,
+                }))
             }
             TAG_REJECTED => {
                 let id = self.id()?;
                 let body_hash = self.u64_le()?;
-                let code = RejectCode::from_byte(self.byte()?).ok_or_else(|| self.error("unknown reject code"))?;
-                Ok(Event::Rejected { id, body_hash, code })
+                let code = RejectCode::from_byte(self.byte()?)
+                    .ok_or_else(|| self.error("unknown reject code"))?;
+                Ok(Event::Rejected {
+                    id,
+                    body_hash,
+                    code,
+                })
             }
-            TAG_EXPIRED => Ok(Event::Expired { pending: self.varint()? }),
+            TAG_EXPIRED => Ok(Event::Expired {
+                pending: self.varint()?,
+            }),
             _ => Err(self.error("unknown event tag")),
         }
     }
@@ -323,16 +370,26 @@ mod tests {
 
     fn sample() -> Vec<Event> {
         vec![
-            Event::AccountCreated { id: id("a"), ledger: LedgerCode::new("USD").unwrap(), allow_overdraft: true },
+            Event::AccountCreated {
+                id: id("a"),
+                ledger: LedgerCode::new("USD").unwrap(),
+                allow_overdraft: true,
+            },
             Event::Transfer(TransferEvent {
                 id: id("t1"),
                 body_hash: u64::MAX,
-                kind: TransferKind::Pending { expires_at_ns: 1 << 62 },
+                kind: TransferKind::Pending {
+                    expires_at_ns: 1 << 62,
+                },
                 debit: 1,
                 credit: u32::MAX,
                 amount: u64::MAX,
             }),
-            Event::Rejected { id: id("t2"), body_hash: 7, code: RejectCode::InsufficientFunds },
+            Event::Rejected {
+                id: id("t2"),
+                body_hash: 7,
+                code: RejectCode::InsufficientFunds,
+            },
             Event::Expired { pending: 1 },
         ]
     }
@@ -348,10 +405,19 @@ mod tests {
     fn refuses_wrong_counts_and_truncation() {
         let events = sample();
         let body = encode_events(&events);
-        assert!(decode_events(&body, 3).is_err(), "trailing bytes must be refused");
-        assert!(decode_events(&body, 5).is_err(), "missing events must be refused");
+        assert!(
+            decode_events(&body, 3).is_err(),
+            "trailing bytes must be refused"
+        );
+        assert!(
+            decode_events(&body, 5).is_err(),
+            "missing events must be refused"
+        );
         for cut in 0..body.len() {
-            assert!(decode_events(&body[..cut], 4).is_err(), "truncated at {cut}");
+            assert!(
+                decode_events(&body[..cut], 4).is_err(),
+                "truncated at {cut}"
+            );
         }
     }
 

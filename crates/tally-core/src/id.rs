@@ -43,9 +43,15 @@ fn validate(text: &str, max: usize) -> Result<(), IdError> {
         return Err(IdError::Empty);
     }
     if text.len() > max {
-        return Err(IdError::TooLong { max, found: text.chars().count() });
+        return Err(IdError::TooLong {
+            max,
+            found: text.chars().count(),
+        });
     }
-    match text.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'))) {
+    match text
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')))
+    {
         Some(found) => Err(IdError::BadCharacter { found }),
         None => Ok(()),
     }
@@ -122,7 +128,13 @@ mod tests {
     #[test]
     fn rejects_everything_else() {
         assert_eq!(Id::new(""), Err(IdError::Empty));
-        assert_eq!(Id::new(&"a".repeat(129)), Err(IdError::TooLong { max: 128, found: 129 }));
+        assert_eq!(
+            Id::new(&"a".repeat(129)),
+            Err(IdError::TooLong {
+                max: 128,
+                found: 129
+            })
+        );
         assert_eq!(Id::new("a b"), Err(IdError::BadCharacter { found: ' ' }));
         assert_eq!(Id::new("é"), Err(IdError::BadCharacter { found: 'é' }));
         assert!(LedgerCode::new(&"A".repeat(33)).is_err());

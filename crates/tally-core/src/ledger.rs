@@ -12,7 +12,7 @@ use hashbrown::HashMap;
 use crate::command::{Command, PendingOptions, TransferBody, TransferCommand};
 use crate::event::{AccountIndex, Event, LedgerIndex, TransferEvent, TransferKind};
 use crate::id::{Id, LedgerCode};
-use crate::limits::{ACCOUNTS_MAX, LEDGERS_MAX, POSITION_MAX};
+use crate::limits::{ACCOUNTS_MAX, EXPIRATIONS_PER_BATCH_MAX, LEDGERS_MAX, POSITION_MAX};
 use crate::reject::RejectCode;
 
 /// The whole state of every ledger: accounts, balances, remembered command ids, pending transfers.
@@ -116,6 +116,13 @@ pub struct PendingRecord {
     pub expires_at_ns: u64,
     /// Where it stands.
     pub state: PendingState,
+}
+
+impl PendingRecord {
+    /// Whether its timeout has passed at `timestamp_ns`, expiry event or not.
+    pub fn overdue(&self, timestamp_ns: u64) -> bool {
+        self.expires_at_ns != 0 && self.expires_at_ns <= timestamp_ns
+    }
 }
 
 /// Where a pending transfer stands.
@@ -235,7 +242,10 @@ impl Decided {
             let code = RejectCode::from_byte(tag & !TAG_REJECTED_BIT).expect("valid reject code");
             Outcome::Rejected { code, position }
         } else {
-            Outcome::Committed { kind_tag: tag, position }
+            Outcome::Committed {
+                kind_tag: tag,
+                position,
+            }
         }
     }
 
@@ -301,14 +311,24 @@ impl Ledger {
 
     /// Timestamp of the last batch that recorded events; 0 before any.
     pub fn last_timestamp_ns(&self) -> u64 {
-        self.batch_times.last().map_or(0, |(_, timestamp)| *timestamp)
+        self.batch_times
+            .last()
+            .map_or(0, |(_, timestamp)| *timestamp)
+    }
+
+    /// When the next pending transfer expires, if any has a timeout.
+    pub fn next_expiry_ns(&self) -> Option<u64> {
+        self.expiry.first().map(|(expires_at_ns, _)| *expires_at_ns)
     }
 
     /// Starts a batch: the following events carry `timestamp_ns`. Expires due pending transfers
     /// first, appending their events to `events`.
     pub fn begin_batch(&mut self, timestamp_ns: u64, events: &mut Vec<Event>) {
         self.start_batch(timestamp_ns);
-        while let Some(&(expires_at_ns, pending)) = self.expiry.first() {
+        for _ in 0..EXPIRATIONS_PER_BATCH_MAX {
+            let Some(&(expires_at_ns, pending)) = self.expiry.first() else {
+                break;
+            };
             if expires_at_ns > timestamp_ns {
                 break;
             }
@@ -319,17 +339,27 @@ impl Ledger {
     }
 
     /// Starts a batch read back from the log; its events follow through [`Ledger::apply_checked`].
-    pub fn begin_replayed_batch(&mut self, first_position: u64, timestamp_ns: u64) -> Result<(), ReplayError> {
+    pub fn begin_replayed_batch(
+        &mut self,
+        first_position: u64,
+        timestamp_ns: u64,
+    ) -> Result<(), ReplayError> {
         if first_position != self.next_position {
             return Err(ReplayError {
                 position: first_position,
-                reason: format!("batch starts at position {first_position}, expected {}", self.next_position),
+                reason: format!(
+                    "batch starts at position {first_position}, expected {}",
+                    self.next_position
+                ),
             });
         }
         if timestamp_ns <= self.last_timestamp_ns() {
             return Err(ReplayError {
                 position: first_position,
-                reason: format!("batch timestamp {timestamp_ns} does not follow {}", self.last_timestamp_ns()),
+                reason: format!(
+                    "batch timestamp {timestamp_ns} does not follow {}",
+                    self.last_timestamp_ns()
+                ),
             });
         }
         self.start_batch(timestamp_ns);
@@ -337,17 +367,35 @@ impl Ledger {
     }
 
     fn start_batch(&mut self, timestamp_ns: u64) {
-        assert!(timestamp_ns > self.last_timestamp_ns(), "batch timestamps must increase");
+        assert!(
+            timestamp_ns > self.last_timestamp_ns(),
+            "batch timestamps must increase"
+        );
         assert!(self.undo.is_none());
-        self.batch = BatchCursor { timestamp_ns, untimed: true };
+        self.batch = BatchCursor {
+            timestamp_ns,
+            untimed: true,
+        };
     }
 
     /// Decides `command`, applies the events it produces (appending them to `events`) and appends
     /// one reply per command, or per transfer of a linked chain, to `replies`.
-    pub fn execute(&mut self, command: &Command, events: &mut Vec<Event>, replies: &mut Vec<Reply>) {
-        debug_assert!(command.validate().is_ok(), "the engine validates commands first");
+    pub fn execute(
+        &mut self,
+        command: &Command,
+        events: &mut Vec<Event>,
+        replies: &mut Vec<Reply>,
+    ) {
+        debug_assert!(
+            command.validate().is_ok(),
+            "the engine validates commands first"
+        );
         match command {
-            Command::CreateAccount { id, ledger, allow_overdraft } => {
+            Command::CreateAccount {
+                id,
+                ledger,
+                allow_overdraft,
+            } => {
                 replies.push(self.create_account(id, ledger, *allow_overdraft, events));
             }
             Command::Transfer(transfer) => replies.push(self.execute_transfer(transfer, events)),
@@ -355,18 +403,38 @@ impl Ledger {
         }
     }
 
-    fn create_account(&mut self, id: &Id, ledger: &LedgerCode, allow_overdraft: bool, events: &mut Vec<Event>) -> Reply {
+    fn create_account(
+        &mut self,
+        id: &Id,
+        ledger: &LedgerCode,
+        allow_overdraft: bool,
+        events: &mut Vec<Event>,
+    ) -> Reply {
         if let Some(&index) = self.account_ids.get(&id.hash128()) {
             let account = &self.accounts[index as usize];
             let same = account.id.as_ref() == Some(id)
                 && self.ledgers[account.ledger as usize].code == *ledger
                 && account.allow_overdraft == allow_overdraft;
-            return if same { Reply::Account { index, created: false } } else { Reply::Conflict };
+            return if same {
+                Reply::Account {
+                    index,
+                    created: false,
+                }
+            } else {
+                Reply::Conflict
+            };
         }
-        let event = Event::AccountCreated { id: id.clone(), ledger: ledger.clone(), allow_overdraft };
+        let event = Event::AccountCreated {
+            id: id.clone(),
+            ledger: ledger.clone(),
+            allow_overdraft,
+        };
         self.apply(&event);
         events.push(event);
-        Reply::Account { index: (self.accounts.len() - 1) as AccountIndex, created: true }
+        Reply::Account {
+            index: (self.accounts.len() - 1) as AccountIndex,
+            created: true,
+        }
     }
 
     fn execute_transfer(&mut self, transfer: &TransferCommand, events: &mut Vec<Event>) -> Reply {
@@ -378,7 +446,12 @@ impl Ledger {
         }
     }
 
-    fn execute_chain(&mut self, chain: &[TransferCommand], events: &mut Vec<Event>, replies: &mut Vec<Reply>) {
+    fn execute_chain(
+        &mut self,
+        chain: &[TransferCommand],
+        events: &mut Vec<Event>,
+        replies: &mut Vec<Reply>,
+    ) {
         let events_before = events.len();
         let replies_before = replies.len();
         self.undo = Some(Vec::new());
@@ -401,7 +474,9 @@ impl Ledger {
             }
         }
         let undo = self.undo.take().expect("undo log is recording");
-        let Some((failed_index, failed_code)) = failure else { return };
+        let Some((failed_index, failed_code)) = failure else {
+            return;
+        };
         self.rollback(undo);
         events.truncate(events_before);
         replies.truncate(replies_before);
@@ -415,7 +490,9 @@ impl Ledger {
                 match self.decide(transfer) {
                     Decision::Duplicate(reply) => reply,
                     Decision::Conflict => Reply::Conflict,
-                    Decision::Commit(_) | Decision::Reject(_) => self.reject(transfer, RejectCode::LinkedFailed, events),
+                    Decision::Commit(_) | Decision::Reject(_) => {
+                        self.reject(transfer, RejectCode::LinkedFailed, events)
+                    }
                 }
             };
             replies.push(reply);
@@ -440,12 +517,25 @@ impl Ledger {
         Reply::Transfer(reply)
     }
 
-    fn reject(&mut self, transfer: &TransferCommand, code: RejectCode, events: &mut Vec<Event>) -> Reply {
+    fn reject(
+        &mut self,
+        transfer: &TransferCommand,
+        code: RejectCode,
+        events: &mut Vec<Event>,
+    ) -> Reply {
         let position = self.next_position;
-        let event = Event::Rejected { id: transfer.id.clone(), body_hash: transfer.body_hash(), code };
+        let event = Event::Rejected {
+            id: transfer.id.clone(),
+            body_hash: transfer.body_hash(),
+            code,
+        };
         self.apply(&event);
         events.push(event);
-        Reply::Rejected { code, position, created: true }
+        Reply::Rejected {
+            code,
+            position,
+            created: true,
+        }
     }
 
     fn decide(&self, transfer: &TransferCommand) -> Decision {
@@ -462,8 +552,19 @@ impl Ledger {
         }
     }
 
-    fn decide_new(&self, transfer: &TransferCommand, body_hash: u64) -> Result<TransferEvent, RejectCode> {
-        let event = |kind, debit, credit, amount| TransferEvent { id: transfer.id.clone(), body_hash, kind, debit, credit, amount };
+    fn decide_new(
+        &self,
+        transfer: &TransferCommand,
+        body_hash: u64,
+    ) -> Result<TransferEvent, RejectCode> {
+        let event = |kind, debit, credit, amount| TransferEvent {
+            id: transfer.id.clone(),
+            body_hash,
+            kind,
+            debit,
+            credit,
+            amount,
+        };
         let decided = match &transfer.body {
             TransferBody::Deposit { account, amount } => {
                 let credit = self.lookup(account)?;
@@ -475,14 +576,24 @@ impl Ledger {
                 let credit = self.external_of(debit);
                 event(TransferKind::Withdrawal, debit, credit, amount.get())
             }
-            TransferBody::Transfer { from, to, amount, pending } => {
+            TransferBody::Transfer {
+                from,
+                to,
+                amount,
+                pending,
+            } => {
                 let debit = self.lookup(from)?;
                 let credit = self.lookup(to)?;
                 let kind = match pending {
                     None => TransferKind::Transfer,
-                    Some(PendingOptions { timeout_s: 0 }) => TransferKind::Pending { expires_at_ns: 0 },
+                    Some(PendingOptions { timeout_s: 0 }) => {
+                        TransferKind::Pending { expires_at_ns: 0 }
+                    }
                     Some(PendingOptions { timeout_s }) => TransferKind::Pending {
-                        expires_at_ns: self.batch.timestamp_ns.saturating_add(u64::from(*timeout_s) * 1_000_000_000),
+                        expires_at_ns: self
+                            .batch
+                            .timestamp_ns
+                            .saturating_add(u64::from(*timeout_s) * 1_000_000_000),
                     },
                 };
                 event(kind, debit, credit, amount.get())
@@ -493,11 +604,21 @@ impl Ledger {
                 if amount > record.amount {
                     return Err(RejectCode::ExceedsPendingAmount);
                 }
-                event(TransferKind::Post { pending: position }, record.debit, record.credit, amount)
+                event(
+                    TransferKind::Post { pending: position },
+                    record.debit,
+                    record.credit,
+                    amount,
+                )
             }
             TransferBody::Void { pending_id } => {
                 let (position, record) = self.open_pending(pending_id)?;
-                event(TransferKind::Void { pending: position }, record.debit, record.credit, record.amount)
+                event(
+                    TransferKind::Void { pending: position },
+                    record.debit,
+                    record.credit,
+                    record.amount,
+                )
             }
         };
         self.admissible(&decided)?;
@@ -505,7 +626,10 @@ impl Ledger {
     }
 
     fn lookup(&self, id: &Id) -> Result<AccountIndex, RejectCode> {
-        self.account_ids.get(&id.hash128()).copied().ok_or(RejectCode::NotFound)
+        self.account_ids
+            .get(&id.hash128())
+            .copied()
+            .ok_or(RejectCode::NotFound)
     }
 
     fn external_of(&self, account: AccountIndex) -> AccountIndex {
@@ -514,13 +638,21 @@ impl Ledger {
 
     /// The position and record of the unresolved pending transfer `pending_id`.
     fn open_pending(&self, pending_id: &Id) -> Result<(u64, PendingRecord), RejectCode> {
-        let decided = self.decided.get(&pending_id.hash128()).ok_or(RejectCode::NotFound)?;
+        let decided = self
+            .decided
+            .get(&pending_id.hash128())
+            .ok_or(RejectCode::NotFound)?;
         match decided.outcome() {
             Outcome::Rejected { .. } => Err(RejectCode::NotFound),
-            Outcome::Committed { kind_tag: 4, position } => {
+            Outcome::Committed {
+                kind_tag: 4,
+                position,
+            } => {
                 let record = self.pendings[&position];
                 match record.state {
-                    PendingState::Pending => Ok((position, record)),
+                    PendingState::Pending if !record.overdue(self.batch.timestamp_ns) => {
+                        Ok((position, record))
+                    }
                     _ => Err(RejectCode::AlreadyResolved),
                 }
             }
@@ -539,26 +671,51 @@ impl Ledger {
         let amount = transfer.amount;
         let (debit_after, credit_after) = match transfer.kind {
             TransferKind::Deposit | TransferKind::Withdrawal | TransferKind::Transfer => (
-                debit.balances.debits_posted.checked_add(amount).map(|posted| (posted, debit.balances.debits_pending)),
-                credit.balances.credits_posted.checked_add(amount).map(|posted| (posted, credit.balances.credits_pending)),
+                debit
+                    .balances
+                    .debits_posted
+                    .checked_add(amount)
+                    .map(|posted| (posted, debit.balances.debits_pending)),
+                credit
+                    .balances
+                    .credits_posted
+                    .checked_add(amount)
+                    .map(|posted| (posted, credit.balances.credits_pending)),
             ),
             TransferKind::Pending { .. } => (
-                debit.balances.debits_pending.checked_add(amount).map(|pending| (debit.balances.debits_posted, pending)),
-                credit.balances.credits_pending.checked_add(amount).map(|pending| (credit.balances.credits_posted, pending)),
+                debit
+                    .balances
+                    .debits_pending
+                    .checked_add(amount)
+                    .map(|pending| (debit.balances.debits_posted, pending)),
+                credit
+                    .balances
+                    .credits_pending
+                    .checked_add(amount)
+                    .map(|pending| (credit.balances.credits_posted, pending)),
             ),
             // The reservation already covers the amount: posting moves it from pending to posted.
-            TransferKind::Post { .. } | TransferKind::Void { .. } => {
-                (Some((debit.balances.debits_posted, 0)), Some((credit.balances.credits_posted, 0)))
-            }
+            TransferKind::Post { .. } | TransferKind::Void { .. } => (
+                Some((debit.balances.debits_posted, 0)),
+                Some((credit.balances.credits_posted, 0)),
+            ),
         };
-        let (Some((debits_posted, debits_pending)), Some((credits_posted, credits_pending))) = (debit_after, credit_after) else {
+        let (Some((debits_posted, debits_pending)), Some((credits_posted, credits_pending))) =
+            (debit_after, credit_after)
+        else {
             return Err(RejectCode::Overflow);
         };
-        if debits_posted.checked_add(debits_pending).is_none() || credits_posted.checked_add(credits_pending).is_none() {
+        if debits_posted.checked_add(debits_pending).is_none()
+            || credits_posted.checked_add(credits_pending).is_none()
+        {
             return Err(RejectCode::Overflow);
         }
-        let needs_funds = matches!(transfer.kind, TransferKind::Withdrawal | TransferKind::Transfer | TransferKind::Pending { .. });
-        if needs_funds && !debit.allow_overdraft && debit.balances.available() < i128::from(amount) {
+        let needs_funds = matches!(
+            transfer.kind,
+            TransferKind::Withdrawal | TransferKind::Transfer | TransferKind::Pending { .. }
+        );
+        if needs_funds && !debit.allow_overdraft && debit.balances.available() < i128::from(amount)
+        {
             return Err(RejectCode::InsufficientFunds);
         }
         Ok(())
@@ -567,52 +724,110 @@ impl Ledger {
     /// The answer a retry gets: what the first answer said.
     fn replay_reply(&self, transfer: &TransferCommand, outcome: Outcome) -> Reply {
         let (kind_tag, position) = match outcome {
-            Outcome::Rejected { code, position } => return Reply::Rejected { code, position, created: false },
+            Outcome::Rejected { code, position } => {
+                return Reply::Rejected {
+                    code,
+                    position,
+                    created: false,
+                }
+            }
             Outcome::Committed { kind_tag, position } => (kind_tag, position),
         };
         let timestamp_ns = self.timestamp_at(position);
         let reply = |kind, debit, credit, amount| {
-            Reply::Transfer(TransferReply { created: false, position, timestamp_ns, kind, debit, credit, amount })
+            Reply::Transfer(TransferReply {
+                created: false,
+                position,
+                timestamp_ns,
+                kind,
+                debit,
+                credit,
+                amount,
+            })
         };
         // Accounts are never removed, so the ids of a matching body resolve as they did at first.
-        let resolve = |id: &Id| self.lookup(id).expect("accounts of a recorded transfer exist");
+        let resolve = |id: &Id| {
+            self.lookup(id)
+                .expect("accounts of a recorded transfer exist")
+        };
         match (&transfer.body, kind_tag) {
             (TransferBody::Deposit { account, amount }, 1) => {
                 let credit = resolve(account);
-                reply(TransferKind::Deposit, self.external_of(credit), credit, amount.get())
+                reply(
+                    TransferKind::Deposit,
+                    self.external_of(credit),
+                    credit,
+                    amount.get(),
+                )
             }
             (TransferBody::Withdrawal { account, amount }, 2) => {
                 let debit = resolve(account);
-                reply(TransferKind::Withdrawal, debit, self.external_of(debit), amount.get())
+                reply(
+                    TransferKind::Withdrawal,
+                    debit,
+                    self.external_of(debit),
+                    amount.get(),
+                )
             }
-            (TransferBody::Transfer { from, to, amount, .. }, 3) => reply(TransferKind::Transfer, resolve(from), resolve(to), amount.get()),
+            (
+                TransferBody::Transfer {
+                    from, to, amount, ..
+                },
+                3,
+            ) => reply(
+                TransferKind::Transfer,
+                resolve(from),
+                resolve(to),
+                amount.get(),
+            ),
             (TransferBody::Transfer { .. }, 4) => {
                 let record = self.pendings[&position];
-                let kind = TransferKind::Pending { expires_at_ns: record.expires_at_ns };
+                let kind = TransferKind::Pending {
+                    expires_at_ns: record.expires_at_ns,
+                };
                 reply(kind, record.debit, record.credit, record.amount)
             }
             (TransferBody::Post { .. }, 5) | (TransferBody::Void { .. }, 6) => {
                 let pending = self.resolutions[&position];
                 let record = self.pendings[&pending];
                 match record.state {
-                    PendingState::Posted { amount, .. } => reply(TransferKind::Post { pending }, record.debit, record.credit, amount),
-                    _ => reply(TransferKind::Void { pending }, record.debit, record.credit, record.amount),
+                    PendingState::Posted { amount, .. } => reply(
+                        TransferKind::Post { pending },
+                        record.debit,
+                        record.credit,
+                        amount,
+                    ),
+                    _ => reply(
+                        TransferKind::Void { pending },
+                        record.debit,
+                        record.credit,
+                        record.amount,
+                    ),
                 }
             }
-            (body, tag) => unreachable!("body {body:?} matched the hash of a transfer of kind tag {tag}"),
+            (body, tag) => {
+                unreachable!("body {body:?} matched the hash of a transfer of kind tag {tag}")
+            }
         }
     }
 
     /// The timestamp of the batch that holds `position`.
     pub fn timestamp_at(&self, position: u64) -> u64 {
-        let index = self.batch_times.partition_point(|(first, _)| *first <= position);
+        let index = self
+            .batch_times
+            .partition_point(|(first, _)| *first <= position);
         assert!(index > 0, "position {position} precedes every batch");
         self.batch_times[index - 1].1
     }
 
     /// Applies an event read from the log, after checking that the ledger rules allow it.
     pub fn apply_checked(&mut self, event: &Event) -> Result<(), ReplayError> {
-        let fail = |reason: String| Err(ReplayError { position: self.next_position, reason });
+        let fail = |reason: String| {
+            Err(ReplayError {
+                position: self.next_position,
+                reason,
+            })
+        };
         match event {
             Event::AccountCreated { id, ledger, .. } => {
                 if self.account_ids.contains_key(&id.hash128()) {
@@ -641,7 +856,8 @@ impl Ledger {
                             TransferKind::Void { .. } => transfer.amount == record.amount,
                             _ => transfer.amount <= record.amount,
                         };
-                        if record.state != PendingState::Pending || !matches || !amount_ok {
+                        let overdue = record.overdue(self.batch.timestamp_ns);
+                        if record.state != PendingState::Pending || overdue || !matches || !amount_ok {
                             return fail(format!("transfer {} does not match pending transfer at {pending}", transfer.id));
                         }
                     }
@@ -693,13 +909,29 @@ impl Ledger {
             self.record(Undo::BatchTimePushed);
         }
         match event {
-            Event::AccountCreated { id, ledger, allow_overdraft } => self.apply_account_created(id, ledger, *allow_overdraft),
+            Event::AccountCreated {
+                id,
+                ledger,
+                allow_overdraft,
+            } => self.apply_account_created(id, ledger, *allow_overdraft),
             Event::Transfer(transfer) => self.apply_transfer(transfer, position),
-            Event::Rejected { id, body_hash, code } => {
+            Event::Rejected {
+                id,
+                body_hash,
+                code,
+            } => {
                 let tag = TAG_REJECTED_BIT | code.to_byte();
-                self.insert_decided(id.hash128(), Decided { body_hash: *body_hash, outcome: Decided::pack(tag, position) });
+                self.insert_decided(
+                    id.hash128(),
+                    Decided {
+                        body_hash: *body_hash,
+                        outcome: Decided::pack(tag, position),
+                    },
+                );
             }
-            Event::Expired { pending } => self.release(*pending, PendingState::Expired { position }),
+            Event::Expired { pending } => {
+                self.release(*pending, PendingState::Expired { position })
+            }
         }
         self.next_position += 1;
         self.record(Undo::Position);
@@ -720,9 +952,15 @@ impl Ledger {
                     id: None,
                     ledger: index,
                     allow_overdraft: true,
-                    balances: Balances { version: 1, ..Balances::default() },
+                    balances: Balances {
+                        version: 1,
+                        ..Balances::default()
+                    },
                 });
-                self.ledgers.push(LedgerInfo { code: ledger.clone(), external });
+                self.ledgers.push(LedgerInfo {
+                    code: ledger.clone(),
+                    external,
+                });
                 self.ledger_codes.insert(ledger.clone(), index);
                 index
             }
@@ -732,7 +970,10 @@ impl Ledger {
             id: Some(id.clone()),
             ledger: ledger_index,
             allow_overdraft,
-            balances: Balances { version: 1, ..Balances::default() },
+            balances: Balances {
+                version: 1,
+                ..Balances::default()
+            },
         });
         let previous = self.account_ids.insert(id.hash128(), index);
         assert!(previous.is_none(), "account {id} created twice");
@@ -741,19 +982,54 @@ impl Ledger {
     fn apply_transfer(&mut self, transfer: &TransferEvent, position: u64) {
         let (debit, credit, amount) = (transfer.debit, transfer.credit, transfer.amount);
         assert_ne!(debit, credit);
-        assert_eq!(self.accounts[debit as usize].ledger, self.accounts[credit as usize].ledger);
+        assert_eq!(
+            self.accounts[debit as usize].ledger,
+            self.accounts[credit as usize].ledger
+        );
         assert!(amount > 0);
         let tag = kind_tag(transfer.kind);
-        self.insert_decided(transfer.id.hash128(), Decided { body_hash: transfer.body_hash, outcome: Decided::pack(tag, position) });
+        self.insert_decided(
+            transfer.id.hash128(),
+            Decided {
+                body_hash: transfer.body_hash,
+                outcome: Decided::pack(tag, position),
+            },
+        );
         match transfer.kind {
             TransferKind::Deposit | TransferKind::Withdrawal | TransferKind::Transfer => {
-                self.update(debit, |balances| balances.debits_posted = balances.debits_posted.checked_add(amount).expect("admissible"));
-                self.update(credit, |balances| balances.credits_posted = balances.credits_posted.checked_add(amount).expect("admissible"));
+                self.update(debit, |balances| {
+                    balances.debits_posted = balances
+                        .debits_posted
+                        .checked_add(amount)
+                        .expect("admissible")
+                });
+                self.update(credit, |balances| {
+                    balances.credits_posted = balances
+                        .credits_posted
+                        .checked_add(amount)
+                        .expect("admissible")
+                });
             }
             TransferKind::Pending { expires_at_ns } => {
-                self.update(debit, |balances| balances.debits_pending = balances.debits_pending.checked_add(amount).expect("admissible"));
-                self.update(credit, |balances| balances.credits_pending = balances.credits_pending.checked_add(amount).expect("admissible"));
-                let record = PendingRecord { debit, credit, amount, expires_at_ns, state: PendingState::Pending };
+                self.update(debit, |balances| {
+                    balances.debits_pending = balances
+                        .debits_pending
+                        .checked_add(amount)
+                        .expect("admissible")
+                });
+                self.update(credit, |balances| {
+                    balances.credits_pending = balances
+                        .credits_pending
+                        .checked_add(amount)
+                        .expect("admissible")
+                });
+                let record = PendingRecord {
+                    debit,
+                    credit,
+                    amount,
+                    expires_at_ns,
+                    state: PendingState::Pending,
+                };
                 assert!(self.pendings.insert(position, record).is_none());
                 self.record(Undo::PendingInserted(position));
                 if expires_at_ns != 0 {
@@ -763,8 +1039,18 @@ impl Ledger {
             }
             TransferKind::Post { pending } => {
                 self.release(pending, PendingState::Posted { amount, position });
-                self.update(debit, |balances| balances.debits_posted = balances.debits_posted.checked_add(amount).expect("admissible"));
-                self.update(credit, |balances| balances.credits_posted = balances.credits_posted.checked_add(amount).expect("admissible"));
+                self.update(debit, |balances| {
+                    balances.debits_posted = balances
+                        .debits_posted
+                        .checked_add(amount)
+                        .expect("admissible")
+                });
+                self.update(credit, |balances| {
+                    balances.credits_posted = balances
+                        .credits_posted
+                        .checked_add(amount)
+                        .expect("admissible")
+                });
                 self.insert_resolution(position, pending);
             }
             TransferKind::Void { pending } => {
@@ -776,17 +1062,40 @@ impl Ledger {
 
     /// Releases the reservation of the pending transfer at `pending`, moving it to `state`.
     fn release(&mut self, pending: u64, state: PendingState) {
-        let record = self.pendings.get_mut(&pending).expect("pending transfer exists");
-        assert_eq!(record.state, PendingState::Pending, "a pending transfer resolves at most once");
+        let record = self
+            .pendings
+            .get_mut(&pending)
+            .expect("pending transfer exists");
+        assert_eq!(
+            record.state,
+            PendingState::Pending,
+            "a pending transfer resolves at most once"
+        );
         let previous = std::mem::replace(&mut record.state, state);
-        let PendingRecord { debit, credit, amount, expires_at_ns, .. } = *record;
+        let PendingRecord {
+            debit,
+            credit,
+            amount,
+            expires_at_ns,
+            ..
+        } = *record;
         self.record(Undo::PendingState(pending, previous));
         if expires_at_ns != 0 {
             assert!(self.expiry.remove(&(expires_at_ns, pending)));
             self.record(Undo::ExpiryRemoved((expires_at_ns, pending)));
         }
-        self.update(debit, |balances| balances.debits_pending = balances.debits_pending.checked_sub(amount).expect("reserved"));
-        self.update(credit, |balances| balances.credits_pending = balances.credits_pending.checked_sub(amount).expect("reserved"));
+        self.update(debit, |balances| {
+            balances.debits_pending = balances
+                .debits_pending
+                .checked_sub(amount)
+                .expect("reserved")
+        });
+        self.update(credit, |balances| {
+            balances.credits_pending = balances
+                .credits_pending
+                .checked_sub(amount)
+                .expect("reserved")
+        });
     }
 
     fn update(&mut self, index: AccountIndex, change: impl FnOnce(&mut Balances)) {
@@ -819,9 +1128,15 @@ impl Ledger {
             match step {
                 Undo::Balances(index, before) => self.accounts[index as usize].balances = before,
                 Undo::DecidedInserted(hash) => assert!(self.decided.remove(&hash).is_some()),
-                Undo::PendingInserted(position) => assert!(self.pendings.remove(&position).is_some()),
-                Undo::PendingState(position, state) => self.pendings.get_mut(&position).expect("recorded").state = state,
-                Undo::ResolutionInserted(position) => assert!(self.resolutions.remove(&position).is_some()),
+                Undo::PendingInserted(position) => {
+                    assert!(self.pendings.remove(&position).is_some())
+                }
+                Undo::PendingState(position, state) => {
+                    self.pendings.get_mut(&position).expect("recorded").state = state
+                }
+                Undo::ResolutionInserted(position) => {
+                    assert!(self.resolutions.remove(&position).is_some())
+                }
                 Undo::ExpiryInserted(key) => assert!(self.expiry.remove(&key)),
                 Undo::ExpiryRemoved(key) => assert!(self.expiry.insert(key)),
                 Undo::BatchTimePushed => {
@@ -866,7 +1181,9 @@ impl Ledger {
 
     /// What became of the transfer command `id`, if it was decided.
     pub fn outcome(&self, id: &Id) -> Option<Outcome> {
-        self.decided.get(&id.hash128()).map(|decided| decided.outcome())
+        self.decided
+            .get(&id.hash128())
+            .map(|decided| decided.outcome())
     }
 
     /// The pending transfer recorded at `position`.
@@ -886,30 +1203,48 @@ impl Ledger {
             pending_debits[ledger] += i128::from(account.balances.debits_pending);
             pending_credits[ledger] += i128::from(account.balances.credits_pending);
             if !account.allow_overdraft && account.balances.available() < 0 {
-                return fail(format!("account {:?} (index {index}) is below zero without allow_overdraft", account.id));
+                return fail(format!(
+                    "account {:?} (index {index}) is below zero without allow_overdraft",
+                    account.id
+                ));
             }
             let is_external = self.ledgers[ledger].external as usize == index;
             if is_external != account.id.is_none() {
-                return fail(format!("account index {index} is external in one place only"));
+                return fail(format!(
+                    "account index {index} is external in one place only"
+                ));
             }
         }
         for (ledger, info) in self.ledgers.iter().enumerate() {
             if balance_sums[ledger] != 0 {
-                return fail(format!("balances of ledger {} sum to {}, not zero", info.code, balance_sums[ledger]));
+                return fail(format!(
+                    "balances of ledger {} sum to {}, not zero",
+                    info.code, balance_sums[ledger]
+                ));
             }
             if pending_debits[ledger] != pending_credits[ledger] {
-                return fail(format!("pending debits and credits of ledger {} differ", info.code));
+                return fail(format!(
+                    "pending debits and credits of ledger {} differ",
+                    info.code
+                ));
             }
         }
         let mut reserved = vec![(0u128, 0u128); self.accounts.len()];
         let mut with_timeout = 0usize;
-        for record in self.pendings.values().filter(|record| record.state == PendingState::Pending) {
+        for record in self
+            .pendings
+            .values()
+            .filter(|record| record.state == PendingState::Pending)
+        {
             reserved[record.debit as usize].0 += u128::from(record.amount);
             reserved[record.credit as usize].1 += u128::from(record.amount);
             with_timeout += usize::from(record.expires_at_ns != 0);
         }
         for (index, account) in self.accounts.iter().enumerate() {
-            let expected = (u128::from(account.balances.debits_pending), u128::from(account.balances.credits_pending));
+            let expected = (
+                u128::from(account.balances.debits_pending),
+                u128::from(account.balances.credits_pending),
+            );
             if reserved[index] != expected {
                 return fail(format!("pending amounts of account index {index} do not match its open pending transfers"));
             }

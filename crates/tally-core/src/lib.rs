@@ -46,11 +46,14 @@ mod reject;
 mod snapshot;
 
 pub use command::{Command, InvalidCommand, PendingOptions, TransferBody, TransferCommand};
-pub use event::{decode_events, encode_event, encode_events, AccountIndex, DecodeError, Event, LedgerIndex, TransferEvent, TransferKind};
+pub use event::{
+    decode_events, encode_event, encode_events, AccountIndex, DecodeError, Event, LedgerIndex,
+    TransferEvent, TransferKind,
+};
 pub use id::{hash128, Id, IdError, LedgerCode};
 pub use ledger::{
-    kind_tag, Account, Balances, InvariantViolation, Ledger, LedgerInfo, Outcome, PendingRecord, PendingState, Reply, ReplayError,
-    TransferReply,
+    kind_tag, Account, Balances, InvariantViolation, Ledger, LedgerInfo, Outcome, PendingRecord,
+    PendingState, ReplayError, Reply, TransferReply,
 };
 pub use reject::RejectCode;
 pub use snapshot::{SnapshotError, SNAPSHOT_VERSION};

@@ -12,6 +12,11 @@ pub const BATCH_TRANSFERS_MAX: usize = 8192;
 /// Longest timeout of a pending transfer: 30 days, so a forgotten reservation cannot hold funds forever.
 pub const PENDING_TIMEOUT_S_MAX: u32 = 30 * 24 * 60 * 60;
 
+/// Pending transfers expired by one batch; more wait for the next batch, so that a mass expiry
+/// cannot make one log record unbounded. Until its expiry event, an overdue pending transfer is
+/// already treated as expired.
+pub const EXPIRATIONS_PER_BATCH_MAX: usize = 4096;
+
 /// Accounts in one Tally instance, external accounts included; account indices are `u32`.
 pub const ACCOUNTS_MAX: u32 = u32::MAX - 1;
 

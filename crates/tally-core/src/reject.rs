@@ -52,13 +52,21 @@ impl RejectCode {
     pub fn message(self) -> &'static str {
         match self {
             RejectCode::NotFound => "a referenced account or pending transfer does not exist",
-            RejectCode::InsufficientFunds => "the debit account has insufficient funds and does not allow overdraft",
+            RejectCode::InsufficientFunds => {
+                "the debit account has insufficient funds and does not allow overdraft"
+            }
             RejectCode::LedgerMismatch => "the accounts belong to different ledgers",
-            RejectCode::AlreadyResolved => "the pending transfer was already posted, voided or expired",
+            RejectCode::AlreadyResolved => {
+                "the pending transfer was already posted, voided or expired"
+            }
             RejectCode::NotPending => "the referenced transfer is not a pending transfer",
-            RejectCode::ExceedsPendingAmount => "the amount exceeds what the pending transfer reserved",
+            RejectCode::ExceedsPendingAmount => {
+                "the amount exceeds what the pending transfer reserved"
+            }
             RejectCode::Overflow => "an account's debits or credits would overflow",
-            RejectCode::LinkedFailed => "another transfer of the atomic batch failed, so none was applied",
+            RejectCode::LinkedFailed => {
+                "another transfer of the atomic batch failed, so none was applied"
+            }
         }
     }
 
@@ -76,7 +84,9 @@ impl RejectCode {
     }
 
     pub(crate) fn from_byte(byte: u8) -> Option<RejectCode> {
-        RejectCode::ALL.into_iter().find(|code| code.to_byte() == byte)
+        RejectCode::ALL
+            .into_iter()
+            .find(|code| code.to_byte() == byte)
     }
 }
 

@@ -4,7 +4,6 @@
 //! rebuilt on load, which keeps the format small and the two copies from disagreeing. Decoding
 //! treats its input as untrusted: every count is checked against the bytes left.
 
-
 use crate::event::AccountIndex;
 use crate::id::{Id, LedgerCode};
 use crate::ledger::{Account, Balances, Decided, Ledger, LedgerInfo, PendingRecord, PendingState};
@@ -25,7 +24,9 @@ pub struct SnapshotError {
 impl Ledger {
     /// Encodes the whole state. Must be called between batches.
     pub fn encode_snapshot(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(64 + self.accounts.len() * 64 + self.decided.len() * 32 + self.pendings.len() * 48);
+        let mut out = Vec::with_capacity(
+            64 + self.accounts.len() * 64 + self.decided.len() * 32 + self.pendings.len() * 48,
+        );
         put_u32(&mut out, SNAPSHOT_VERSION);
         put_u64(&mut out, self.next_position);
         put_u64(&mut out, self.batch_times.len() as u64);
@@ -46,7 +47,13 @@ impl Ledger {
             }
             put_u32(&mut out, account.ledger);
             let b = &account.balances;
-            for value in [b.debits_posted, b.credits_posted, b.debits_pending, b.credits_pending, b.version] {
+            for value in [
+                b.debits_posted,
+                b.credits_posted,
+                b.debits_pending,
+                b.credits_pending,
+                b.version,
+            ] {
                 put_u64(&mut out, value);
             }
         }
@@ -94,16 +101,25 @@ impl Ledger {
         ledger.batch_times.reserve_exact(count);
         for _ in 0..count {
             let entry = (reader.u64()?, reader.u64()?);
-            if ledger.batch_times.last().is_some_and(|last| last.0 >= entry.0 || last.1 >= entry.1) {
+            if ledger
+                .batch_times
+                .last()
+                .is_some_and(|last| last.0 >= entry.0 || last.1 >= entry.1)
+            {
                 return Err(reader.error("batch times out of order"));
             }
             ledger.batch_times.push(entry);
         }
         let count = reader.count(5)?;
         for index in 0..count {
-            let code = LedgerCode::new(reader.text()?).map_err(|_| reader.error("invalid ledger code"))?;
+            let code =
+                LedgerCode::new(reader.text()?).map_err(|_| reader.error("invalid ledger code"))?;
             let external = reader.u32()?;
-            if ledger.ledger_codes.insert(code.clone(), index as u32).is_some() {
+            if ledger
+                .ledger_codes
+                .insert(code.clone(), index as u32)
+                .is_some()
+            {
                 return Err(reader.error("duplicate ledger code"));
             }
             ledger.ledgers.push(LedgerInfo { code, external });
@@ -116,7 +132,11 @@ impl Ledger {
             if flags > 3 {
                 return Err(reader.error("unknown account flags"));
             }
-            let id = if flags & 1 != 0 { Some(Id::new(reader.text()?).map_err(|_| reader.error("invalid account id"))?) } else { None };
+            let id = if flags & 1 != 0 {
+                Some(Id::new(reader.text()?).map_err(|_| reader.error("invalid account id"))?)
+            } else {
+                None
+            };
             let ledger_index = reader.u32()?;
             if ledger_index as usize >= ledger.ledgers.len() {
                 return Err(reader.error("account of an unknown ledger"));
@@ -127,7 +147,11 @@ impl Ledger {
             }
             let [debits_posted, credits_posted, debits_pending, credits_pending, version] = values;
             if let Some(id) = &id {
-                if ledger.account_ids.insert(id.hash128(), index as AccountIndex).is_some() {
+                if ledger
+                    .account_ids
+                    .insert(id.hash128(), index as AccountIndex)
+                    .is_some()
+                {
                     return Err(reader.error("duplicate account id"));
                 }
             }
@@ -135,16 +159,29 @@ impl Ledger {
                 id,
                 ledger: ledger_index,
                 allow_overdraft: flags & 2 != 0,
-                balances: Balances { debits_posted, credits_posted, debits_pending, credits_pending, version },
+                balances: Balances {
+                    debits_posted,
+                    credits_posted,
+                    debits_pending,
+                    credits_pending,
+                    version,
+                },
             });
         }
         let count = reader.count(32)?;
         ledger.decided.reserve(count);
         for _ in 0..count {
             let hash = u128::from_le_bytes(reader.take(16)?.try_into().expect("took 16 bytes"));
-            let decided = Decided { body_hash: reader.u64()?, outcome: reader.u64()? };
+            let decided = Decided {
+                body_hash: reader.u64()?,
+                outcome: reader.u64()?,
+            };
             let tag = (decided.outcome >> 56) as u8;
-            let known = if tag & 0x80 != 0 { crate::reject::RejectCode::from_byte(tag & 0x7f).is_some() } else { (1..=6).contains(&tag) };
+            let known = if tag & 0x80 != 0 {
+                crate::reject::RejectCode::from_byte(tag & 0x7f).is_some()
+            } else {
+                (1..=6).contains(&tag)
+            };
             if !known {
                 return Err(reader.error("unknown outcome tag"));
             }
@@ -162,7 +199,10 @@ impl Ledger {
             let (state_amount, at) = (reader.u64()?, reader.u64()?);
             let state = match tag {
                 0 => PendingState::Pending,
-                1 => PendingState::Posted { amount: state_amount, position: at },
+                1 => PendingState::Posted {
+                    amount: state_amount,
+                    position: at,
+                },
                 2 => PendingState::Voided { position: at },
                 3 => PendingState::Expired { position: at },
                 _ => return Err(reader.error("unknown pending state")),
@@ -173,7 +213,13 @@ impl Ledger {
             if state == PendingState::Pending && expires_at_ns != 0 {
                 ledger.expiry.insert((expires_at_ns, position));
             }
-            let record = PendingRecord { debit, credit, amount, expires_at_ns, state };
+            let record = PendingRecord {
+                debit,
+                credit,
+                amount,
+                expires_at_ns,
+                state,
+            };
             if ledger.pendings.insert(position, record).is_some() {
                 return Err(reader.error("duplicate pending transfer"));
             }
@@ -190,7 +236,12 @@ impl Ledger {
         if reader.offset != bytes.len() {
             return Err(reader.error("bytes left after the snapshot"));
         }
-        if ledger.ledgers.iter().any(|info| ledger.accounts.get(info.external as usize).is_none_or(|account| account.id.is_some())) {
+        if ledger.ledgers.iter().any(|info| {
+            ledger
+                .accounts
+                .get(info.external as usize)
+                .is_none_or(|account| account.id.is_some())
+        }) {
             return Err(reader.error("a ledger's external account is missing"));
         }
         if ledger.check_invariants().is_err() {
@@ -221,11 +272,17 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn error(&self, reason: &'static str) -> SnapshotError {
-        SnapshotError { offset: self.offset, reason }
+        SnapshotError {
+            offset: self.offset,
+            reason,
+        }
     }
 
     fn take(&mut self, count: usize) -> Result<&'a [u8], SnapshotError> {
-        let end = self.offset.checked_add(count).filter(|end| *end <= self.bytes.len());
+        let end = self
+            .offset
+            .checked_add(count)
+            .filter(|end| *end <= self.bytes.len());
         let end = end.ok_or_else(|| self.error("unexpected end of snapshot"))?;
         let bytes: &'a [u8] = self.bytes;
         let slice = &bytes[self.offset..end];
@@ -238,11 +295,15 @@ impl<'a> Reader<'a> {
     }
 
     fn u32(&mut self) -> Result<u32, SnapshotError> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("took 4 bytes")))
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("took 4 bytes"),
+        ))
     }
 
     fn u64(&mut self) -> Result<u64, SnapshotError> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("took 8 bytes")))
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("took 8 bytes"),
+        ))
     }
 
     /// A count of items of at least `item_bytes_min` bytes each, checked against what is left.

@@ -17,7 +17,9 @@
 use std::num::NonZeroU64;
 
 use proptest::prelude::*;
-use tally_core::{Command, Event, Id, Ledger, LedgerCode, PendingOptions, Reply, TransferBody, TransferCommand};
+use tally_core::{
+    Command, Event, Id, Ledger, LedgerCode, PendingOptions, Reply, TransferBody, TransferCommand,
+};
 
 fn id(text: &str) -> Id {
     Id::new(text).unwrap()
@@ -29,20 +31,41 @@ fn amount(text: &str) -> NonZeroU64 {
 
 fn parse_transfer(words: &[&str]) -> TransferCommand {
     let body = match words {
-        ["deposit", _, account, value] => TransferBody::Deposit { account: id(account), amount: amount(value) },
-        ["withdraw", _, account, value] => TransferBody::Withdrawal { account: id(account), amount: amount(value) },
-        ["transfer", _, from, to, value] => TransferBody::Transfer { from: id(from), to: id(to), amount: amount(value), pending: None },
+        ["deposit", _, account, value] => TransferBody::Deposit {
+            account: id(account),
+            amount: amount(value),
+        },
+        ["withdraw", _, account, value] => TransferBody::Withdrawal {
+            account: id(account),
+            amount: amount(value),
+        },
+        ["transfer", _, from, to, value] => TransferBody::Transfer {
+            from: id(from),
+            to: id(to),
+            amount: amount(value),
+            pending: None,
+        },
         ["pending", _, from, to, value, rest @ ..] => TransferBody::Transfer {
             from: id(from),
             to: id(to),
             amount: amount(value),
-            pending: Some(PendingOptions { timeout_s: rest.first().map_or(0, |timeout| timeout.parse().unwrap()) }),
+            pending: Some(PendingOptions {
+                timeout_s: rest.first().map_or(0, |timeout| timeout.parse().unwrap()),
+            }),
         },
-        ["post", _, pending, rest @ ..] => TransferBody::Post { pending_id: id(pending), amount: rest.first().map(|value| amount(value)) },
-        ["void", _, pending] => TransferBody::Void { pending_id: id(pending) },
+        ["post", _, pending, rest @ ..] => TransferBody::Post {
+            pending_id: id(pending),
+            amount: rest.first().map(|value| amount(value)),
+        },
+        ["void", _, pending] => TransferBody::Void {
+            pending_id: id(pending),
+        },
         _ => panic!("unknown command {words:?}"),
     };
-    TransferCommand { id: id(words[1]), body }
+    TransferCommand {
+        id: id(words[1]),
+        body,
+    }
 }
 
 fn parse(line: &str) -> Command {
@@ -54,7 +77,9 @@ fn parse(line: &str) -> Command {
             allow_overdraft: rest == ["overdraft"],
         },
         ["linked", ..] => {
-            let chain = line["linked".len()..].split(',').map(|part| parse_transfer(&part.split_whitespace().collect::<Vec<_>>()));
+            let chain = line["linked".len()..]
+                .split(',')
+                .map(|part| parse_transfer(&part.split_whitespace().collect::<Vec<_>>()));
             Command::Linked(chain.collect())
         }
         _ => Command::Transfer(parse_transfer(&words)),
@@ -63,19 +88,36 @@ fn parse(line: &str) -> Command {
 
 fn describe(ledger: &Ledger, reply: &Reply) -> String {
     match reply {
-        Reply::Account { index, created } => format!("account {} {}", ledger.account(*index).id.as_ref().unwrap(), if *created { "created" } else { "exists" }),
+        Reply::Account { index, created } => format!(
+            "account {} {}",
+            ledger.account(*index).id.as_ref().unwrap(),
+            if *created { "created" } else { "exists" }
+        ),
         Reply::Transfer(transfer) => format!(
             "{} {} @{} amount {}{}",
             transfer.kind.name(),
-            if transfer.created { "created" } else { "duplicate" },
+            if transfer.created {
+                "created"
+            } else {
+                "duplicate"
+            },
             transfer.position,
             transfer.amount,
             match transfer.kind {
-                tally_core::TransferKind::Pending { expires_at_ns } if expires_at_ns != 0 => format!(" expires {}s", expires_at_ns / 1_000_000_000),
+                tally_core::TransferKind::Pending { expires_at_ns } if expires_at_ns != 0 =>
+                    format!(" expires {}s", expires_at_ns / 1_000_000_000),
                 _ => String::new(),
             }
         ),
-        Reply::Rejected { code, position, created } => format!("rejected {} @{position}{}", code.as_str(), if *created { "" } else { " (again)" }),
+        Reply::Rejected {
+            code,
+            position,
+            created,
+        } => format!(
+            "rejected {} @{position}{}",
+            code.as_str(),
+            if *created { "" } else { " (again)" }
+        ),
         Reply::Conflict => "conflict".to_string(),
     }
 }
@@ -90,9 +132,17 @@ fn run(script: &str) -> String {
     let mut events = Vec::new();
     let mut first_position = 0;
     ledger.begin_batch(clock_s * 1_000_000_000, &mut events);
-    for line in script.lines().map(str::trim).filter(|line| !line.is_empty()) {
+    for line in script
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+    {
         if let Some(seconds) = line.strip_prefix("tick ") {
-            batches.push((first_position, clock_s * 1_000_000_000, std::mem::take(&mut events)));
+            batches.push((
+                first_position,
+                clock_s * 1_000_000_000,
+                std::mem::take(&mut events),
+            ));
             first_position = ledger.next_position();
             clock_s = seconds.parse().unwrap();
             ledger.begin_batch(clock_s * 1_000_000_000, &mut events);
@@ -107,16 +157,27 @@ fn run(script: &str) -> String {
         command.validate().unwrap();
         let mut replies = Vec::new();
         ledger.execute(&command, &mut events, &mut replies);
-        let described: Vec<String> = replies.iter().map(|reply| describe(&ledger, reply)).collect();
+        let described: Vec<String> = replies
+            .iter()
+            .map(|reply| describe(&ledger, reply))
+            .collect();
         out.push_str(&format!("{line}: {}\n", described.join(", ")));
         ledger.check_invariants().unwrap();
     }
     batches.push((first_position, clock_s * 1_000_000_000, events));
     assert_replays(&ledger, &batches);
     for account in (0..ledger.account_count()).map(|index| ledger.account(index as u32)) {
-        let name = account.id.as_ref().map_or_else(|| format!("@{}", ledger.ledger(account.ledger).code), |id| id.to_string());
+        let name = account.id.as_ref().map_or_else(
+            || format!("@{}", ledger.ledger(account.ledger).code),
+            |id| id.to_string(),
+        );
         let b = account.balances;
-        out.push_str(&format!("{name}: balance {} pending -{} +{}\n", b.balance(), b.debits_pending, b.credits_pending));
+        out.push_str(&format!(
+            "{name}: balance {} pending -{} +{}\n",
+            b.balance(),
+            b.debits_pending,
+            b.credits_pending
+        ));
     }
     out
 }
@@ -124,8 +185,12 @@ fn run(script: &str) -> String {
 /// Replaying the events and decoding a snapshot both reproduce the live state exactly.
 fn assert_replays(ledger: &Ledger, batches: &[(u64, u64, Vec<Event>)]) {
     let mut replayed = Ledger::new();
-    for (first_position, timestamp, events) in batches.iter().filter(|(_, _, events)| !events.is_empty()) {
-        replayed.begin_replayed_batch(*first_position, *timestamp).unwrap();
+    for (first_position, timestamp, events) in
+        batches.iter().filter(|(_, _, events)| !events.is_empty())
+    {
+        replayed
+            .begin_replayed_batch(*first_position, *timestamp)
+            .unwrap();
         let body = tally_core::encode_events(events);
         for event in tally_core::decode_events(&body, events.len() as u32).unwrap() {
             replayed.apply_checked(&event).unwrap();
@@ -133,13 +198,21 @@ fn assert_replays(ledger: &Ledger, batches: &[(u64, u64, Vec<Event>)]) {
     }
     assert_eq!(&replayed, ledger, "replay must equal live state");
     let decoded = Ledger::decode_snapshot(&ledger.encode_snapshot()).unwrap();
-    assert_eq!(&decoded, ledger, "snapshot round trip must equal live state");
+    assert_eq!(
+        &decoded, ledger,
+        "snapshot round trip must equal live state"
+    );
 }
 
 #[track_caller]
 fn check(script: &str, expected: &str) {
     let actual = run(script);
-    let expected: String = expected.lines().map(str::trim).filter(|line| !line.is_empty()).map(|line| format!("{line}\n")).collect();
+    let expected: String = expected
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .map(|line| format!("{line}\n"))
+        .collect();
     assert_eq!(actual, expected, "\nactual:\n{actual}");
 }
 
@@ -348,8 +421,15 @@ fn replay_refuses_events_that_break_the_rules() {
     let error = replayed.apply_checked(&overdraw).unwrap_err();
     assert!(error.reason.contains("insufficient_funds"), "{error}");
     let twice = events[2].clone();
-    assert!(replayed.apply_checked(&twice).unwrap_err().reason.contains("recorded twice"));
-    assert!(replayed.begin_replayed_batch(99, 2).is_err(), "a position gap is refused");
+    assert!(replayed
+        .apply_checked(&twice)
+        .unwrap_err()
+        .reason
+        .contains("recorded twice"));
+    assert!(
+        replayed.begin_replayed_batch(99, 2).is_err(),
+        "a position gap is refused"
+    );
 }
 
 #[test]
@@ -358,14 +438,22 @@ fn garbage_snapshots_are_refused_without_panicking() {
         let mut ledger = Ledger::new();
         let (mut events, mut replies) = (Vec::new(), Vec::new());
         ledger.begin_batch(1, &mut events);
-        for line in ["open a USD", "open b USD", "deposit d1 a 5", "pending p1 a b 2 60"] {
+        for line in [
+            "open a USD",
+            "open b USD",
+            "deposit d1 a 5",
+            "pending p1 a b 2 60",
+        ] {
             ledger.execute(&parse(line), &mut events, &mut replies);
         }
         ledger
     };
     let bytes = ledger.encode_snapshot();
     for cut in 0..bytes.len() {
-        assert!(Ledger::decode_snapshot(&bytes[..cut]).is_err(), "truncated at {cut}");
+        assert!(
+            Ledger::decode_snapshot(&bytes[..cut]).is_err(),
+            "truncated at {cut}"
+        );
     }
     let mut flipped = bytes.clone();
     let balance_offset = bytes.len() / 2;
@@ -383,18 +471,36 @@ fn arb_transfer() -> impl Strategy<Value = String> {
     let transfer_id = (0..40u8).prop_map(|index| format!("t{index}"));
     let value = 1..120u64;
     prop_oneof![
-        (transfer_id.clone(), arb_account(), value.clone()).prop_map(|(t, a, v)| format!("deposit {t} {a} {v}")),
-        (transfer_id.clone(), arb_account(), value.clone()).prop_map(|(t, a, v)| format!("withdraw {t} {a} {v}")),
-        (transfer_id.clone(), arb_account(), arb_account(), value.clone())
+        (transfer_id.clone(), arb_account(), value.clone())
+            .prop_map(|(t, a, v)| format!("deposit {t} {a} {v}")),
+        (transfer_id.clone(), arb_account(), value.clone())
+            .prop_map(|(t, a, v)| format!("withdraw {t} {a} {v}")),
+        (
+            transfer_id.clone(),
+            arb_account(),
+            arb_account(),
+            value.clone()
+        )
             .prop_filter("distinct accounts", |(_, a, b, _)| a != b)
             .prop_map(|(t, a, b, v)| format!("transfer {t} {a} {b} {v}")),
-        (transfer_id.clone(), arb_account(), arb_account(), value.clone(), 0..4u32)
+        (
+            transfer_id.clone(),
+            arb_account(),
+            arb_account(),
+            value.clone(),
+            0..4u32
+        )
             .prop_filter("distinct accounts", |(_, a, b, _, _)| a != b)
             .prop_map(|(t, a, b, v, timeout)| format!("pending {t} {a} {b} {v} {timeout}")),
-        (transfer_id.clone(), transfer_id.clone(), proptest::option::of(value)).prop_map(|(t, p, v)| match v {
-            Some(v) => format!("post {t} {p} {v}"),
-            None => format!("post {t} {p}"),
-        }),
+        (
+            transfer_id.clone(),
+            transfer_id.clone(),
+            proptest::option::of(value)
+        )
+            .prop_map(|(t, p, v)| match v {
+                Some(v) => format!("post {t} {p} {v}"),
+                None => format!("post {t} {p}"),
+            }),
         (transfer_id.clone(), transfer_id).prop_map(|(t, p)| format!("void {t} {p}")),
     ]
 }

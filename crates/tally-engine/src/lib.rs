@@ -1,0 +1,443 @@
+//! The engine of Tally: the command pipeline between the HTTP handlers and the log.
+//!
+//! [`Engine::open`] recovers the ledger state from the newest snapshot and the log after it,
+//! then starts two threads: the state thread, the only owner of the [`tally_core::Ledger`], and
+//! the writer thread, the only owner of the [`tally_log::EventLog`]. Handlers talk to them
+//! through an [`EngineHandle`]: a bounded queue (full means [`EngineError::Overloaded`], never
+//! unbounded memory) and a reply slot per request.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), tally_engine::EngineError> {
+//! use tally_engine::{Detail, Engine, EngineConfig};
+//!
+//! let opened = Engine::open(EngineConfig::new("./tally-data".into()))?;
+//! let handle = opened.engine.handle();
+//! let answers = handle.execute(vec![/* commands */], Detail::Full).await?;
+//! opened.engine.shutdown()?;
+//! # Ok(()) }
+//! ```
+//!
+//! Key design choice: one thread owns the state and applies commands in order, as TigerBeetle
+//! does: no locks on the hot path and deterministic by construction. Group commit comes from
+//! pipelining: while one batch is fsynced the next one fills up, so the busier the engine, the
+//! more commands share each fsync. Offline work (snapshots, verification) runs on separate
+//! idle-priority threads and reads only the log and snapshot files, never the live state.
+#![deny(missing_docs)]
+
+mod answer;
+pub mod limits;
+mod metrics;
+pub mod offline;
+mod pipeline;
+mod replay;
+mod snapshotter;
+mod verify;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tally_core::{Command, Id, Ledger, ReplayError};
+use tally_log::{EventLog, LogError, LogOptions, LogReader, SegmentedLog, SnapshotStore};
+use tokio::sync::{oneshot, watch};
+
+pub use answer::{AccountView, Answer, Detail, TransferDetail};
+pub use metrics::EngineMetrics;
+pub use replay::replay_batch;
+pub use verify::{verify_data_dir, DataDirReport, SnapshotCheck};
+
+use limits::{COMMAND_QUEUE_COMMANDS_MAX, COMMAND_QUEUE_REQUESTS_MAX, STAGED_BATCHES_MAX};
+use pipeline::{Request, Shared, StateThread, WriterThread};
+use snapshotter::Snapshotter;
+
+/// Everything that can go wrong in the engine.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EngineError {
+    /// The command queue is full; retry later with the same ids.
+    #[error("the command queue is full; retry later with the same ids")]
+    Overloaded,
+    /// The engine stopped accepting work.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The log or snapshot store failed.
+    #[error("{0}")]
+    Log(Arc<LogError>),
+    /// The log contradicts the ledger rules: the data directory needs an operator.
+    #[error("{error}. Run `tally verify {dir}` for details", dir = dir.display())]
+    Replay {
+        /// What does not apply.
+        error: ReplayError,
+        /// The data directory.
+        dir: PathBuf,
+    },
+    /// A snapshot claims more history than the log holds.
+    #[error(
+        "snapshot in {dir} is at position {snapshot}, beyond the end of the log at {log}: acknowledged events are missing from the log",
+        dir = dir.display()
+    )]
+    SnapshotAheadOfLog {
+        /// The snapshot's position.
+        snapshot: u64,
+        /// The log's end.
+        log: u64,
+        /// The snapshot directory.
+        dir: PathBuf,
+    },
+    /// A file or thread could not be set up.
+    #[error("{context}: {message}")]
+    Setup {
+        /// What was being done.
+        context: String,
+        /// Why it failed.
+        message: String,
+    },
+}
+
+impl From<LogError> for EngineError {
+    fn from(error: LogError) -> EngineError {
+        EngineError::Log(Arc::new(error))
+    }
+}
+
+/// How to run the engine.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// The data directory: `log/` and `snapshots/` live in it.
+    pub data_dir: PathBuf,
+    /// How long the batcher waits for more commands after the first of a batch.
+    pub batch_wait: Duration,
+    /// Events between snapshots; 0 turns periodic snapshots off.
+    pub snapshot_interval_events: u64,
+    /// Options of the embedded log.
+    pub log_options: LogOptions,
+}
+
+impl EngineConfig {
+    /// The defaults for `data_dir`.
+    pub fn new(data_dir: PathBuf) -> EngineConfig {
+        EngineConfig {
+            data_dir,
+            batch_wait: Duration::from_micros(limits::BATCH_WAIT_US_DEFAULT),
+            snapshot_interval_events: limits::SNAPSHOT_INTERVAL_EVENTS_DEFAULT,
+            log_options: LogOptions::default(),
+        }
+    }
+}
+
+/// What [`Engine::open`] found and did.
+#[derive(Clone, Debug)]
+pub struct Recovery {
+    /// What the log's recovery did (torn tails cut, segments found).
+    pub log: tally_log::RecoveryReport,
+    /// Position of the snapshot the state was loaded from, if any.
+    pub snapshot_position: Option<u64>,
+    /// Events replayed from the log after the snapshot.
+    pub replayed_events: u64,
+    /// How long recovery took.
+    pub elapsed: Duration,
+}
+
+/// A reader of the log and the durable position, for consumers such as the read model.
+pub struct LogFeed {
+    /// Reads batches up to the durable end.
+    pub reader: Box<dyn LogReader>,
+    /// The durable end of the log, updated after every append.
+    pub durable: watch::Receiver<u64>,
+}
+
+/// An opened engine, the log feed for the read model, and what recovery did.
+pub struct Opened {
+    /// The running engine.
+    pub engine: Engine,
+    /// A log reader for one consumer.
+    pub feed: LogFeed,
+    /// What recovery found.
+    pub recovery: Recovery,
+}
+
+/// The running engine. Dropping it without [`Engine::shutdown`] leaves the threads to stop when
+/// every handle is gone.
+pub struct Engine {
+    handle: EngineHandle,
+    state_thread: JoinHandle<Ledger>,
+    writer_thread: JoinHandle<()>,
+    snapshotter: Snapshotter,
+    store: SnapshotStore,
+}
+
+/// A cheap, cloneable way to submit work to the engine from async code.
+#[derive(Clone)]
+pub struct EngineHandle {
+    requests: SyncSender<Request>,
+    shared: Arc<Shared>,
+}
+
+impl Engine {
+    /// Recovers the state from `config.data_dir` and starts the engine.
+    pub fn open(config: EngineConfig) -> Result<Opened, EngineError> {
+        let started = Instant::now();
+        let setup = |context: &str| {
+            let context = format!("{context} in {}", config.data_dir.display());
+            move |error: std::io::Error| EngineError::Setup {
+                context,
+                message: error.to_string(),
+            }
+        };
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(setup("cannot create the data directory"))?;
+        let (log, log_report) =
+            SegmentedLog::open(&config.data_dir.join("log"), config.log_options.clone())?;
+        let store = SnapshotStore::open(&config.data_dir.join("snapshots"))?;
+        let (ledger, snapshot_position) = recover(&log, &store, &config.data_dir)?;
+        ledger
+            .check_invariants()
+            .map_err(|violation| EngineError::Replay {
+                error: ReplayError {
+                    position: ledger.next_position(),
+                    reason: violation.to_string(),
+                },
+                dir: config.data_dir.clone(),
+            })?;
+        let replayed_events = ledger.next_position() - snapshot_position.unwrap_or(0);
+
+        let shared = Arc::new(Shared {
+            queued_commands: AtomicUsize::new(0),
+            failed: AtomicBool::new(false),
+            failure: Mutex::new(None),
+            durable_position: AtomicU64::new(log.next_position()),
+            snapshot_position: AtomicU64::new(snapshot_position.unwrap_or(0)),
+            metrics: EngineMetrics::default(),
+        });
+        let feed = LogFeed {
+            reader: log.reader(),
+            durable: log.subscribe(),
+        };
+        let snapshotter = Snapshotter::start(
+            SnapshotStore::open(&config.data_dir.join("snapshots"))?,
+            log.reader(),
+            Arc::clone(&shared),
+            config.snapshot_interval_events,
+        )
+        .map_err(setup("cannot start the snapshot thread"))?;
+        let (request_sender, requests) = sync_channel(COMMAND_QUEUE_REQUESTS_MAX);
+        let (staged_sender, staged) = sync_channel(STAGED_BATCHES_MAX);
+        let writer = WriterThread {
+            log: Box::new(log) as Box<dyn EventLog>,
+            staged,
+            shared: Arc::clone(&shared),
+        };
+        let writer_thread = std::thread::Builder::new()
+            .name("tally-writer".into())
+            .spawn(move || writer.run())
+            .map_err(setup("cannot start the writer thread"))?;
+        let last_timestamp_ns = ledger.last_timestamp_ns();
+        let state = StateThread {
+            ledger,
+            requests,
+            staged: staged_sender,
+            shared: Arc::clone(&shared),
+            batch_wait: config.batch_wait,
+            last_timestamp_ns,
+        };
+        let state_thread = std::thread::Builder::new()
+            .name("tally-state".into())
+            .spawn(move || state.run())
+            .map_err(setup("cannot start the state thread"))?;
+
+        let recovery = Recovery {
+            log: log_report,
+            snapshot_position,
+            replayed_events,
+            elapsed: started.elapsed(),
+        };
+        let engine = Engine {
+            handle: EngineHandle {
+                requests: request_sender,
+                shared,
+            },
+            state_thread,
+            writer_thread,
+            snapshotter,
+            store,
+        };
+        Ok(Opened {
+            engine,
+            feed,
+            recovery,
+        })
+    }
+
+    /// A handle for submitting work.
+    pub fn handle(&self) -> EngineHandle {
+        self.handle.clone()
+    }
+
+    /// Finishes the batch in flight, makes it durable, writes a snapshot of the final state so
+    /// that the next start replays nothing, and stops every thread.
+    pub fn shutdown(self) -> Result<(), EngineError> {
+        let Engine {
+            handle,
+            state_thread,
+            writer_thread,
+            snapshotter,
+            store,
+        } = self;
+        snapshotter.stop();
+        // A blocking send: shutdown must get through even when the queue is full.
+        handle.shared.queued_commands.fetch_add(1, Ordering::SeqCst);
+        let _ = handle.requests.send(Request::Shutdown);
+        drop(handle.requests);
+        let ledger = state_thread
+            .join()
+            .map_err(|_| EngineError::Unavailable("the state thread panicked".into()))?;
+        writer_thread
+            .join()
+            .map_err(|_| EngineError::Unavailable("the writer thread panicked".into()))?;
+        if handle.shared.failed.load(Ordering::SeqCst) {
+            return Err(handle.shared.unavailable());
+        }
+        let durable = handle.shared.durable_position.load(Ordering::SeqCst);
+        assert_eq!(
+            ledger.next_position(),
+            durable,
+            "after shutdown every staged batch is durable"
+        );
+        if handle.shared.snapshot_position.load(Ordering::SeqCst) != durable {
+            store.write(durable, &ledger.encode_snapshot())?;
+        }
+        Ok(())
+    }
+}
+
+/// Loads the newest valid snapshot, then replays the log after it.
+fn recover(
+    log: &SegmentedLog,
+    store: &SnapshotStore,
+    dir: &std::path::Path,
+) -> Result<(Ledger, Option<u64>), EngineError> {
+    let log_end = log.next_position();
+    let (mut ledger, snapshot_position) = match store.latest()? {
+        Some((position, bytes)) => match Ledger::decode_snapshot(&bytes) {
+            Ok(ledger) if ledger.next_position() == position => (ledger, Some(position)),
+            Ok(_) => {
+                tracing::warn!(
+                    position,
+                    "snapshot disagrees with its own position; replaying the whole log instead"
+                );
+                (Ledger::new(), None)
+            }
+            Err(error) => {
+                tracing::warn!(position, %error, "snapshot does not decode; replaying the whole log instead");
+                (Ledger::new(), None)
+            }
+        },
+        None => (Ledger::new(), None),
+    };
+    if ledger.next_position() > log_end {
+        return Err(EngineError::SnapshotAheadOfLog {
+            snapshot: ledger.next_position(),
+            log: log_end,
+            dir: store.dir().to_path_buf(),
+        });
+    }
+    let mut reader = log.reader();
+    for batch in reader.read_from(ledger.next_position())? {
+        let batch = batch?;
+        replay_batch(&mut ledger, &batch).map_err(|error| EngineError::Replay {
+            error,
+            dir: dir.to_path_buf(),
+        })?;
+    }
+    if ledger.next_position() != log_end {
+        return Err(EngineError::Replay {
+            error: ReplayError {
+                position: ledger.next_position(),
+                reason: format!("replay stopped before the log's end at {log_end}"),
+            },
+            dir: dir.to_path_buf(),
+        });
+    }
+    Ok((ledger, snapshot_position))
+}
+
+impl EngineHandle {
+    /// Executes `commands` in order, in one batch, and answers once they are durable: one answer
+    /// per command, or per transfer of a linked chain.
+    pub async fn execute(
+        &self,
+        commands: Vec<Command>,
+        detail: Detail,
+    ) -> Result<Vec<Answer>, EngineError> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Request::Execute {
+            commands,
+            detail,
+            reply,
+        })?;
+        answer.await.map_err(|_| self.shared.unavailable())?
+    }
+
+    /// The account `id` as of everything durable when the request was taken.
+    pub async fn account(&self, id: Id) -> Result<Option<AccountView>, EngineError> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Request::Account { id, reply })?;
+        answer.await.map_err(|_| self.shared.unavailable())?
+    }
+
+    fn submit(&self, request: Request) -> Result<(), EngineError> {
+        if self.shared.failed.load(Ordering::SeqCst) {
+            return Err(self.shared.unavailable());
+        }
+        let weight = request.weight();
+        let queued = self
+            .shared
+            .queued_commands
+            .fetch_add(weight, Ordering::SeqCst);
+        if queued + weight > COMMAND_QUEUE_COMMANDS_MAX {
+            self.shared
+                .queued_commands
+                .fetch_sub(weight, Ordering::SeqCst);
+            self.shared.metrics.overloaded.inc();
+            return Err(EngineError::Overloaded);
+        }
+        match self.requests.try_send(request) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => {
+                self.shared
+                    .queued_commands
+                    .fetch_sub(weight, Ordering::SeqCst);
+                self.shared.metrics.overloaded.inc();
+                Err(EngineError::Overloaded)
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                self.shared
+                    .queued_commands
+                    .fetch_sub(weight, Ordering::SeqCst);
+                Err(self.shared.unavailable())
+            }
+        }
+    }
+
+    /// The position up to which the log is durable.
+    pub fn durable_position(&self) -> u64 {
+        self.shared.durable_position.load(Ordering::SeqCst)
+    }
+
+    /// Whether the engine accepts work.
+    pub fn is_ready(&self) -> bool {
+        !self.shared.failed.load(Ordering::SeqCst)
+    }
+
+    /// Commands waiting in the queue.
+    pub fn queued_commands(&self) -> usize {
+        self.shared.queued_commands.load(Ordering::SeqCst)
+    }
+
+    /// The engine's metrics.
+    pub fn metrics(&self) -> &EngineMetrics {
+        &self.shared.metrics
+    }
+}

@@ -1,0 +1,358 @@
+//! The write path: a state thread that owns the ledger and a writer thread that owns the log.
+//!
+//! ```text
+//! handlers ──try_send──▶ [bounded request queue] ──▶ state thread ──send──▶ [staged batches] ──▶ writer thread
+//!                                                    decide + apply          (bounded: 1)         append + fdatasync
+//!                                                    encode events                                then deliver answers
+//! ```
+//!
+//! The state thread decides batch N+1 against a state that already holds batch N's changes
+//! while the writer fsyncs batch N. Answers, reads included, travel with the batch that was
+//! staged when they were computed and are delivered only once that batch (and so everything
+//! before it) is durable: nobody observes state that is not durable. If an append fails, that
+//! batch and every batch staged after it fail, and the engine refuses all further work: the
+//! in-memory state holds changes the log does not, so only a restart (which replays the log) may
+//! continue.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tally_core::{encode_events, Command, Event, Id, Ledger, Reply};
+use tally_log::{Batch, BatchHeader, EventLog};
+use tokio::sync::oneshot;
+
+use crate::answer::{AccountView, Answer, Detail, TransferDetail};
+use crate::limits::{COMMIT_BATCH_COMMANDS_MAX, IDLE_TICK_MS};
+use crate::metrics::EngineMetrics;
+use crate::EngineError;
+
+/// The closed set of inputs of the state thread.
+pub(crate) enum Request {
+    Execute {
+        commands: Vec<Command>,
+        detail: Detail,
+        reply: oneshot::Sender<Result<Vec<Answer>, EngineError>>,
+    },
+    Account {
+        id: Id,
+        reply: oneshot::Sender<Result<Option<AccountView>, EngineError>>,
+    },
+    Shutdown,
+}
+
+impl Request {
+    /// What the request counts against the command queue limit (a read counts as one).
+    pub(crate) fn weight(&self) -> usize {
+        match self {
+            Request::Execute { commands, .. } => commands.iter().map(command_weight).sum(),
+            Request::Account { .. } | Request::Shutdown => 1,
+        }
+    }
+}
+
+fn command_weight(command: &Command) -> usize {
+    match command {
+        Command::Linked(chain) => chain.len(),
+        Command::CreateAccount { .. } | Command::Transfer(_) => 1,
+    }
+}
+
+/// State shared by the handle, the state thread and the writer thread.
+pub(crate) struct Shared {
+    /// Commands queued but not yet taken by the state thread.
+    pub(crate) queued_commands: AtomicUsize,
+    /// Set once an append failed; the reason is in `failure`.
+    pub(crate) failed: AtomicBool,
+    pub(crate) failure: Mutex<Option<String>>,
+    /// Position up to which the log is durable.
+    pub(crate) durable_position: AtomicU64,
+    /// Position of the newest snapshot written (0: none).
+    pub(crate) snapshot_position: AtomicU64,
+    pub(crate) metrics: EngineMetrics,
+}
+
+impl Shared {
+    pub(crate) fn unavailable(&self) -> EngineError {
+        let reason = self
+            .failure
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        EngineError::Unavailable(reason.unwrap_or_else(|| "the engine has stopped".to_string()))
+    }
+
+    fn fail(&self, reason: String) {
+        let mut failure = self
+            .failure
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        failure.get_or_insert(reason);
+        self.failed.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A decided batch on its way to the log, with the answers that wait for it.
+pub(crate) struct Staged {
+    batch: Option<Batch>,
+    deliveries: Vec<Delivery>,
+}
+
+/// Sends one request's answer, or the error that stopped its batch.
+type Delivery = Box<dyn FnOnce(Result<(), EngineError>) + Send>;
+
+pub(crate) struct StateThread {
+    pub(crate) ledger: Ledger,
+    pub(crate) requests: Receiver<Request>,
+    pub(crate) staged: SyncSender<Staged>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) batch_wait: Duration,
+    pub(crate) last_timestamp_ns: u64,
+}
+
+impl StateThread {
+    /// Runs until shutdown or until every handle is gone; returns the ledger for a final snapshot.
+    pub(crate) fn run(mut self) -> Ledger {
+        loop {
+            let first = match self.requests.recv_timeout(self.idle_timeout()) {
+                Ok(request) => Some(request),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            if self.shared.failed.load(Ordering::SeqCst) {
+                if let Some(request) = first {
+                    if self.refuse(request) {
+                        break;
+                    }
+                }
+                continue;
+            }
+            if !self.run_batch(first) {
+                break;
+            }
+        }
+        self.ledger
+    }
+
+    /// Until the next pending transfer expires, at most an idle tick.
+    fn idle_timeout(&self) -> Duration {
+        let tick = Duration::from_millis(IDLE_TICK_MS);
+        match self.ledger.next_expiry_ns() {
+            None => tick,
+            Some(expires_at_ns) => {
+                Duration::from_nanos(expires_at_ns.saturating_sub(now_ns())).min(tick)
+            }
+        }
+    }
+
+    /// Answers a request of a failed engine. Returns true on shutdown.
+    fn refuse(&self, request: Request) -> bool {
+        self.shared
+            .queued_commands
+            .fetch_sub(request.weight(), Ordering::SeqCst);
+        let error = self.shared.unavailable();
+        match request {
+            Request::Execute { reply, .. } => drop(reply.send(Err(error))),
+            Request::Account { reply, .. } => drop(reply.send(Err(error))),
+            Request::Shutdown => return true,
+        }
+        false
+    }
+
+    /// Decides one batch, starting with `first` (or with expirations only), and stages it.
+    /// Returns false once the engine should stop.
+    fn run_batch(&mut self, first: Option<Request>) -> bool {
+        let timestamp_ns = now_ns().max(self.last_timestamp_ns + 1);
+        self.last_timestamp_ns = timestamp_ns;
+        let first_position = self.ledger.next_position();
+        let mut events = Vec::new();
+        self.ledger.begin_batch(timestamp_ns, &mut events);
+        let mut deliveries = Vec::new();
+        let mut commands = 0;
+        let mut keep_running = true;
+        let deadline = Instant::now() + self.batch_wait;
+        let mut next = first;
+        while let Some(request) = next.take() {
+            self.shared
+                .queued_commands
+                .fetch_sub(request.weight(), Ordering::SeqCst);
+            match request {
+                Request::Shutdown => {
+                    keep_running = false;
+                    break;
+                }
+                Request::Execute {
+                    commands: batch,
+                    detail,
+                    reply,
+                } => {
+                    commands += batch.iter().map(command_weight).sum::<usize>();
+                    let answers = self.execute(&batch, detail, &mut events);
+                    deliveries.push(deliver(reply, answers));
+                }
+                Request::Account { id, reply } => {
+                    let view = self
+                        .ledger
+                        .account_by_id(&id)
+                        .map(|(_, account)| AccountView::of(&self.ledger, account));
+                    deliveries.push(deliver(reply, view));
+                }
+            }
+            if commands >= COMMIT_BATCH_COMMANDS_MAX {
+                break;
+            }
+            next = match self.requests.try_recv() {
+                Ok(request) => Some(request),
+                Err(TryRecvError::Disconnected) => None,
+                Err(TryRecvError::Empty) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        None
+                    } else {
+                        self.requests.recv_timeout(left).ok()
+                    }
+                }
+            };
+        }
+        if !events.is_empty() || !deliveries.is_empty() {
+            self.stage(first_position, timestamp_ns, events, deliveries, commands);
+        }
+        keep_running
+    }
+
+    fn execute(
+        &mut self,
+        commands: &[Command],
+        detail: Detail,
+        events: &mut Vec<Event>,
+    ) -> Vec<Answer> {
+        let mut replies = Vec::with_capacity(commands.len());
+        let mut answers = Vec::with_capacity(commands.len());
+        for command in commands {
+            if let Err(invalid) = command.validate() {
+                answers.push(Answer::Invalid(invalid));
+                continue;
+            }
+            replies.clear();
+            self.ledger.execute(command, events, &mut replies);
+            answers.extend(replies.drain(..).map(|reply| self.render(reply, detail)));
+        }
+        answers
+    }
+
+    fn render(&self, reply: Reply, detail: Detail) -> Answer {
+        match reply {
+            Reply::Account { index, created } => Answer::Account {
+                view: AccountView::of(&self.ledger, self.ledger.account(index)),
+                created,
+            },
+            Reply::Transfer(reply) => {
+                let detail =
+                    (detail == Detail::Full).then(|| TransferDetail::of(&self.ledger, &reply));
+                Answer::Transfer { reply, detail }
+            }
+            Reply::Rejected {
+                code,
+                position,
+                created,
+            } => Answer::Rejected {
+                code,
+                position,
+                created,
+            },
+            Reply::Conflict => Answer::Conflict,
+        }
+    }
+
+    fn stage(
+        &mut self,
+        first_position: u64,
+        timestamp_ns: u64,
+        events: Vec<Event>,
+        deliveries: Vec<Delivery>,
+        commands: usize,
+    ) {
+        assert_eq!(
+            first_position + events.len() as u64,
+            self.ledger.next_position()
+        );
+        let batch = (!events.is_empty()).then(|| Batch {
+            header: BatchHeader {
+                first_position,
+                event_count: u32::try_from(events.len()).expect("bounded batch"),
+                timestamp_ns,
+            },
+            body: encode_events(&events),
+        });
+        self.shared.metrics.batch_commands.observe(commands as f64);
+        // Blocks while the writer is busy and a batch is already staged: backpressure.
+        if self.staged.send(Staged { batch, deliveries }).is_err() {
+            self.shared.fail("the log writer has stopped".to_string());
+        }
+    }
+}
+
+fn deliver<T: Send + 'static>(
+    reply: oneshot::Sender<Result<T, EngineError>>,
+    answer: T,
+) -> Delivery {
+    Box::new(move |outcome: Result<(), EngineError>| {
+        // The client may have gone away; its answer is then nobody's business.
+        let _ = reply.send(outcome.map(|()| answer));
+    })
+}
+
+pub(crate) struct WriterThread {
+    pub(crate) log: Box<dyn EventLog>,
+    pub(crate) staged: Receiver<Staged>,
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl WriterThread {
+    pub(crate) fn run(mut self) {
+        while let Ok(Staged { batch, deliveries }) = self.staged.recv() {
+            let outcome = match batch {
+                _ if self.shared.failed.load(Ordering::SeqCst) => Err(self.shared.unavailable()),
+                None => Ok(()),
+                Some(batch) => self.append(&batch),
+            };
+            for delivery in deliveries {
+                delivery(outcome.clone());
+            }
+        }
+    }
+
+    fn append(&mut self, batch: &Batch) -> Result<(), EngineError> {
+        let started = Instant::now();
+        match self.log.append(batch) {
+            Ok(()) => {
+                let metrics = &self.shared.metrics;
+                metrics
+                    .append_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                metrics.batches.inc();
+                metrics.events.inc_by(u64::from(batch.header.event_count));
+                self.shared
+                    .durable_position
+                    .store(batch.header.end_position(), Ordering::SeqCst);
+                Ok(())
+            }
+            Err(error) => {
+                let reason = format!("the log failed to make a batch durable, so the engine stopped accepting work: {error}");
+                tracing::error!("{reason}; restart tally to recover from the log");
+                self.shared.fail(reason);
+                Err(self.shared.unavailable())
+            }
+        }
+    }
+}
+
+/// Nanoseconds since the Unix epoch.
+pub(crate) fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX)
+        })
+}

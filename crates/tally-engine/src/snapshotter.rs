@@ -1,0 +1,102 @@
+//! The offline snapshot thread.
+//!
+//! It never touches the live state: it loads the newest snapshot, replays the log after it up to
+//! the durable end, and writes the result as a new snapshot, all on an idle-priority thread. The
+//! writer never waits for it, and a restart after a crash replays at most about one interval.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tally_core::Ledger;
+use tally_log::{LogReader, SnapshotStore};
+
+use crate::offline::spawn_offline;
+use crate::pipeline::Shared;
+use crate::replay::replay_batch;
+
+/// How often the thread checks whether a snapshot is due.
+const POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+pub(crate) struct Snapshotter {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Snapshotter {
+    pub(crate) fn start(
+        store: SnapshotStore,
+        reader: Box<dyn LogReader>,
+        shared: Arc<Shared>,
+        interval_events: u64,
+    ) -> std::io::Result<Snapshotter> {
+        let stop = Arc::new(AtomicBool::new(false));
+        if interval_events == 0 {
+            return Ok(Snapshotter { stop, thread: None });
+        }
+        let stopping = Arc::clone(&stop);
+        let thread = spawn_offline("tally-snapshot", move || {
+            let mut reader = reader;
+            while !stopping.load(Ordering::SeqCst) {
+                std::thread::sleep(POLL_INTERVAL);
+                let durable = shared.durable_position.load(Ordering::SeqCst);
+                let newest = shared.snapshot_position.load(Ordering::SeqCst);
+                if durable < newest + interval_events {
+                    continue;
+                }
+                match take_snapshot(&store, reader.as_mut(), &stopping) {
+                    Ok(Some(position)) => {
+                        shared.snapshot_position.store(position, Ordering::SeqCst);
+                        tracing::info!(position, "snapshot written");
+                    }
+                    Ok(None) => {}
+                    Err(error) => {
+                        // Snapshots only shorten restarts; the log still holds everything.
+                        tracing::error!(%error, "snapshot failed; will retry at the next interval");
+                        shared.snapshot_position.store(durable, Ordering::SeqCst);
+                    }
+                }
+            }
+        })?;
+        Ok(Snapshotter {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops the thread, abandoning a snapshot in progress.
+    pub(crate) fn stop(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Writes a snapshot at the durable end; `None` when stopped midway.
+fn take_snapshot(
+    store: &SnapshotStore,
+    reader: &mut dyn LogReader,
+    stop: &AtomicBool,
+) -> Result<Option<u64>, String> {
+    let mut ledger = match store.latest().map_err(|error| error.to_string())? {
+        Some((_, bytes)) => Ledger::decode_snapshot(&bytes).unwrap_or_default(),
+        None => Ledger::new(),
+    };
+    for batch in reader
+        .read_from(ledger.next_position())
+        .map_err(|error| error.to_string())?
+    {
+        if stop.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        let batch = batch.map_err(|error| error.to_string())?;
+        replay_batch(&mut ledger, &batch).map_err(|error| error.to_string())?;
+    }
+    let position = ledger.next_position();
+    store
+        .write(position, &ledger.encode_snapshot())
+        .map_err(|error| error.to_string())?;
+    Ok(Some(position))
+}

@@ -1,0 +1,30 @@
+//! Every limit of the read model in one place, each with the reason it exists.
+
+use std::time::Duration;
+
+/// Events folded into one write transaction at most; bounds the memory of the account cache and
+/// the work lost when the process dies before the transaction commits.
+pub const TRANSACTION_EVENTS_MAX: u64 = 50_000;
+
+/// Wall time one write transaction may keep folding; bounds how stale queries get under load,
+/// since readers only see committed transactions.
+pub const TRANSACTION_DURATION_MAX: Duration = Duration::from_millis(100);
+
+/// Longest time between durable commits while events are being projected. Commits in between
+/// skip the fsync: the read model is derived data, so a crash only costs re-projecting at most
+/// this much of the log.
+pub const DURABLE_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Entries in one history page; bounds the work and the answer size of one query.
+pub const HISTORY_PAGE_ENTRIES_MAX: u32 = 1000;
+
+/// Pause before asking the log again when it announced events its reader did not yield yet;
+/// keeps a lagging reader from turning the projector into a busy loop.
+pub const READ_RETRY_DELAY: Duration = Duration::from_millis(10);
+
+/// Version of the stored tables and rows. A file with another version is rebuilt from the log.
+pub const STORE_FORMAT_VERSION: u64 = 1;
+
+const _: () = assert!(TRANSACTION_EVENTS_MAX > 0);
+const _: () = assert!(HISTORY_PAGE_ENTRIES_MAX > 0);
+const _: () = assert!(TRANSACTION_DURATION_MAX.as_nanos() < DURABLE_COMMIT_INTERVAL.as_nanos());

@@ -1,0 +1,308 @@
+//! The projector thread: follows the log and folds it into the store in large transactions.
+//!
+//! Each write transaction folds whole batches (up to a number of events or a time budget) and
+//! stores the checkpoint with the data, so the file always reflects an exact prefix of the log:
+//! a crash at any point resumes at the last committed checkpoint and applies nothing twice.
+//! Commits skip the fsync ([`redb::Durability::None`]) except one every
+//! [`DURABLE_COMMIT_INTERVAL`](crate::limits::DURABLE_COMMIT_INTERVAL), which makes all earlier
+//! ones durable too.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tally_log::LogReader;
+use tokio::sync::{watch, Notify};
+
+use crate::limits::READ_RETRY_DELAY;
+use crate::projection::Projection;
+use crate::store::{store_error, Store, Tables};
+use crate::{ProjectorOptions, ProjectorStatus, ReadError};
+
+/// What the projector thread and the query side share.
+pub(crate) struct Shared {
+    pub store: Store,
+    /// The committed checkpoint: the next position to apply.
+    pub projected: watch::Sender<u64>,
+    pub status: Mutex<ProjectorStatus>,
+    /// Set once the projector has stopped for good (failure or shutdown), so waiters give up.
+    pub finished: AtomicBool,
+    /// Asks the projector to stop.
+    pub stop: AtomicBool,
+    /// Wakes the projector when `stop` is set.
+    pub wake: Notify,
+}
+
+pub(crate) struct Projector {
+    pub shared: Arc<Shared>,
+    pub reader: Box<dyn LogReader>,
+    pub durable: watch::Receiver<u64>,
+    pub projection: Projection,
+    pub options: ProjectorOptions,
+}
+
+/// What woke an idle projector.
+enum Wake {
+    LogMoved,
+    LogClosed,
+    Other,
+}
+
+impl Shared {
+    pub fn finish(&self, status: ProjectorStatus) {
+        *self.status.lock().expect("status lock") = status;
+        self.finished.store(true, Ordering::Release);
+        // Wakes every `wait_for`, which then sees `finished`.
+        self.projected.send_modify(|_| {});
+    }
+}
+
+impl Projector {
+    /// The thread's body: runs until stopped or until the log cannot be projected.
+    pub fn run(mut self) {
+        lower_priority();
+        let shared = Arc::clone(&self.shared);
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.follow()));
+        let position = *shared.projected.borrow();
+        match outcome {
+            Ok(Ok(())) => {
+                tracing::info!(position, "projector stopped");
+                shared.finish(ProjectorStatus::Stopped);
+            }
+            Ok(Err(error)) => {
+                tracing::error!(
+                    position,
+                    "projector stopped, queries are served from position {position}: {error}"
+                );
+                shared.finish(ProjectorStatus::Failed {
+                    position,
+                    reason: error.to_string(),
+                });
+            }
+            Err(_) => {
+                tracing::error!(
+                    position,
+                    "projector panicked, queries are served from position {position}"
+                );
+                shared.finish(ProjectorStatus::Failed {
+                    position,
+                    reason: "the projector thread panicked".into(),
+                });
+            }
+        }
+    }
+
+    fn follow(&mut self) -> Result<(), ReadError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(|source| ReadError::Io {
+                op: "build projector runtime",
+                path: self.shared.store.path.clone(),
+                source,
+            })?;
+        let mut last_durable = Instant::now();
+        let mut unsynced = false;
+        let mut log_open = true;
+        while !self.shared.stop.load(Ordering::Acquire) {
+            let log_end = *self.durable.borrow_and_update();
+            if log_end > self.projection.position() {
+                let durable = last_durable.elapsed() >= self.options.durable_commit_interval;
+                if self.transaction(durable)? == 0 {
+                    // The log announced events its reader does not yield yet; ask again shortly.
+                    std::thread::sleep(READ_RETRY_DELAY);
+                } else if durable {
+                    last_durable = Instant::now();
+                    unsynced = false;
+                } else {
+                    unsynced = true;
+                }
+                continue;
+            }
+            let since_durable = last_durable.elapsed();
+            if unsynced && since_durable >= self.options.durable_commit_interval {
+                self.sync()?;
+                last_durable = Instant::now();
+                unsynced = false;
+                continue;
+            }
+            // Caught up: sleep until the log moves, a stop, or the next durable commit is due.
+            let timeout = if unsynced {
+                self.options.durable_commit_interval - since_durable
+            } else {
+                Duration::from_secs(3600)
+            };
+            let (durable, wake) = (&mut self.durable, &self.shared.wake);
+            let woke = runtime.block_on(async {
+                tokio::select! {
+                    changed = durable.changed(), if log_open => if changed.is_ok() { Wake::LogMoved } else { Wake::LogClosed },
+                    () = wake.notified() => Wake::Other,
+                    () = tokio::time::sleep(timeout) => Wake::Other,
+                }
+            });
+            match woke {
+                Wake::LogClosed => {
+                    tracing::info!(
+                        position = self.projection.position(),
+                        "the log closed its position channel; the projector idles"
+                    );
+                    log_open = false;
+                }
+                Wake::LogMoved | Wake::Other => {}
+            }
+        }
+        if unsynced {
+            // Leave a durable checkpoint behind so that a restart does not redo the last second.
+            self.sync()?;
+        }
+        Ok(())
+    }
+
+    /// Folds batches from the checkpoint on into one write transaction and commits it; returns
+    /// the number of events applied (0: nothing was committed).
+    fn transaction(&mut self, durable: bool) -> Result<u64, ReadError> {
+        let path = self.shared.store.path.clone();
+        let mut txn = self
+            .shared
+            .store
+            .db
+            .begin_write()
+            .map_err(|source| store_error("begin write transaction", &path, source))?;
+        let durability = if durable {
+            redb::Durability::Immediate
+        } else {
+            redb::Durability::None
+        };
+        txn.set_durability(durability)
+            .map_err(|source| store_error("set durability", &path, source))?;
+        let started = Instant::now();
+        let mut applied: u64 = 0;
+        // A batch that cannot be read or decoded ends the projection, but only after committing
+        // the batches before it: nothing of it was written, and queries get as far as possible.
+        let mut read_error = None;
+        {
+            let mut tables = Tables::open(&txn, &path)?;
+            let position = self.projection.position();
+            let mut batches = self
+                .reader
+                .read_from(position)
+                .map_err(|source| ReadError::Log { position, source })?;
+            while applied < self.options.transaction_events_max
+                && started.elapsed() < self.options.transaction_duration_max
+                && !self.shared.stop.load(Ordering::Acquire)
+            {
+                let Some(batch) = batches.next() else { break };
+                let position = self.projection.position();
+                let events = match batch.map_err(|source| ReadError::Log { position, source }) {
+                    Ok(batch) => self
+                        .projection
+                        .decode(&batch)
+                        .map(|events| (events, batch.header.timestamp_ns)),
+                    Err(error) => Err(error),
+                };
+                let (events, timestamp_ns) = match events {
+                    Ok(decoded) => decoded,
+                    Err(error) => {
+                        read_error = Some(error);
+                        break;
+                    }
+                };
+                // An event that cannot be folded fails the whole transaction: it may be half written.
+                self.projection
+                    .apply_events(&mut tables, &events, timestamp_ns)?;
+                applied += events.len() as u64;
+            }
+            drop(batches);
+            if applied > 0 {
+                self.projection.flush(&mut tables)?;
+            }
+        }
+        if applied == 0 {
+            txn.abort()
+                .map_err(|source| store_error("abort write transaction", &path, source))?;
+            return read_error.map_or(Ok(0), Err);
+        }
+        txn.commit()
+            .map_err(|source| store_error("commit", &path, source))?;
+        let position = self.projection.position();
+        self.shared.projected.send_if_modified(|projected| {
+            assert!(position > *projected, "the checkpoint only moves forward");
+            *projected = position;
+            true
+        });
+        tracing::debug!(position, applied, durable, "projected");
+        read_error.map_or(Ok(applied), Err)
+    }
+
+    /// Commits the checkpoint durably, which makes every earlier non-durable commit durable too.
+    fn sync(&mut self) -> Result<(), ReadError> {
+        let path = self.shared.store.path.clone();
+        let txn = self
+            .shared
+            .store
+            .db
+            .begin_write()
+            .map_err(|source| store_error("begin write transaction", &path, source))?;
+        {
+            let mut tables = Tables::open(&txn, &path)?;
+            self.projection.flush(&mut tables)?;
+        }
+        txn.commit()
+            .map_err(|source| store_error("commit", &path, source))?;
+        Ok(())
+    }
+}
+
+/// Moves the calling thread to the idle scheduling class, so projection only uses CPU the online
+/// write path leaves over; falls back to the lowest nice value where that is refused.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: pid 0 names the calling thread and `param` outlives the call.
+        let result = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+        if result == 0 {
+            tracing::info!("projector thread runs at SCHED_IDLE");
+            return;
+        }
+        let idle_error = std::io::Error::last_os_error();
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::syscall(libc::SYS_gettid) };
+        // SAFETY: plain syscall on our own thread id.
+        let result = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19) };
+        if result == 0 {
+            tracing::info!("projector thread runs at nice 19 (SCHED_IDLE refused: {idle_error})");
+        } else {
+            let nice_error = std::io::Error::last_os_error();
+            tracing::info!("projector thread runs at normal priority (SCHED_IDLE refused: {idle_error}; nice 19 refused: {nice_error})");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    tracing::info!("projector thread runs at normal priority (no SCHED_IDLE on this platform)");
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    #[test]
+    fn the_projector_thread_runs_at_idle_priority() {
+        let (policy, nice) = std::thread::spawn(|| {
+            super::lower_priority();
+            // SAFETY: plain queries about the calling thread.
+            unsafe {
+                (
+                    libc::sched_getscheduler(0),
+                    libc::getpriority(
+                        libc::PRIO_PROCESS,
+                        libc::syscall(libc::SYS_gettid) as libc::id_t,
+                    ),
+                )
+            }
+        })
+        .join()
+        .unwrap();
+        assert!(
+            policy == libc::SCHED_IDLE || nice == 19,
+            "policy {policy}, nice {nice}"
+        );
+    }
+}

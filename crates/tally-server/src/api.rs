@@ -1,0 +1,396 @@
+//! The JSON types of the HTTP API and their conversion to and from the core's types.
+//!
+//! These are the API's promises, separate from commands and events: they may change only in
+//! ways that keep clients working. Parsing is strict (unknown fields are refused) so that a typo
+//! in a field name is an error rather than a silently ignored option.
+
+use std::num::NonZeroU64;
+use std::time::{Duration, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use tally_core::{
+    Id, LedgerCode, PendingOptions, TransferBody, TransferCommand, TransferKind, TransferReply,
+};
+use tally_engine::{AccountView, TransferDetail};
+use tally_read::{HistoryEntry, HistoryPage, TransferView};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::error::{ApiError, ErrorDetail};
+
+/// Opens an account.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAccountRequest {
+    /// Account id: 1–128 characters of `[A-Za-z0-9._:-]`.
+    pub id: String,
+    /// Ledger (currency or asset) code: 1–32 characters of the id alphabet.
+    pub ledger: String,
+    /// Whether the balance may go below zero.
+    #[serde(default)]
+    pub allow_overdraft: bool,
+}
+
+/// Moves value from the ledger's external account into an account, or back out of it.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DepositRequest {
+    /// Transfer id: the idempotency key.
+    pub id: String,
+    /// The account.
+    pub account: String,
+    /// Amount in minor units, at least 1.
+    pub amount: u64,
+}
+
+/// Moves value between two accounts of one ledger, now or in two phases.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransferRequest {
+    /// Transfer id: the idempotency key.
+    pub id: String,
+    /// The account debited.
+    pub from: String,
+    /// The account credited.
+    pub to: String,
+    /// Amount in minor units, at least 1.
+    pub amount: u64,
+    /// Reserve the amount instead of moving it; resolve later with post or void.
+    #[serde(default)]
+    pub pending: bool,
+    /// For a pending transfer: seconds after which it voids itself (0 or absent: never).
+    pub timeout_s: Option<u32>,
+}
+
+/// Posts a pending transfer, wholly or partly.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PostRequest {
+    /// Id of this post: a new transfer id.
+    pub id: String,
+    /// Amount to move, at most the reserved amount; absent moves all of it.
+    pub amount: Option<u64>,
+}
+
+/// Voids a pending transfer.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VoidRequest {
+    /// Id of this void: a new transfer id.
+    pub id: String,
+}
+
+/// Many transfers in one request.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    /// 1 to 8,192 transfers, executed in order.
+    pub transfers: Vec<TransferRequest>,
+    /// All succeed or none does.
+    #[serde(default)]
+    pub atomic: bool,
+}
+
+/// An account.
+#[derive(Serialize, ToSchema)]
+pub struct AccountJson {
+    /// Its id.
+    pub id: String,
+    /// Its ledger.
+    pub ledger: String,
+    /// Posted credits minus posted debits.
+    #[schema(value_type = i64)]
+    pub balance: i128,
+    /// Posted debits.
+    pub debits: u64,
+    /// Posted credits.
+    pub credits: u64,
+    /// Debits reserved by pending transfers.
+    pub debits_pending: u64,
+    /// Credits reserved by pending transfers.
+    pub credits_pending: u64,
+    /// Whether the balance may go below zero.
+    pub allow_overdraft: bool,
+    /// Number of changes, creation included.
+    pub version: u64,
+}
+
+/// A transfer.
+#[derive(Serialize, ToSchema)]
+pub struct TransferJson {
+    /// Its id.
+    pub id: String,
+    /// `deposit`, `withdrawal`, `transfer`, `pending`, `post` or `void`.
+    pub kind: String,
+    /// `posted`, `pending`, `voided` or `expired`.
+    pub status: String,
+    /// The ledger.
+    pub ledger: String,
+    /// The account debited; null for a deposit (the ledger's external account).
+    pub from: Option<String>,
+    /// The account credited; null for a withdrawal (the ledger's external account).
+    pub to: Option<String>,
+    /// Amount in minor units.
+    pub amount: u64,
+    /// Position in the log: the global order of events.
+    pub position: u64,
+    /// When it was recorded (RFC 3339).
+    pub timestamp: String,
+    /// For a post or void: the pending transfer it resolves.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending_id: Option<String>,
+    /// For a pending transfer with a timeout: when it voids itself (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// For a posted pending transfer: the amount posted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub posted_amount: Option<u64>,
+    /// For a resolved pending transfer: the post or void that resolved it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolved_by: Option<String>,
+}
+
+/// The results of a batch, in request order.
+#[derive(Serialize, ToSchema)]
+pub struct BatchResponse {
+    /// One result per transfer.
+    pub results: Vec<BatchItem>,
+}
+
+/// The result of one transfer of a batch.
+#[derive(Serialize, ToSchema)]
+pub struct BatchItem {
+    /// The transfer id.
+    pub id: String,
+    /// `created`, `duplicate` (recorded by an earlier request with the same body), `rejected` or `conflict`.
+    pub outcome: &'static str,
+    /// For a recorded transfer: `posted` or `pending`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<&'static str>,
+    /// For a recorded or rejected transfer: its position in the log.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub position: Option<u64>,
+    /// For a rejected or conflicting transfer: why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorDetail>,
+}
+
+/// A page of an account's history.
+#[derive(Serialize, ToSchema)]
+pub struct HistoryJson {
+    /// Entries in position order.
+    pub entries: Vec<HistoryEntryJson>,
+    /// Pass as `after` for the next page; null when this page reaches the current end.
+    pub next: Option<u64>,
+}
+
+/// One event that touched an account.
+#[derive(Serialize, ToSchema)]
+pub struct HistoryEntryJson {
+    /// Position in the log.
+    pub position: u64,
+    /// The transfer; for an expiry, the pending transfer.
+    pub transfer_id: String,
+    /// `deposit`, `withdrawal`, `transfer`, `pending`, `post`, `void` or `expire`.
+    pub kind: String,
+    /// `debit` or `credit`.
+    pub side: String,
+    /// Amount in minor units.
+    pub amount: u64,
+    /// Posted balance after the event.
+    #[schema(value_type = i64)]
+    pub balance_after: i128,
+    /// When it was recorded (RFC 3339).
+    pub timestamp: String,
+}
+
+/// Paging of an account's history.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct HistoryQuery {
+    /// Only entries after this position (the `next` of the previous page).
+    pub after: Option<u64>,
+    /// Entries per page, 1 to 1000 (default 100).
+    pub limit: Option<u32>,
+}
+
+/// Liveness and readiness.
+#[derive(Serialize, ToSchema)]
+pub struct HealthJson {
+    /// `ok`, or why not.
+    pub status: String,
+}
+
+/// Validates `text` as the id in `field`.
+pub fn parse_id(field: &str, text: &str) -> Result<Id, ApiError> {
+    Id::new(text).map_err(|error| ApiError::invalid(format!("{field}: {error}")))
+}
+
+fn parse_amount(field: &str, amount: u64) -> Result<NonZeroU64, ApiError> {
+    NonZeroU64::new(amount).ok_or_else(|| ApiError::invalid(format!("{field}: must be at least 1")))
+}
+
+/// Validates a ledger code.
+pub fn parse_ledger(text: &str) -> Result<LedgerCode, ApiError> {
+    LedgerCode::new(text).map_err(|error| ApiError::invalid(format!("ledger: {error}")))
+}
+
+impl DepositRequest {
+    /// The command, as a deposit (`withdraw` false) or a withdrawal.
+    pub fn command(&self, withdraw: bool) -> Result<TransferCommand, ApiError> {
+        let account = parse_id("account", &self.account)?;
+        let amount = parse_amount("amount", self.amount)?;
+        let body = if withdraw {
+            TransferBody::Withdrawal { account, amount }
+        } else {
+            TransferBody::Deposit { account, amount }
+        };
+        Ok(TransferCommand {
+            id: parse_id("id", &self.id)?,
+            body,
+        })
+    }
+}
+
+impl TransferRequest {
+    /// The command; `field` prefixes error messages (e.g. `transfers[3].`).
+    pub fn command(&self, field: &str) -> Result<TransferCommand, ApiError> {
+        let pending = match (self.pending, self.timeout_s) {
+            (true, timeout_s) => Some(PendingOptions {
+                timeout_s: timeout_s.unwrap_or(0),
+            }),
+            (false, None) => None,
+            (false, Some(_)) => {
+                return Err(ApiError::invalid(format!(
+                    "{field}timeout_s: only a pending transfer has a timeout"
+                )))
+            }
+        };
+        let command = TransferCommand {
+            id: parse_id(&format!("{field}id"), &self.id)?,
+            body: TransferBody::Transfer {
+                from: parse_id(&format!("{field}from"), &self.from)?,
+                to: parse_id(&format!("{field}to"), &self.to)?,
+                amount: parse_amount(&format!("{field}amount"), self.amount)?,
+                pending,
+            },
+        };
+        command
+            .validate()
+            .map_err(|error| ApiError::invalid(format!("{field}{error}")))?;
+        Ok(command)
+    }
+}
+
+impl From<AccountView> for AccountJson {
+    fn from(view: AccountView) -> AccountJson {
+        AccountJson {
+            id: view.id.to_string(),
+            ledger: view.ledger.to_string(),
+            balance: view.balance,
+            debits: view.debits_posted,
+            credits: view.credits_posted,
+            debits_pending: view.debits_pending,
+            credits_pending: view.credits_pending,
+            allow_overdraft: view.allow_overdraft,
+            version: view.version,
+        }
+    }
+}
+
+/// RFC 3339 with nanoseconds, in UTC.
+pub fn rfc3339(timestamp_ns: u64) -> String {
+    humantime::format_rfc3339_nanos(UNIX_EPOCH + Duration::from_nanos(timestamp_ns)).to_string()
+}
+
+/// `pending` for a reservation, `posted` for everything else, as first answered.
+pub fn first_status(kind: TransferKind) -> &'static str {
+    match kind {
+        TransferKind::Pending { .. } => "pending",
+        _ => "posted",
+    }
+}
+
+impl TransferJson {
+    /// The answer to a transfer command, as first recorded.
+    pub fn answered(
+        command: &TransferCommand,
+        reply: &TransferReply,
+        detail: TransferDetail,
+    ) -> TransferJson {
+        let pending_id = match &command.body {
+            TransferBody::Post { pending_id, .. } | TransferBody::Void { pending_id } => {
+                Some(pending_id.to_string())
+            }
+            _ => None,
+        };
+        let expires_at = match reply.kind {
+            TransferKind::Pending { expires_at_ns } if expires_at_ns != 0 => {
+                Some(rfc3339(expires_at_ns))
+            }
+            _ => None,
+        };
+        TransferJson {
+            id: command.id.to_string(),
+            kind: reply.kind.name().to_string(),
+            status: first_status(reply.kind).to_string(),
+            ledger: detail.ledger.to_string(),
+            from: detail.from.map(|id| id.to_string()),
+            to: detail.to.map(|id| id.to_string()),
+            amount: reply.amount,
+            position: reply.position,
+            timestamp: rfc3339(reply.timestamp_ns),
+            pending_id,
+            expires_at,
+            posted_amount: None,
+            resolved_by: None,
+        }
+    }
+}
+
+impl From<TransferView> for TransferJson {
+    fn from(view: TransferView) -> TransferJson {
+        TransferJson {
+            id: view.id,
+            kind: view.kind.to_string(),
+            status: view.status.to_string(),
+            ledger: view.ledger,
+            from: view.from,
+            to: view.to,
+            amount: view.amount,
+            position: view.position,
+            timestamp: rfc3339(view.timestamp_ns),
+            pending_id: view.pending_id,
+            expires_at: view.expires_at_ns.map(rfc3339),
+            posted_amount: view.posted_amount,
+            resolved_by: view.resolved_by,
+        }
+    }
+}
+
+impl From<HistoryPage> for HistoryJson {
+    fn from(page: HistoryPage) -> HistoryJson {
+        HistoryJson {
+            entries: page
+                .entries
+                .into_iter()
+                .map(HistoryEntryJson::from)
+                .collect(),
+            next: page.next,
+        }
+    }
+}
+
+impl From<HistoryEntry> for HistoryEntryJson {
+    fn from(entry: HistoryEntry) -> HistoryEntryJson {
+        HistoryEntryJson {
+            position: entry.position,
+            transfer_id: entry.transfer_id,
+            kind: entry.kind.to_string(),
+            side: entry.side.to_string(),
+            amount: entry.amount,
+            balance_after: entry.balance_after,
+            timestamp: rfc3339(entry.timestamp_ns),
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! The one error type of the HTTP layer: every failure becomes a JSON body with a stable code.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+use tally_core::RejectCode;
+use tally_engine::EngineError;
+use utoipa::ToSchema;
+
+/// An error answer: `{"error":{"code","message"}}` with a matching status.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// The stable code.
+    pub code: &'static str,
+    /// A sentence for humans.
+    pub message: String,
+}
+
+/// The body of every error answer.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Serialize, ToSchema, Clone, Debug, PartialEq, Eq)]
+pub struct ErrorDetail {
+    /// Stable code: `invalid_request`, `not_found`, `conflict`, `insufficient_funds`,
+    /// `ledger_mismatch`, `already_resolved`, `not_pending`, `exceeds_pending_amount`,
+    /// `overflow`, `linked_failed`, `payload_too_large`, `method_not_allowed`, `overloaded`,
+    /// `unavailable`, `internal`.
+    pub code: String,
+    /// A sentence for humans.
+    pub message: String,
+}
+
+impl ApiError {
+    /// A 400 `invalid_request`.
+    pub fn invalid(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "invalid_request",
+            message: message.into(),
+        }
+    }
+
+    /// A 404 `not_found`.
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            code: "not_found",
+            message: message.into(),
+        }
+    }
+
+    /// A 409 `conflict`: the id was used before with another body.
+    pub fn conflict(id: &str) -> ApiError {
+        ApiError {
+            status: StatusCode::CONFLICT,
+            code: "conflict",
+            message: format!(
+                "id {id:?} was already used with a different body; use a new id for a new command"
+            ),
+        }
+    }
+
+    /// A 503 `unavailable`.
+    pub fn unavailable(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "unavailable",
+            message: message.into(),
+        }
+    }
+
+    /// The answer to a refusal of the ledger rules.
+    pub fn rejected(code: RejectCode) -> ApiError {
+        let status = match code {
+            RejectCode::NotFound => StatusCode::NOT_FOUND,
+            _ => StatusCode::UNPROCESSABLE_ENTITY,
+        };
+        ApiError {
+            status,
+            code: code.as_str(),
+            message: code.message().to_string(),
+        }
+    }
+
+    /// A 500 whose detail goes to the log, not to the client.
+    pub fn internal(detail: impl std::fmt::Display) -> ApiError {
+        tracing::error!(%detail, "internal error");
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "internal",
+            message: "internal error; see the server log".into(),
+        }
+    }
+
+    pub(crate) fn detail(&self) -> ErrorDetail {
+        ErrorDetail {
+            code: self.code.to_string(),
+            message: self.message.clone(),
+        }
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(error: EngineError) -> ApiError {
+        match error {
+            EngineError::Overloaded => ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: "overloaded",
+                message: error.to_string(),
+            },
+            other => ApiError::unavailable(other.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (
+            self.status,
+            Json(ErrorBody {
+                error: self.detail(),
+            }),
+        )
+            .into_response();
+        if self.code == "overloaded" {
+            response
+                .headers_mut()
+                .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+        }
+        response
+    }
+}

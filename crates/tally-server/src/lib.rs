@@ -1,0 +1,218 @@
+//! The HTTP layer of Tally: the `/v1` JSON API, health, metrics and the OpenAPI document.
+//!
+//! It is thin on purpose: handlers parse and validate input into core commands, hand them to
+//! the engine ([`tally_engine::EngineHandle`]) or queries to the read model
+//! ([`tally_read::ReadModel`]), and render the answer. Every malformed input becomes a 4xx with
+//! a JSON error body before anything reaches the engine, so nothing half-parsed is ever applied.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), tally_server::ServeError> {
+//! let config = tally_server::ServeConfig::new("./tally-data".into(), "127.0.0.1:7070".parse().unwrap());
+//! tally_server::serve(config, |address| println!("listening on http://{address}")).await
+//! # }
+//! ```
+//!
+//! Key design choice: the router is a plain `fn app(state) -> Router`, and limits (body size,
+//! concurrency, timeouts) are tower layers around it, so tests can drive it without a socket.
+#![deny(missing_docs)]
+
+pub mod api;
+pub mod error;
+mod extract;
+pub mod limits;
+mod metrics;
+mod openapi;
+mod routes;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use tally_engine::{Engine, EngineConfig, EngineError, EngineHandle};
+use tally_read::{ReadError, ReadModel};
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+
+pub use metrics::ServerMetrics;
+
+/// What every handler gets: the engine, the read model and the metrics. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// Submits commands and account reads.
+    pub engine: EngineHandle,
+    /// Answers transfer lookups and history.
+    pub read: ReadModel,
+    /// The Prometheus registry.
+    pub metrics: Arc<ServerMetrics>,
+}
+
+/// The router with every route and layer.
+pub fn app(state: AppState) -> Router {
+    let batch =
+        post(routes::transfer_batch).layer(DefaultBodyLimit::max(limits::BATCH_BODY_BYTES_MAX));
+    Router::new()
+        .route("/v1/accounts", post(routes::create_account))
+        .route("/v1/accounts/{id}", get(routes::get_account))
+        .route("/v1/accounts/{id}/history", get(routes::get_history))
+        .route("/v1/deposits", post(routes::deposit))
+        .route("/v1/withdrawals", post(routes::withdraw))
+        .route("/v1/transfers", post(routes::transfer))
+        .route("/v1/transfers/batch", batch)
+        .route("/v1/transfers/{id}", get(routes::get_transfer))
+        .route("/v1/transfers/{id}/post", post(routes::post_pending))
+        .route("/v1/transfers/{id}/void", post(routes::void_pending))
+        .route("/v1/openapi.json", get(routes::openapi))
+        .route("/healthz", get(routes::healthz))
+        .route("/readyz", get(routes::readyz))
+        .route("/metrics", get(routes::metrics))
+        .fallback(routes::no_route)
+        .method_not_allowed_fallback(routes::wrong_method)
+        .layer(DefaultBodyLimit::max(limits::BODY_BYTES_MAX))
+        .layer(
+            ServiceBuilder::new()
+                .layer(CatchPanicLayer::custom(|_panic| {
+                    axum::response::IntoResponse::into_response(error::ApiError::internal(
+                        "a handler panicked",
+                    ))
+                }))
+                .layer(axum::middleware::from_fn_with_state(
+                    state.clone(),
+                    metrics::track,
+                )),
+        )
+        .with_state(state)
+}
+
+/// How to run the server.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    /// The engine's configuration (data directory and tuning).
+    pub engine: EngineConfig,
+    /// Where to listen; port 0 picks a free port.
+    pub listen: SocketAddr,
+}
+
+impl ServeConfig {
+    /// Defaults for a data directory and a listen address.
+    pub fn new(data_dir: PathBuf, listen: SocketAddr) -> ServeConfig {
+        ServeConfig {
+            engine: EngineConfig::new(data_dir),
+            listen,
+        }
+    }
+}
+
+/// Why the server could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The engine failed to open or to shut down.
+    #[error("{0}")]
+    Engine(#[from] EngineError),
+    /// The read model failed to open.
+    #[error("{0}")]
+    Read(#[from] ReadError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {address}: {source}; pick another address with --listen")]
+    Bind {
+        /// The address.
+        address: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Serving failed.
+    #[error("serving HTTP failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Opens the engine and the read model, serves until SIGTERM or Ctrl-C, then shuts down
+/// gracefully: stops accepting, lets requests in flight get their (durable) answers, and
+/// snapshots the final state. Calls `on_listening` with the bound address once ready.
+pub async fn serve(
+    config: ServeConfig,
+    on_listening: impl FnOnce(SocketAddr),
+) -> Result<(), ServeError> {
+    let engine_config = config.engine.clone();
+    let data_dir = engine_config.data_dir.clone();
+    let opened = tokio::task::spawn_blocking(move || Engine::open(engine_config))
+        .await
+        .map_err(|error| EngineError::Unavailable(format!("engine start panicked: {error}")))??;
+    let recovery = &opened.recovery;
+    tracing::info!(
+        snapshot = ?recovery.snapshot_position,
+        replayed_events = recovery.replayed_events,
+        elapsed_ms = recovery.elapsed.as_millis() as u64,
+        "{}", recovery.log
+    );
+    for repair in &recovery.log.repairs {
+        tracing::warn!(?repair, "log repaired on open");
+    }
+    let read = ReadModel::start(
+        &data_dir.join(tally_read::READ_MODEL_FILE_NAME),
+        opened.feed.reader,
+        opened.feed.durable,
+    )?;
+    let engine = opened.engine;
+    let metrics = Arc::new(ServerMetrics::new(engine.handle().metrics()));
+    let state = AppState {
+        engine: engine.handle(),
+        read: read.clone(),
+        metrics,
+    };
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            address: config.listen,
+            source,
+        })?;
+    let address = listener.local_addr()?;
+    on_listening(address);
+    let router = app(state).layer(
+        ServiceBuilder::new()
+            .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                limits::REQUEST_TIMEOUT,
+            ))
+            .concurrency_limit(limits::CONCURRENT_REQUESTS_MAX),
+    );
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        // Answers are small and latency matters more than packet count.
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+
+    tracing::info!("shutting down: finishing the batch in flight and writing a snapshot");
+    tokio::task::spawn_blocking(move || {
+        read.shutdown();
+        engine.shutdown()
+    })
+    .await
+    .map_err(|error| EngineError::Unavailable(format!("engine shutdown panicked: {error}")))??;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+    // Let the in-flight answers go out before the listener closes.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}

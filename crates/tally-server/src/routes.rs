@@ -1,0 +1,472 @@
+//! The handlers: parse, hand to the engine or the read model, render. Nothing else happens here.
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use tally_core::{Command, RejectCode, TransferBody, TransferCommand};
+use tally_engine::{Answer, Detail};
+use tally_read::ReadError;
+
+use crate::api::*;
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::limits::{HISTORY_PAGE_DEFAULT, HISTORY_PAGE_MAX, READ_WAIT_MAX};
+use crate::AppState;
+
+type Created<T> = (StatusCode, Json<T>);
+
+/// The only answer a single command gets.
+fn single(mut answers: Vec<Answer>) -> Result<Answer, ApiError> {
+    match (answers.pop(), answers.is_empty()) {
+        (Some(answer), true) => Ok(answer),
+        _ => Err(ApiError::internal(
+            "the engine gave a single command more or fewer than one answer",
+        )),
+    }
+}
+
+fn created_or_repeated(created: bool) -> StatusCode {
+    if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    }
+}
+
+/// Open an account.
+#[utoipa::path(post, path = "/v1/accounts", request_body = CreateAccountRequest, tag = "accounts", responses(
+    (status = 201, description = "Created", body = AccountJson),
+    (status = 200, description = "Already created with the same body", body = AccountJson),
+    (status = 400, description = "Malformed request", body = ErrorBody),
+    (status = 409, description = "The id exists with another ledger or overdraft setting", body = ErrorBody),
+    (status = 413, description = "Body too large", body = ErrorBody),
+    (status = 503, description = "Overloaded or unavailable", body = ErrorBody),
+))]
+pub async fn create_account(
+    State(app): State<AppState>,
+    ApiJson(request): ApiJson<CreateAccountRequest>,
+) -> Result<Created<AccountJson>, ApiError> {
+    let id = parse_id("id", &request.id)?;
+    let command = Command::CreateAccount {
+        id,
+        ledger: parse_ledger(&request.ledger)?,
+        allow_overdraft: request.allow_overdraft,
+    };
+    match single(app.engine.execute(vec![command], Detail::Full).await?)? {
+        Answer::Account { view, created } => Ok((created_or_repeated(created), Json(view.into()))),
+        Answer::Conflict => Err(ApiError::conflict(&request.id)),
+        other => Err(ApiError::internal(format!(
+            "unexpected answer to an account creation: {other:?}"
+        ))),
+    }
+}
+
+/// Look up an account.
+#[utoipa::path(get, path = "/v1/accounts/{id}", tag = "accounts", params(("id" = String, Path, description = "Account id")), responses(
+    (status = 200, description = "The account", body = AccountJson),
+    (status = 400, description = "Malformed id", body = ErrorBody),
+    (status = 404, description = "No such account", body = ErrorBody),
+    (status = 503, description = "Overloaded or unavailable", body = ErrorBody),
+))]
+pub async fn get_account(
+    State(app): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<AccountJson>, ApiError> {
+    let id = parse_id("id", &id)?;
+    match app.engine.account(id.clone()).await? {
+        Some(view) => Ok(Json(view.into())),
+        None => Err(ApiError::not_found(format!("no account {id:?}"))),
+    }
+}
+
+/// An account's history, oldest first.
+#[utoipa::path(get, path = "/v1/accounts/{id}/history", tag = "accounts", params(("id" = String, Path, description = "Account id"), HistoryQuery), responses(
+    (status = 200, description = "A page of history", body = HistoryJson),
+    (status = 400, description = "Malformed id or query", body = ErrorBody),
+    (status = 404, description = "No such account", body = ErrorBody),
+    (status = 503, description = "The read model is catching up or unavailable", body = ErrorBody),
+))]
+pub async fn get_history(
+    State(app): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<HistoryQuery>,
+) -> Result<Json<HistoryJson>, ApiError> {
+    let id = parse_id("id", &id)?;
+    let limit = query.limit.unwrap_or(HISTORY_PAGE_DEFAULT);
+    if !(1..=HISTORY_PAGE_MAX).contains(&limit) {
+        return Err(ApiError::invalid(format!(
+            "limit: must be between 1 and {HISTORY_PAGE_MAX}, found {limit}"
+        )));
+    }
+    caught_up(&app).await?;
+    match app
+        .read
+        .history(id.as_str(), query.after, limit)
+        .map_err(read_error)?
+    {
+        Some(page) => Ok(Json(page.into())),
+        None => Err(ApiError::not_found(format!("no account {id:?}"))),
+    }
+}
+
+/// Deposit into an account from the ledger's external account.
+#[utoipa::path(post, path = "/v1/deposits", request_body = DepositRequest, tag = "transfers", responses(
+    (status = 201, description = "Recorded", body = TransferJson),
+    (status = 200, description = "Recorded before by a request with the same body", body = TransferJson),
+    (status = 400, description = "Malformed request", body = ErrorBody),
+    (status = 404, description = "No such account", body = ErrorBody),
+    (status = 409, description = "The id was used with another body", body = ErrorBody),
+    (status = 413, description = "Body too large", body = ErrorBody),
+    (status = 422, description = "Refused by the ledger rules (overflow)", body = ErrorBody),
+    (status = 503, description = "Overloaded or unavailable", body = ErrorBody),
+))]
+pub async fn deposit(
+    State(app): State<AppState>,
+    ApiJson(request): ApiJson<DepositRequest>,
+) -> Result<Created<TransferJson>, ApiError> {
+    submit_transfer(&app, request.command(false)?).await
+}
+
+/// Withdraw from an account to the ledger's external account.
+#[utoipa::path(post, path = "/v1/withdrawals", request_body = DepositRequest, tag = "transfers", responses(
+    (status = 201, description = "Recorded", body = TransferJson),
+    (status = 200, description = "Recorded before by a request with the same body", body = TransferJson),
+    (status = 400, description = "Malformed request", body = ErrorBody),
+    (status = 404, description = "No such account", body = ErrorBody),
+    (status = 409, description = "The id was used with another body", body = ErrorBody),
+    (status = 413, description = "Body too large", body = ErrorBody),
+    (status = 422, description = "Refused by the ledger rules (insufficient_funds, overflow)", body = ErrorBody),
+    (status = 503, description = "Overloaded or unavailable", body = ErrorBody),
+))]
+pub async fn withdraw(
+    State(app): State<AppState>,
+    ApiJson(request): ApiJson<DepositRequest>,
+) -> Result<Created<TransferJson>, ApiError> {
+    submit_transfer(&app, request.command(true)?).await
+}
+
+/// Transfer between two accounts of one ledger, or reserve with `pending`.
+#[utoipa::path(post, path = "/v1/transfers", request_body = TransferRequest, tag = "transfers", responses(
+    (status = 201, description = "Recorded", body = TransferJson),
+    (status = 200, description = "Recorded before by a request with the same body", body = TransferJson),
+    (status = 400, description = "Malformed request", body = ErrorBody),
+    (status = 404, description = "No such account", body = ErrorBody),
+    (status = 409, description = "The id was used with another body", body = ErrorBody),
+    (status = 413, description = "Body too large", body = ErrorBody),
+    (status = 422, description = "Refused by the ledger rules (insufficient_funds, ledger_mismatch, overflow)", body = ErrorBody),
+    (status = 503, description = "Overloaded or unavailable", body = ErrorBody),
+))]
+pub async fn transfer(
+    State(app): State<AppState>,
+    ApiJson(request): ApiJson<TransferRequest>,
+) -> Result<Created<TransferJson>, ApiError> {
+    submit_transfer(&app, request.command("")?).await
+}
+
+/// Post a pending transfer, wholly or partly.
+#[utoipa::path(post, path = "/v1/transfers/{id}/post", request_body = PostRequest, tag = "transfers",
+    params(("id" = String, Path, description = "The pending transfer's id")), responses(
+    (status = 201, description = "Posted", body = TransferJson),
+    (status = 200, description = "Posted before by a request with the same body", body = TransferJson),
+    (status = 400, description = "Malformed request", body = ErrorBody),
+    (status = 404, description = "No such pending transfer", body = ErrorBody),
+    (status = 409, description = "The id was used with another body", body = ErrorBody),
+    (status = 413, description = "Body too large", body = ErrorBody),
+    (status = 422, description = "Refused (already_resolved, not_pending, exceeds_pending_amount, overflow)", body = ErrorBody),
+    (status = 503, description = "Overloaded or unavailable", body = ErrorBody),
+))]
+pub async fn post_pending(
+    State(app): State<AppState>,
+    ApiPath(pending_id): ApiPath<String>,
+    ApiJson(request): ApiJson<PostRequest>,
+) -> Result<Created<TransferJson>, ApiError> {
+    let amount = match request.amount {
+        None => None,
+        Some(amount) => Some(
+            std::num::NonZeroU64::new(amount)
+                .ok_or_else(|| ApiError::invalid("amount: must be at least 1"))?,
+        ),
+    };
+    let body = TransferBody::Post {
+        pending_id: parse_id("pending transfer id", &pending_id)?,
+        amount,
+    };
+    submit_transfer(
+        &app,
+        TransferCommand {
+            id: parse_id("id", &request.id)?,
+            body,
+        },
+    )
+    .await
+}
+
+/// Void a pending transfer.
+#[utoipa::path(post, path = "/v1/transfers/{id}/void", request_body = VoidRequest, tag = "transfers",
+    params(("id" = String, Path, description = "The pending transfer's id")), responses(
+    (status = 201, description = "Voided", body = TransferJson),
+    (status = 200, description = "Voided before by a request with the same body", body = TransferJson),
+    (status = 400, description = "Malformed request", body = ErrorBody),
+    (status = 404, description = "No such pending transfer", body = ErrorBody),
+    (status = 409, description = "The id was used with another body", body = ErrorBody),
+    (status = 413, description = "Body too large", body = ErrorBody),
+    (status = 422, description = "Refused (already_resolved, not_pending)", body = ErrorBody),
+    (status = 503, description = "Overloaded or unavailable", body = ErrorBody),
+))]
+pub async fn void_pending(
+    State(app): State<AppState>,
+    ApiPath(pending_id): ApiPath<String>,
+    ApiJson(request): ApiJson<VoidRequest>,
+) -> Result<Created<TransferJson>, ApiError> {
+    let body = TransferBody::Void {
+        pending_id: parse_id("pending transfer id", &pending_id)?,
+    };
+    submit_transfer(
+        &app,
+        TransferCommand {
+            id: parse_id("id", &request.id)?,
+            body,
+        },
+    )
+    .await
+}
+
+async fn submit_transfer(
+    app: &AppState,
+    command: TransferCommand,
+) -> Result<Created<TransferJson>, ApiError> {
+    let answer = single(
+        app.engine
+            .execute(vec![Command::Transfer(command.clone())], Detail::Full)
+            .await?,
+    )?;
+    match answer {
+        Answer::Transfer {
+            reply,
+            detail: Some(detail),
+        } => Ok((
+            created_or_repeated(reply.created),
+            Json(TransferJson::answered(&command, &reply, detail)),
+        )),
+        Answer::Rejected { code, .. } => Err(ApiError::rejected(code)),
+        Answer::Conflict => Err(ApiError::conflict(command.id.as_str())),
+        Answer::Invalid(invalid) => Err(ApiError::invalid(invalid.to_string())),
+        other => Err(ApiError::internal(format!(
+            "unexpected answer to a transfer: {other:?}"
+        ))),
+    }
+}
+
+/// Many transfers in one request: independent, or all-or-nothing with `atomic`.
+#[utoipa::path(post, path = "/v1/transfers/batch", request_body = BatchRequest, tag = "transfers", responses(
+    (status = 200, description = "One result per transfer, in order", body = BatchResponse),
+    (status = 400, description = "Malformed request; nothing was applied", body = ErrorBody),
+    (status = 413, description = "Body too large", body = ErrorBody),
+    (status = 503, description = "Overloaded or unavailable; nothing was applied", body = ErrorBody),
+))]
+pub async fn transfer_batch(
+    State(app): State<AppState>,
+    ApiJson(request): ApiJson<BatchRequest>,
+) -> Result<Json<BatchResponse>, ApiError> {
+    let count = request.transfers.len();
+    if !(1..=tally_core::limits::BATCH_TRANSFERS_MAX).contains(&count) {
+        return Err(ApiError::invalid(format!(
+            "transfers: must hold 1 to {} transfers, found {count}",
+            tally_core::limits::BATCH_TRANSFERS_MAX
+        )));
+    }
+    let mut transfers = Vec::with_capacity(count);
+    for (index, transfer) in request.transfers.iter().enumerate() {
+        transfers.push(transfer.command(&format!("transfers[{index}]."))?);
+    }
+    let commands = if request.atomic {
+        let chain = Command::Linked(transfers);
+        chain
+            .validate()
+            .map_err(|error| ApiError::invalid(format!("transfers: {error}")))?;
+        vec![chain]
+    } else {
+        transfers.into_iter().map(Command::Transfer).collect()
+    };
+    let answers = app.engine.execute(commands, Detail::Compact).await?;
+    if answers.len() != count {
+        return Err(ApiError::internal(format!(
+            "the engine gave {} answers to {count} transfers",
+            answers.len()
+        )));
+    }
+    let results = request
+        .transfers
+        .into_iter()
+        .zip(answers)
+        .map(|(transfer, answer)| batch_item(transfer.id, answer))
+        .collect();
+    Ok(Json(BatchResponse { results }))
+}
+
+fn batch_item(id: String, answer: Answer) -> BatchItem {
+    let item = |outcome, status, position, error| BatchItem {
+        id: id.clone(),
+        outcome,
+        status,
+        position,
+        error,
+    };
+    match answer {
+        Answer::Transfer { reply, .. } => {
+            let outcome = if reply.created {
+                "created"
+            } else {
+                "duplicate"
+            };
+            item(
+                outcome,
+                Some(first_status(reply.kind)),
+                Some(reply.position),
+                None,
+            )
+        }
+        Answer::Rejected { code, position, .. } => item(
+            "rejected",
+            None,
+            Some(position),
+            Some(ApiError::rejected(code).detail()),
+        ),
+        Answer::Conflict => item(
+            "conflict",
+            None,
+            None,
+            Some(ApiError::conflict(&id).detail()),
+        ),
+        Answer::Invalid(invalid) => item(
+            "rejected",
+            None,
+            None,
+            Some(ApiError::invalid(invalid.to_string()).detail()),
+        ),
+        Answer::Account { .. } => item(
+            "rejected",
+            None,
+            None,
+            Some(ApiError::rejected(RejectCode::NotFound).detail()),
+        ),
+    }
+}
+
+/// Look up a transfer by id, with the current status of a pending transfer.
+#[utoipa::path(get, path = "/v1/transfers/{id}", tag = "transfers", params(("id" = String, Path, description = "Transfer id")), responses(
+    (status = 200, description = "The transfer", body = TransferJson),
+    (status = 400, description = "Malformed id", body = ErrorBody),
+    (status = 404, description = "No such transfer (rejected commands create none)", body = ErrorBody),
+    (status = 503, description = "The read model is catching up or unavailable", body = ErrorBody),
+))]
+pub async fn get_transfer(
+    State(app): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<TransferJson>, ApiError> {
+    let id = parse_id("id", &id)?;
+    caught_up(&app).await?;
+    match app.read.transfer(id.as_str()).map_err(read_error)? {
+        Some(view) => Ok(Json(view.into())),
+        None => Err(ApiError::not_found(format!("no transfer {id:?}"))),
+    }
+}
+
+/// Waits until the read model holds everything acknowledged before this request arrived, so
+/// that a client reads its own writes.
+async fn caught_up(app: &AppState) -> Result<(), ApiError> {
+    let target = app.engine.durable_position();
+    app.read
+        .wait_for(target, READ_WAIT_MAX)
+        .await
+        .map_err(read_error)
+}
+
+fn read_error(error: ReadError) -> ApiError {
+    match error {
+        ReadError::Lagging { projected, target } => ApiError::unavailable(format!(
+            "the read model is at position {projected} and has not caught up with {target} within {}s; retry shortly",
+            READ_WAIT_MAX.as_secs()
+        )),
+        other => ApiError::internal(other),
+    }
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "Alive", body = HealthJson)))]
+pub async fn healthz() -> Json<HealthJson> {
+    Json(HealthJson {
+        status: "ok".into(),
+    })
+}
+
+/// Readiness: the engine accepts work and the read model is projecting.
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses(
+    (status = 200, description = "Ready", body = HealthJson),
+    (status = 503, description = "Not ready, and why", body = HealthJson),
+))]
+pub async fn readyz(State(app): State<AppState>) -> (StatusCode, Json<HealthJson>) {
+    if !app.engine.is_ready() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(HealthJson {
+                status: "the engine has stopped accepting writes; see the server log".into(),
+            }),
+        );
+    }
+    if let tally_read::ProjectorStatus::Failed { reason, .. } = app.read.status() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(HealthJson {
+                status: format!("the read model has stopped: {reason}"),
+            }),
+        );
+    }
+    (
+        StatusCode::OK,
+        Json(HealthJson {
+            status: "ok".into(),
+        }),
+    )
+}
+
+/// Metrics in the OpenMetrics text format.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text", body = String)))]
+pub async fn metrics(State(app): State<AppState>) -> Response {
+    match app.metrics.render(&app) {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(error) => ApiError::internal(error).into_response(),
+    }
+}
+
+/// This document.
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "operations", responses((status = 200, description = "The OpenAPI document", content_type = "application/json", body = Object)))]
+pub async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        crate::openapi::document(),
+    )
+        .into_response()
+}
+
+/// Any path that does not exist.
+pub async fn no_route() -> ApiError {
+    ApiError::not_found("no such path; see /v1/openapi.json")
+}
+
+/// A path that exists, with another method.
+pub async fn wrong_method() -> ApiError {
+    ApiError {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        code: "method_not_allowed",
+        message: "method not allowed on this path; see /v1/openapi.json".into(),
+    }
+}

@@ -1,0 +1,102 @@
+//! `tally`: the command-line entry point. It parses flags into typed configuration and hands
+//! off to the library crates; nothing else lives here.
+
+mod bench;
+mod verify;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tally_engine::limits::{
+    BATCH_WAIT_US_DEFAULT, BATCH_WAIT_US_MAX, SNAPSHOT_INTERVAL_EVENTS_DEFAULT,
+};
+
+/// Tally: a self-hosted, event-sourced ledger.
+#[derive(Parser)]
+#[command(version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: CommandLine,
+}
+
+#[derive(Subcommand)]
+enum CommandLine {
+    /// Serve the HTTP API on the embedded log (no other server needed).
+    Serve(ServeArgs),
+    /// Check every record of a data directory and every ledger invariant, without changing it.
+    Verify(verify::VerifyArgs),
+    /// Load generator: drive transfers through the public HTTP API and report throughput and latency.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Data directory: the log, snapshots and read model live here (created if missing).
+    #[arg(long, default_value = "./tally-data", env = "TALLY_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Address to listen on; port 0 picks a free port (printed on standard output).
+    #[arg(long, default_value = "127.0.0.1:7070", env = "TALLY_LISTEN")]
+    listen: SocketAddr,
+    /// Microseconds the batcher waits for more commands after the first of a batch.
+    #[arg(long, default_value_t = BATCH_WAIT_US_DEFAULT, value_parser = clap::value_parser!(u64).range(0..=BATCH_WAIT_US_MAX))]
+    batch_wait_us: u64,
+    /// Events between snapshots (0: only at shutdown); bounds the log a restart replays.
+    #[arg(long, default_value_t = SNAPSHOT_INTERVAL_EVENTS_DEFAULT)]
+    snapshot_interval_events: u64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TALLY_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        CommandLine::Serve(args) => serve(args).map(|()| ExitCode::SUCCESS),
+        CommandLine::Verify(args) => verify::run(args),
+        CommandLine::Bench(args) => runtime()
+            .and_then(|runtime| runtime.block_on(bench::run(args)))
+            .map(|()| ExitCode::SUCCESS),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            if is_broken_pipe(&error) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("tally: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = tally_server::ServeConfig::new(args.data_dir, args.listen);
+    config.engine.batch_wait = Duration::from_micros(args.batch_wait_us);
+    config.engine.snapshot_interval_events = args.snapshot_interval_events;
+    runtime()?.block_on(tally_server::serve(config, |address| {
+        // Scripts and `tally bench` wait for exactly this line.
+        println!("listening on http://{address}");
+    }))?;
+    Ok(())
+}

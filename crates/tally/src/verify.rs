@@ -1,0 +1,77 @@
+//! `tally verify DIR`: explains what is wrong with a data directory, or that nothing is.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use tally_engine::{verify_data_dir, SnapshotCheck};
+use tally_log::ProblemKind;
+
+#[derive(clap::Args)]
+pub struct VerifyArgs {
+    /// The data directory to check (as given to `tally serve --data-dir`).
+    dir: PathBuf,
+}
+
+/// Prints a report on standard output. Exit code 0: sound; 1: problems found.
+pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
+    if !args.dir.join("log").is_dir() {
+        anyhow::bail!(
+            "{} holds no log directory; is it a tally data directory?",
+            args.dir.display()
+        );
+    }
+    let report = verify_data_dir(&args.dir)?;
+    let log = &report.log;
+    println!("data directory {}", report.dir.display());
+    println!(
+        "log: {} segment(s), {} batch(es), {} event(s)",
+        log.segments.len(),
+        log.batch_count,
+        log.next_position
+    );
+    for problem in &log.problems {
+        let label = match problem.kind {
+            ProblemKind::TornTail { .. } => "torn tail (repaired on next start)",
+            ProblemKind::IncompleteSegment => "incomplete segment (removed on next start)",
+            ProblemKind::Corruption => "CORRUPTION",
+        };
+        println!(
+            "  {label}: {} at byte offset {}: {}",
+            problem.path.display(),
+            problem.offset,
+            problem.reason
+        );
+        println!("    {}", problem.meaning());
+    }
+    match &report.replay_error {
+        Some(error) => println!("ledger rules: VIOLATED: {error}"),
+        None => println!(
+            "ledger rules: every event obeys them ({} accounts in {} ledgers, {} transfer ids)",
+            report.accounts - report.ledgers,
+            report.ledgers,
+            report.transfer_ids
+        ),
+    }
+    match &report.invariant_error {
+        Some(violation) => println!("invariants: BROKEN: {violation}"),
+        None if report.replay_error.is_none() => println!(
+            "invariants: hold (every ledger sums to zero, no account below zero without overdraft)"
+        ),
+        None => println!("invariants: not checked, replay stopped early"),
+    }
+    match &report.snapshot {
+        SnapshotCheck::None => println!("snapshot: none"),
+        SnapshotCheck::Matches { position } => println!("snapshot: at position {position}, equal to the replayed state"),
+        SnapshotCheck::Differs { position } => println!("snapshot: at position {position}, DIFFERS from the replayed state; delete it so that a restart replays the log"),
+        SnapshotCheck::Unusable { reason } => println!("snapshot: unusable ({reason}); a restart replays the log instead"),
+    }
+    if report.is_ok() {
+        println!("ok");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!(
+            "NOT OK: the server refuses to start on this directory or would serve a wrong state"
+        );
+        Ok(ExitCode::from(1))
+    }
+}

@@ -1,0 +1,5 @@
+//! Integration tests of the `tally` binary, built as one test binary.
+
+mod support;
+
+mod crash;

@@ -1,0 +1,239 @@
+//! Shared helpers for the integration tests: the real `tally` process and a
+//! tiny JSON-over-HTTP client.
+
+use std::path::Path;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use hyper::{Method, Request};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// The `tally` binary under test.
+pub const TALLY: &str = env!("CARGO_BIN_EXE_tally");
+
+/// How long a starting server may take to recover and print its address.
+const SERVER_READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a graceful shutdown may take.
+const SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Per-request timeout; generous because reads may wait for the read model.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `*_settled` keeps retrying 503 answers (`overloaded`, or
+/// `unavailable` while the read model catches up).
+const RETRY_503_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A running `tally serve`; dropping it kills the process (SIGKILL).
+pub struct Server {
+    child: Child,
+    /// Base URL such as `http://127.0.0.1:41234`.
+    pub url: String,
+}
+
+impl Server {
+    /// Starts `tally serve` on a loopback port and waits until it listens.
+    pub async fn start(data_dir: &Path) -> Server {
+        let mut child = Command::new(TALLY)
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--listen", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            // Warnings and errors only, so the test output stays readable;
+            // set TALLY_LOG to see more.
+            .env(
+                "TALLY_LOG",
+                std::env::var("TALLY_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|error| panic!("spawning {TALLY} serve: {error}"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let wait = async {
+            while let Some(line) = lines.next_line().await.expect("reading server stdout") {
+                if let Some(url) = line.trim().strip_prefix("listening on ") {
+                    return Some(url.to_string());
+                }
+            }
+            None
+        };
+        let url = match tokio::time::timeout(SERVER_READY_TIMEOUT, wait).await {
+            Ok(Some(url)) => url,
+            Ok(None) => panic!(
+                "expected tally serve on {} to print 'listening on http://...', found it exited ({:?})",
+                data_dir.display(),
+                child.wait().await
+            ),
+            Err(_) => panic!(
+                "expected tally serve on {} to be listening within {SERVER_READY_TIMEOUT:?}, found no listening line",
+                data_dir.display()
+            ),
+        };
+        // Keep draining stdout so the server never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Server { child, url }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.url)
+    }
+
+    /// Kills the server with SIGKILL, as a crash would, and reaps it.
+    pub async fn kill(mut self) {
+        self.signal(libc::SIGKILL);
+        let status = self.child.wait().await.expect("waiting for killed server");
+        assert!(
+            !status.success(),
+            "expected SIGKILL to end the server abnormally, found {status}"
+        );
+    }
+
+    /// Stops the server with SIGTERM and returns its exit status.
+    pub async fn terminate(mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        match tokio::time::timeout(SERVER_STOP_TIMEOUT, self.child.wait()).await {
+            Ok(status) => status.expect("waiting for server"),
+            Err(_) => panic!("expected tally serve to exit within {SERVER_STOP_TIMEOUT:?} of SIGTERM, found it still running"),
+        }
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        let pid = self.child.id().expect("server still running") as libc::pid_t;
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(
+            rc,
+            0,
+            "kill({pid}, {signal}): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Runs `tally verify DIR` and asserts that it succeeds.
+pub fn assert_verify_ok(data_dir: &Path, when: &str) {
+    let output = std::process::Command::new(TALLY)
+        .arg("verify")
+        .arg(data_dir)
+        .output()
+        .unwrap_or_else(|error| panic!("running {TALLY} verify: {error}"));
+    assert!(
+        output.status.success(),
+        "expected `tally verify {}` to exit 0 {when}, found {}\nstdout:\n{}\nstderr:\n{}",
+        data_dir.display(),
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A pooled HTTP/1.1 client speaking JSON to one server.
+#[derive(Clone)]
+pub struct Client {
+    inner: hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>,
+    base: String,
+    authorization: Option<HeaderValue>,
+}
+
+/// A complete answer: status and parsed JSON body (`Null` when empty or not JSON).
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl Client {
+    pub fn new(base: &str) -> Client {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let inner =
+            hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(connector);
+        let authorization = std::env::var("TALLY_TOKEN").ok().map(|token| {
+            HeaderValue::from_str(&format!("Bearer {token}"))
+                .expect("TALLY_TOKEN is a valid header")
+        });
+        Client {
+            inner,
+            base: base.trim_end_matches('/').to_string(),
+            authorization,
+        }
+    }
+
+    /// GETs, retrying 503 answers for a while; `Err` as for `send`.
+    pub async fn get_settled(&self, path: &str) -> Result<Answer, String> {
+        self.send_settled(Method::GET, path, Bytes::new()).await
+    }
+
+    /// POSTs, retrying 503 answers (the same body: writes are idempotent by
+    /// id) for a while; `Err` as for `send`.
+    pub async fn post_settled(&self, path: &str, body: &Value) -> Result<Answer, String> {
+        self.send_settled(Method::POST, path, Bytes::from(body.to_string()))
+            .await
+    }
+
+    /// Sends until the answer is not 503 or `RETRY_503_TIMEOUT` passed; then
+    /// returns the last answer.
+    async fn send_settled(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+    ) -> Result<Answer, String> {
+        let deadline = tokio::time::Instant::now() + RETRY_503_TIMEOUT;
+        let mut backoff = Duration::from_millis(2);
+        loop {
+            let answer = self.send(method.clone(), path, body.clone()).await?;
+            if answer.status != 503 || tokio::time::Instant::now() >= deadline {
+                return Ok(answer);
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(100));
+        }
+    }
+
+    /// Sends one request. `Err` means the outcome is unknown: the connection
+    /// failed or the answer did not arrive in time.
+    pub async fn send(&self, method: Method, path: &str, body: Bytes) -> Result<Answer, String> {
+        let mut request = Request::builder()
+            .method(method.clone())
+            .uri(format!("{}{}", self.base, path))
+            .header(CONTENT_TYPE, "application/json")
+            .body(Full::new(body))
+            .expect("valid request");
+        if let Some(authorization) = &self.authorization {
+            request
+                .headers_mut()
+                .insert(AUTHORIZATION, authorization.clone());
+        }
+        let exchange = async {
+            let response = self
+                .inner
+                .request(request)
+                .await
+                .map_err(|error| format!("{error:?}"))?;
+            let status = response.status().as_u16();
+            let bytes = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|error| format!("{error:?}"))?
+                .to_bytes();
+            let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            Ok::<Answer, String>(Answer { status, body })
+        };
+        match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
+            Ok(result) => result.map_err(|error| format!("{method} {path}: {error}")),
+            Err(_) => Err(format!(
+                "{method} {path}: no answer within {REQUEST_TIMEOUT:?}"
+            )),
+        }
+    }
+}
