@@ -41,7 +41,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tally_core::{Command, Id, Ledger, ReplayError};
-use tally_log::{EventLog, LogError, LogOptions, LogReader, SegmentedLog, SnapshotStore};
+use tally_log::{EventLog, FsStorage, LogError, LogOptions, LogReader, SegmentedLog, SnapshotStore, Storage};
 use tokio::sync::{oneshot, watch};
 
 pub use answer::{AccountView, Answer, Detail, TransferDetail};
@@ -176,8 +176,14 @@ pub struct EngineHandle {
 }
 
 impl Engine {
-    /// Recovers the state from `config.data_dir` and starts the engine.
+    /// Recovers the state from `config.data_dir` on the real filesystem and starts the engine.
     pub fn open(config: EngineConfig) -> Result<Opened, EngineError> {
+        Engine::open_in(Arc::new(FsStorage), config)
+    }
+
+    /// [`Engine::open`] on any storage, such as the log's in-memory storage that simulates
+    /// crashes and injects I/O errors.
+    pub fn open_in(storage: Arc<dyn Storage>, config: EngineConfig) -> Result<Opened, EngineError> {
         let started = Instant::now();
         let setup = |context: &str| {
             let context = format!("{context} in {}", config.data_dir.display());
@@ -186,11 +192,14 @@ impl Engine {
                 message: error.to_string(),
             }
         };
-        std::fs::create_dir_all(&config.data_dir)
+        storage
+            .create_dir_all(&config.data_dir)
             .map_err(setup("cannot create the data directory"))?;
+        let log_dir = config.data_dir.join("log");
         let (log, log_report) =
-            SegmentedLog::open(&config.data_dir.join("log"), config.log_options.clone())?;
-        let store = SnapshotStore::open(&config.data_dir.join("snapshots"))?;
+            SegmentedLog::open_in(Arc::clone(&storage), &log_dir, config.log_options.clone())?;
+        let snapshots_dir = config.data_dir.join("snapshots");
+        let store = SnapshotStore::open_in(Arc::clone(&storage), &snapshots_dir)?;
         let (ledger, snapshot_position) = recover(&log, &store, &config.data_dir)?;
         ledger
             .check_invariants()
@@ -216,7 +225,7 @@ impl Engine {
             durable: log.subscribe(),
         };
         let snapshotter = Snapshotter::start(
-            SnapshotStore::open(&config.data_dir.join("snapshots"))?,
+            SnapshotStore::open_in(storage, &config.data_dir.join("snapshots"))?,
             log.reader(),
             Arc::clone(&shared),
             config.snapshot_interval_events,
