@@ -138,3 +138,18 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+/// Turns an error of a tower middleware (timeout, load shedding) into an answer.
+pub async fn from_middleware(error: tower::BoxError) -> ApiError {
+    if error.is::<tower::timeout::error::Elapsed>() {
+        ApiError::unavailable("the request took too long; retry with the same ids")
+    } else if error.is::<tower::load_shed::error::Overloaded>() {
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "overloaded",
+            message: "too many requests in flight; retry later with the same ids".into(),
+        }
+    } else {
+        ApiError::internal(error)
+    }
+}

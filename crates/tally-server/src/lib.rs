@@ -29,6 +29,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
@@ -82,7 +83,13 @@ pub fn app(state: AppState) -> Router {
                 .layer(axum::middleware::from_fn_with_state(
                     state.clone(),
                     metrics::track,
-                )),
+                ))
+                // Shed load before anything that queues: past the concurrency limit a request
+                // is refused at once rather than left waiting.
+                .layer(HandleErrorLayer::new(error::from_middleware))
+                .load_shed()
+                .concurrency_limit(limits::CONCURRENT_REQUESTS_MAX)
+                .timeout(limits::REQUEST_TIMEOUT),
         )
         .with_state(state)
 }
@@ -171,14 +178,7 @@ pub async fn serve(
         })?;
     let address = listener.local_addr()?;
     on_listening(address);
-    let router = app(state).layer(
-        ServiceBuilder::new()
-            .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-                axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                limits::REQUEST_TIMEOUT,
-            ))
-            .concurrency_limit(limits::CONCURRENT_REQUESTS_MAX),
-    );
+    let router = app(state);
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         // Answers are small and latency matters more than packet count.
         let _ = tcp.set_nodelay(true);
