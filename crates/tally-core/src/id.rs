@@ -42,19 +42,18 @@ fn validate(text: &str, max: usize) -> Result<(), IdError> {
     if text.is_empty() {
         return Err(IdError::Empty);
     }
+    // The alphabet first: what passes it is ASCII, so bytes and characters agree below.
+    let allowed = |c: &char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-');
+    if let Some(found) = text.chars().find(|c| !allowed(c)) {
+        return Err(IdError::BadCharacter { found });
+    }
     if text.len() > max {
         return Err(IdError::TooLong {
             max,
-            found: text.chars().count(),
+            found: text.len(),
         });
     }
-    match text
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')))
-    {
-        Some(found) => Err(IdError::BadCharacter { found }),
-        None => Ok(()),
-    }
+    Ok(())
 }
 
 impl Id {

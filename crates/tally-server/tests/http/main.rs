@@ -1,0 +1,8 @@
+//! The HTTP API, driven through the router without a socket: one integration-test binary.
+
+mod errors;
+mod malformed;
+mod operations;
+mod properties;
+mod semantics;
+mod support;

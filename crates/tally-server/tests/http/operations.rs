@@ -1,0 +1,141 @@
+//! Health, readiness, metrics and the OpenAPI document.
+
+use std::collections::BTreeSet;
+
+use axum::http::StatusCode;
+use serde_json::json;
+
+use crate::support::TestApp;
+
+/// Every route of the router, with its methods, as `tally_server::app` builds it.
+const ROUTES: &[(&str, &str)] = &[
+    ("/v1/accounts", "post"),
+    ("/v1/accounts/{id}", "get"),
+    ("/v1/accounts/{id}/history", "get"),
+    ("/v1/deposits", "post"),
+    ("/v1/withdrawals", "post"),
+    ("/v1/transfers", "post"),
+    ("/v1/transfers/batch", "post"),
+    ("/v1/transfers/{id}", "get"),
+    ("/v1/transfers/{id}/post", "post"),
+    ("/v1/transfers/{id}/void", "post"),
+    ("/v1/openapi.json", "get"),
+    ("/healthz", "get"),
+    ("/readyz", "get"),
+    ("/metrics", "get"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_readiness() {
+    let app = TestApp::new();
+    assert_eq!(
+        app.get("/healthz").await,
+        (StatusCode::OK, json!({"status": "ok"}))
+    );
+    assert_eq!(
+        app.get("/readyz").await,
+        (StatusCode::OK, json!({"status": "ok"}))
+    );
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_batches_and_requests_by_route() {
+    let app = TestApp::new();
+    app.open_account("a", "USD", false).await;
+    app.get("/v1/accounts/nobody").await;
+    app.get("/no/such/path").await;
+    let reply = app.send("GET", "/metrics", "").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let content_type = reply.headers.get("content-type").unwrap().to_str().unwrap();
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    let text = reply.text();
+    for series in [
+        "tally_engine_batches_total",
+        "tally_http_requests_total",
+        "tally_http_request_seconds",
+        "tally_durable_position",
+        "tally_read_model_position",
+        "tally_queued_commands",
+    ] {
+        assert!(text.contains(series), "no {series} in:\n{text}");
+    }
+    // Requests are counted by route template, never by raw path, so ids cannot blow up the
+    // number of series.
+    let requests: Vec<&str> = text
+        .lines()
+        .filter(|line| line.starts_with("tally_http_requests_total{"))
+        .collect();
+    let has = |needle: &str| requests.iter().any(|line| line.contains(needle));
+    assert!(has(r#"route="/v1/accounts",status="201""#), "{requests:#?}");
+    assert!(
+        has(r#"route="/v1/accounts/{id}",status="404""#),
+        "{requests:#?}"
+    );
+    assert!(has(r#"route="unmatched",status="404""#), "{requests:#?}");
+    assert!(
+        !text.contains("nobody") && !text.contains("/no/such/path"),
+        "{text}"
+    );
+    assert!(
+        text.trim_end().ends_with("# EOF"),
+        "OpenMetrics ends with # EOF"
+    );
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_lists_every_route() {
+    let app = TestApp::new();
+    let reply = app.send("GET", "/v1/openapi.json", "").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(
+        reply.headers.get("content-type").unwrap(),
+        "application/json"
+    );
+    let document = reply.json();
+    assert!(
+        document["openapi"]
+            .as_str()
+            .is_some_and(|version| version.starts_with('3')),
+        "{document}"
+    );
+    let paths = document["paths"].as_object().expect("paths");
+    let documented: BTreeSet<(String, String)> = paths
+        .iter()
+        .flat_map(|(path, item)| {
+            item.as_object()
+                .unwrap()
+                .keys()
+                .filter(|key| ["get", "post", "put", "patch", "delete"].contains(&key.as_str()))
+                .map(|method| (path.clone(), method.clone()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let routed: BTreeSet<(String, String)> = ROUTES
+        .iter()
+        .map(|(path, method)| (path.to_string(), method.to_string()))
+        .collect();
+    assert_eq!(documented, routed);
+    // Every documented route is really routed: none answers the router's own 404.
+    for (path, method) in ROUTES {
+        let concrete = path.replace("{id}", "x");
+        let reply = app.send(&method.to_uppercase(), &concrete, "{}").await;
+        let code = serde_json::from_slice::<serde_json::Value>(&reply.body)
+            .ok()
+            .and_then(|json| json["error"]["message"].as_str().map(str::to_string));
+        assert!(
+            !code.is_some_and(|message| message.starts_with("no such path")),
+            "{method} {concrete} is documented but not routed"
+        );
+    }
+    // The error body is documented as a schema.
+    assert!(
+        document["components"]["schemas"]["ErrorBody"].is_object(),
+        "{document}"
+    );
+    app.finish().await;
+}

@@ -1,0 +1,328 @@
+//! The fixture and the one helper every test sends its requests through.
+//!
+//! Tests talk to the router as a `Service` (no socket), and only through [`send`] and the thin
+//! wrappers around it, so that a change of the API's shape touches this file, not a hundred
+//! tests.
+
+use std::any::Any;
+use std::io;
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex};
+
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use axum::Router;
+use http_body_util::BodyExt;
+use serde_json::Value;
+use tally_engine::{Engine, EngineConfig};
+use tally_log::{FsStorage, Storage, StorageFile};
+use tally_read::ReadModel;
+use tally_server::{AppState, ServerMetrics};
+use tempfile::TempDir;
+use tower::ServiceExt;
+
+/// A real engine and read model in a temporary data directory, and the router over them.
+pub struct TestApp {
+    /// The router under test.
+    pub router: Router,
+    /// The state the router was built from, to look at what tests cannot see through HTTP.
+    pub state: AppState,
+    engine: Option<Engine>,
+    read: Option<ReadModel>,
+    // Dropped last: the engine and the read model write into it.
+    _dir: TempDir,
+}
+
+/// A raw answer.
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl TestApp {
+    /// Opens an empty ledger.
+    pub fn new() -> TestApp {
+        TestApp::on(Arc::new(FsStorage))
+    }
+
+    /// Opens an empty ledger whose log syncs only while `gate` is open, so that a test can hold
+    /// the engine's writer still.
+    pub fn gated(gate: Arc<Gate>) -> TestApp {
+        TestApp::on(Arc::new(GatedStorage { gate }))
+    }
+
+    fn on(storage: Arc<dyn Storage>) -> TestApp {
+        let dir = tempfile::tempdir().expect("create a temporary data directory");
+        let opened = Engine::open_in(storage, EngineConfig::new(dir.path().to_path_buf()))
+            .expect("open the engine");
+        let read = ReadModel::start(
+            &dir.path().join(tally_read::READ_MODEL_FILE_NAME),
+            opened.feed.reader,
+            opened.feed.durable,
+        )
+        .expect("start the read model");
+        let engine = opened.engine;
+        let state = AppState {
+            engine: engine.handle(),
+            read: read.clone(),
+            metrics: Arc::new(ServerMetrics::new(engine.handle().metrics())),
+        };
+        TestApp {
+            router: tally_server::app(state.clone()),
+            state,
+            engine: Some(engine),
+            read: Some(read),
+            _dir: dir,
+        }
+    }
+
+    /// Stops the engine (a durable shutdown must succeed) and the read model. Requests sent
+    /// afterwards still reach the router.
+    pub async fn shutdown_engine(&mut self) {
+        let engine = self.engine.take().expect("the engine runs");
+        tokio::task::spawn_blocking(move || engine.shutdown())
+            .await
+            .expect("shutdown does not panic")
+            .expect("shutdown succeeds");
+    }
+
+    /// Shuts everything down cleanly; call at the end of every test.
+    pub async fn finish(mut self) {
+        if self.engine.is_some() {
+            self.shutdown_engine().await;
+        }
+        let read = self.read.take().expect("the read model runs");
+        tokio::task::spawn_blocking(move || read.shutdown())
+            .await
+            .expect("read model shutdown does not panic");
+    }
+
+    /// The position up to which the log is durable: it must not move for malformed input,
+    /// which never reaches the engine.
+    pub fn durable_position(&self) -> u64 {
+        self.state.engine.durable_position()
+    }
+
+    /// Sends one request and collects the whole answer. Every other helper goes through here.
+    pub async fn send(&self, method: &str, path: &str, body: impl Into<Body>) -> Reply {
+        let request = Request::builder()
+            .method(Method::from_bytes(method.as_bytes()).expect("a valid method"))
+            .uri(path)
+            .header("content-type", "application/json")
+            .body(body.into())
+            .expect("a valid request");
+        let response = self
+            .router
+            .clone()
+            .oneshot(request)
+            .await
+            .expect("the router is infallible");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("the body can be read")
+            .to_bytes()
+            .to_vec();
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// Sends a request and parses the answer as JSON, which every answer of the API is.
+    pub async fn call(&self, method: &str, path: &str, body: Option<&str>) -> (StatusCode, Value) {
+        let reply = self
+            .send(method, path, body.unwrap_or_default().to_string())
+            .await;
+        (reply.status, reply.json())
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.call("GET", path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: &str) -> (StatusCode, Value) {
+        self.call("POST", path, Some(body)).await
+    }
+
+    /// Posts and expects success (200 or 201); returns the answer.
+    pub async fn post_ok(&self, path: &str, body: &str) -> Value {
+        let (status, json) = self.post(path, body).await;
+        assert!(
+            status == StatusCode::OK || status == StatusCode::CREATED,
+            "POST {path} {body} answered {status} {json}"
+        );
+        json
+    }
+
+    pub async fn open_account(&self, id: &str, ledger: &str, allow_overdraft: bool) {
+        let body =
+            serde_json::json!({"id": id, "ledger": ledger, "allow_overdraft": allow_overdraft});
+        let (status, json) = self.post("/v1/accounts", &body.to_string()).await;
+        assert_eq!(status, StatusCode::CREATED, "{json}");
+    }
+
+    pub async fn deposit(&self, id: &str, account: &str, amount: u64) {
+        let body = serde_json::json!({"id": id, "account": account, "amount": amount});
+        let (status, json) = self.post("/v1/deposits", &body.to_string()).await;
+        assert_eq!(status, StatusCode::CREATED, "{json}");
+    }
+
+    /// The account as `GET /v1/accounts/{id}` answers it.
+    pub async fn account(&self, id: &str) -> Value {
+        let (status, json) = self.get(&format!("/v1/accounts/{id}")).await;
+        assert_eq!(status, StatusCode::OK, "GET account {id}: {json}");
+        json
+    }
+
+    pub async fn balance(&self, id: &str) -> i64 {
+        self.account(id).await["balance"]
+            .as_i64()
+            .expect("balance is an integer")
+    }
+}
+
+impl Reply {
+    #[track_caller]
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|error| {
+            panic!(
+                "answer {} is not JSON ({error}): {:?}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8(self.body.clone()).expect("the answer is UTF-8")
+    }
+}
+
+/// Asserts that an answer is the documented error: the status, and exactly
+/// `{"error":{"code","message"}}` with the code and a non-empty message.
+#[track_caller]
+pub fn assert_error(answer: &(StatusCode, Value), status: StatusCode, code: &str) {
+    let (found_status, json) = answer;
+    assert_eq!(*found_status, status, "status of {json}");
+    assert_error_body(json);
+    assert_eq!(json["error"]["code"], code, "code of {json}");
+}
+
+/// Asserts the shape of an error body, whatever its code.
+#[track_caller]
+pub fn assert_error_body(json: &Value) {
+    let object = json
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {json}"));
+    assert_eq!(object.len(), 1, "only `error`: {json}");
+    let error = json["error"]
+        .as_object()
+        .unwrap_or_else(|| panic!("`error` is not an object: {json}"));
+    assert_eq!(error.len(), 2, "only `code` and `message`: {json}");
+    let code = error["code"].as_str().expect("code is a string");
+    assert!(!code.is_empty(), "empty code: {json}");
+    let message = error["message"].as_str().expect("message is a string");
+    assert!(!message.is_empty(), "empty message: {json}");
+}
+
+/// Holds every sync of the log while closed.
+#[derive(Debug, Default)]
+pub struct Gate {
+    closed: Mutex<bool>,
+    opened: Condvar,
+}
+
+impl Gate {
+    pub fn close(&self) {
+        *self.closed.lock().unwrap() = true;
+    }
+
+    pub fn open(&self) {
+        *self.closed.lock().unwrap() = false;
+        self.opened.notify_all();
+    }
+
+    fn pass(&self) {
+        let mut closed = self.closed.lock().unwrap();
+        while *closed {
+            closed = self.opened.wait(closed).unwrap();
+        }
+    }
+}
+
+/// The real filesystem, with every file's sync held at a [`Gate`].
+#[derive(Debug)]
+struct GatedStorage {
+    gate: Arc<Gate>,
+}
+
+#[derive(Debug)]
+struct GatedFile {
+    inner: Box<dyn StorageFile>,
+    gate: Arc<Gate>,
+}
+
+impl GatedStorage {
+    fn wrap(&self, inner: Box<dyn StorageFile>) -> Box<dyn StorageFile> {
+        Box::new(GatedFile {
+            inner,
+            gate: Arc::clone(&self.gate),
+        })
+    }
+}
+
+impl Storage for GatedStorage {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        FsStorage.create_dir_all(dir)
+    }
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        FsStorage.list(dir)
+    }
+    fn open_read(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
+        Ok(self.wrap(FsStorage.open_read(path)?))
+    }
+    fn open_write(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
+        Ok(self.wrap(FsStorage.open_write(path)?))
+    }
+    fn create_new(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
+        Ok(self.wrap(FsStorage.create_new(path)?))
+    }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        FsStorage.remove(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        FsStorage.rename(from, to)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.gate.pass();
+        FsStorage.sync_dir(dir)
+    }
+    fn lock_exclusive(&self, path: &Path) -> io::Result<Box<dyn Any + Send + Sync>> {
+        FsStorage.lock_exclusive(path)
+    }
+}
+
+impl StorageFile for GatedFile {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.inner.read_exact_at(buf, offset)
+    }
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.inner.write_all_at(buf, offset)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        self.gate.pass();
+        self.inner.sync_data()
+    }
+    fn len(&self) -> io::Result<u64> {
+        self.inner.len()
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.inner.set_len(len)
+    }
+}
