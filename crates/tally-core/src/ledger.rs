@@ -930,7 +930,7 @@ impl Ledger {
                 );
             }
             Event::Expired { pending } => {
-                self.release(*pending, PendingState::Expired { position })
+                self.release(*pending, PendingState::Expired { position }, 0)
             }
         }
         self.next_position += 1;
@@ -1038,30 +1038,20 @@ impl Ledger {
                 }
             }
             TransferKind::Post { pending } => {
-                self.release(pending, PendingState::Posted { amount, position });
-                self.update(debit, |balances| {
-                    balances.debits_posted = balances
-                        .debits_posted
-                        .checked_add(amount)
-                        .expect("admissible")
-                });
-                self.update(credit, |balances| {
-                    balances.credits_posted = balances
-                        .credits_posted
-                        .checked_add(amount)
-                        .expect("admissible")
-                });
+                self.release(pending, PendingState::Posted { amount, position }, amount);
                 self.insert_resolution(position, pending);
             }
             TransferKind::Void { pending } => {
-                self.release(pending, PendingState::Voided { position });
+                self.release(pending, PendingState::Voided { position }, 0);
                 self.insert_resolution(position, pending);
             }
         }
     }
 
-    /// Releases the reservation of the pending transfer at `pending`, moving it to `state`.
-    fn release(&mut self, pending: u64, state: PendingState) {
+    /// Releases the reservation of the pending transfer at `pending`, moving it to `state`, and
+    /// posts `posted` of it (0 for a void or an expiry): one change per account, so each
+    /// account's version grows by one per event.
+    fn release(&mut self, pending: u64, state: PendingState, posted: u64) {
         let record = self
             .pendings
             .get_mut(&pending)
@@ -1088,13 +1078,21 @@ impl Ledger {
             balances.debits_pending = balances
                 .debits_pending
                 .checked_sub(amount)
-                .expect("reserved")
+                .expect("reserved");
+            balances.debits_posted = balances
+                .debits_posted
+                .checked_add(posted)
+                .expect("admissible");
         });
         self.update(credit, |balances| {
             balances.credits_pending = balances
                 .credits_pending
                 .checked_sub(amount)
-                .expect("reserved")
+                .expect("reserved");
+            balances.credits_posted = balances
+                .credits_posted
+                .checked_add(posted)
+                .expect("admissible");
         });
     }
 

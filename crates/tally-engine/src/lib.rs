@@ -41,7 +41,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tally_core::{Command, Id, Ledger, ReplayError};
-use tally_log::{EventLog, FsStorage, LogError, LogOptions, LogReader, SegmentedLog, SnapshotStore, Storage};
+use tally_log::{
+    EventLog, FsStorage, LogError, LogOptions, LogReader, SegmentedLog, SnapshotStore, Storage,
+};
 use tokio::sync::{oneshot, watch};
 
 pub use answer::{AccountView, Answer, Detail, TransferDetail};

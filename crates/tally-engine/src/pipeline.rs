@@ -43,10 +43,13 @@ pub(crate) enum Request {
 }
 
 impl Request {
-    /// What the request counts against the command queue limit (a read counts as one).
+    /// What the request counts against the command queue and batch limits (a read counts as
+    /// one, and so does an execute without commands: each takes a place and an answer).
     pub(crate) fn weight(&self) -> usize {
         match self {
-            Request::Execute { commands, .. } => commands.iter().map(command_weight).sum(),
+            Request::Execute { commands, .. } => {
+                commands.iter().map(command_weight).sum::<usize>().max(1)
+            }
             Request::Account { .. } | Request::Shutdown => 1,
         }
     }
@@ -138,6 +141,10 @@ impl StateThread {
     /// Until the next pending transfer expires, at most an idle tick.
     fn idle_timeout(&self) -> Duration {
         let tick = Duration::from_millis(IDLE_TICK_MS);
+        // A failed engine expires nothing, so an overdue pending transfer must not make it spin.
+        if self.shared.failed.load(Ordering::SeqCst) {
+            return tick;
+        }
         match self.ledger.next_expiry_ns() {
             None => tick,
             Some(expires_at_ns) => {
@@ -170,13 +177,18 @@ impl StateThread {
         self.ledger.begin_batch(timestamp_ns, &mut events);
         let mut deliveries = Vec::new();
         let mut commands = 0;
+        // Requests count too, reads included: a steady stream of reads must not keep a batch
+        // open (and growing) forever.
+        let mut taken = 0;
         let mut keep_running = true;
         let deadline = Instant::now() + self.batch_wait;
         let mut next = first;
         while let Some(request) = next.take() {
+            let weight = request.weight();
             self.shared
                 .queued_commands
-                .fetch_sub(request.weight(), Ordering::SeqCst);
+                .fetch_sub(weight, Ordering::SeqCst);
+            taken += weight;
             match request {
                 Request::Shutdown => {
                     keep_running = false;
@@ -199,7 +211,7 @@ impl StateThread {
                     deliveries.push(deliver(reply, view));
                 }
             }
-            if commands >= COMMIT_BATCH_COMMANDS_MAX {
+            if taken >= COMMIT_BATCH_COMMANDS_MAX {
                 break;
             }
             next = match self.requests.try_recv() {

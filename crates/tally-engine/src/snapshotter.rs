@@ -38,13 +38,16 @@ impl Snapshotter {
         let stopping = Arc::clone(&stop);
         let thread = spawn_offline("tally-snapshot", move || {
             let mut reader = reader;
+            // Where the last attempt, successful or not, started: a failed attempt waits a
+            // whole interval before the next, without pretending a snapshot exists.
+            let mut last_attempt = shared.snapshot_position.load(Ordering::SeqCst);
             while !stopping.load(Ordering::SeqCst) {
                 std::thread::sleep(POLL_INTERVAL);
                 let durable = shared.durable_position.load(Ordering::SeqCst);
-                let newest = shared.snapshot_position.load(Ordering::SeqCst);
-                if durable < newest + interval_events {
+                if durable < last_attempt + interval_events {
                     continue;
                 }
+                last_attempt = durable;
                 match take_snapshot(&store, reader.as_mut(), &stopping) {
                     Ok(Some(position)) => {
                         shared.snapshot_position.store(position, Ordering::SeqCst);
@@ -54,7 +57,6 @@ impl Snapshotter {
                     Err(error) => {
                         // Snapshots only shorten restarts; the log still holds everything.
                         tracing::error!(%error, "snapshot failed; will retry at the next interval");
-                        shared.snapshot_position.store(durable, Ordering::SeqCst);
                     }
                 }
             }
@@ -66,7 +68,14 @@ impl Snapshotter {
     }
 
     /// Stops the thread, abandoning a snapshot in progress.
-    pub(crate) fn stop(mut self) {
+    pub(crate) fn stop(self) {
+        drop(self);
+    }
+}
+
+/// A dropped engine must not leave a thread that could still write into its directory.
+impl Drop for Snapshotter {
+    fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();

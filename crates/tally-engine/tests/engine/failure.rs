@@ -1,0 +1,173 @@
+//! I/O failures of the log: the engine stops taking work, and a restart from what reached the
+//! disk recovers exactly the acknowledged state.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tally_engine::{Detail, EngineError};
+use tally_log::{MemStorage, Torn};
+
+use crate::support::{
+    commands, describe_all, eventually, execute, id, mem_config, open_in, open_mem, open_traced,
+    parse, poll_once, run, shutdown, thread_cpu_ticks, views, Throttled,
+};
+
+const ACKNOWLEDGED: &str = "
+    open a USD
+    open b USD
+    deposit d1 a 100
+    transfer t1 a b 30
+    pending p1 a b 20
+";
+
+fn ids() -> Vec<String> {
+    ["a", "b"].map(String::from).to_vec()
+}
+
+fn is_unavailable<T: std::fmt::Debug>(outcome: &Result<T, EngineError>) -> bool {
+    matches!(outcome, Err(EngineError::Unavailable(_)))
+}
+
+/// The write (countdown 0) or the fdatasync (countdown 1) of an append fails.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_append_stops_the_engine_and_a_restart_recovers_the_acknowledged_state() {
+    for (countdown, op) in [(0, "write"), (1, "fdatasync")] {
+        let storage = MemStorage::new();
+        let opened = open_mem(&storage);
+        let handle = opened.engine.handle();
+        let first = run(&handle, ACKNOWLEDGED).await;
+        assert!(!first.contains("error"), "{first}");
+
+        // One append is a write and an fdatasync; nothing else touches the storage meanwhile.
+        let ops = storage.op_count();
+        execute(&handle, "deposit probe b 1").await;
+        assert_eq!(storage.op_count() - ops, 2, "operations per append");
+        let acknowledged = views(&handle, &ids()).await;
+        let durable = handle.durable_position();
+
+        storage.fail_after(countdown);
+        let failed = handle
+            .execute(commands("deposit d2 a 5"), Detail::Full)
+            .await;
+        assert!(is_unavailable(&failed), "{op}: {failed:?}");
+        let message = failed.unwrap_err().to_string();
+        assert!(message.contains("injected I/O error"), "{op}: {message}");
+        assert!(message.contains(op), "{op}: {message}");
+        assert!(!handle.is_ready(), "{op}");
+        assert_eq!(handle.durable_position(), durable, "{op}");
+        assert!(is_unavailable(
+            &handle
+                .execute(commands("deposit d3 a 5"), Detail::Full)
+                .await
+        ));
+        assert!(is_unavailable(&handle.account(id("a")).await));
+        assert!(
+            is_unavailable(&shutdown(opened.engine).await),
+            "{op}: shutdown reports the failure"
+        );
+
+        // Only synced bytes survive: exactly the acknowledged state.
+        let reopened = open_mem(&storage.crash_image(Torn::Nothing));
+        let handle = reopened.engine.handle();
+        assert!(handle.is_ready());
+        assert_eq!(handle.durable_position(), durable, "{op}");
+        assert_eq!(views(&handle, &ids()).await, acknowledged, "{op}");
+        // The refused deposit never happened; retried, it is recorded now.
+        assert_eq!(
+            describe_all(
+                &handle
+                    .execute(commands("deposit d2 a 5"), Detail::Full)
+                    .await
+            ),
+            format!("deposit created @{durable} amount 5 USD ext->a"),
+            "{op}"
+        );
+        shutdown(reopened.engine).await.unwrap();
+
+        // With whatever unsynced bytes survived too, every acknowledged command is still there.
+        let reopened = open_mem(&storage.crash_image(Torn::Prefix(u64::MAX)));
+        let handle = reopened.engine.handle();
+        let retried = run(&handle, ACKNOWLEDGED).await;
+        assert!(!retried.contains("created"), "{op}: {retried}");
+        assert!(handle.durable_position() >= durable, "{op}");
+        shutdown(reopened.engine).await.unwrap();
+    }
+}
+
+/// A failed fsync fails the batch and every batch staged on top of it, reads included, even
+/// though their decisions were already made.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_fsync_fails_every_batch_staged_after_it() {
+    let storage = Throttled::new();
+    let opened = open_in(Arc::new(storage.clone()), mem_config());
+    let handle = opened.engine.handle();
+    let first = run(&handle, ACKNOWLEDGED).await;
+    assert!(!first.contains("error"), "{first}");
+    let acknowledged = views(&handle, &ids()).await;
+    let durable = handle.durable_position();
+
+    storage.hold();
+    let failing = handle.execute(commands("deposit d2 a 5"), Detail::Full);
+    tokio::pin!(failing);
+    assert!(poll_once(&mut failing).await.is_none());
+    eventually("the fsync is held", || storage.waiting() == 1).await;
+    // Staged behind the held fsync: a write and a read that sees it.
+    let behind = handle.execute(commands("transfer t2 a b 1"), Detail::Full);
+    tokio::pin!(behind);
+    assert!(poll_once(&mut behind).await.is_none());
+    let read = handle.account(id("b"));
+    tokio::pin!(read);
+    assert!(poll_once(&mut read).await.is_none());
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    // The held fsync fails once released.
+    storage.inner.fail_after(0);
+    storage.release();
+    assert!(is_unavailable(&failing.await));
+    assert!(is_unavailable(&behind.await));
+    assert!(
+        is_unavailable(&read.await),
+        "no read of state that never became durable"
+    );
+    assert!(!handle.is_ready());
+    assert_eq!(handle.durable_position(), durable);
+    assert!(is_unavailable(&shutdown(opened.engine).await));
+
+    let reopened = open_mem(&storage.inner.crash_image(Torn::Nothing));
+    let handle = reopened.engine.handle();
+    assert_eq!(views(&handle, &ids()).await, acknowledged);
+    assert_eq!(handle.durable_position(), durable);
+    shutdown(reopened.engine).await.unwrap();
+}
+
+/// Once failed, the state thread waits for work instead of spinning, even with an overdue
+/// pending transfer it may no longer expire.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_engine_does_not_spin_on_overdue_pending_transfers() {
+    let storage = MemStorage::new();
+    let (opened, state_thread) = open_traced(Arc::new(storage.clone()), mem_config());
+    let handle = opened.engine.handle();
+    execute(
+        &handle,
+        "open a USD\nopen b USD\ndeposit d1 a 100\npending p1 a b 10 1",
+    )
+    .await;
+    storage.fail_after(0);
+    assert!(is_unavailable(
+        &handle
+            .execute(vec![parse("deposit d2 a 1")], Detail::Full)
+            .await
+    ));
+
+    // The pending transfer is overdue after one second; then measure the state thread for one.
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    let before = thread_cpu_ticks(state_thread);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let used = thread_cpu_ticks(state_thread) - before;
+    // A spinning thread uses tens of ticks (10 ms each) per second even on a busy machine.
+    assert!(
+        used < 10,
+        "the state thread used {used} ticks of CPU in one idle second"
+    );
+    assert!(is_unavailable(&shutdown(opened.engine).await));
+}
