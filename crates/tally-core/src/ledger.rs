@@ -22,7 +22,7 @@ pub struct Ledger {
     pub(crate) account_ids: HashMap<u128, AccountIndex>,
     pub(crate) ledgers: Vec<LedgerInfo>,
     pub(crate) ledger_codes: HashMap<LedgerCode, LedgerIndex>,
-    pub(crate) decided: HashMap<u128, Decided>,
+    pub(crate) decided: HashMap<IdKey, Decided>,
     pub(crate) pendings: HashMap<u64, PendingRecord>,
     /// Post or void position → the pending transfer's position, to answer retries of either.
     pub(crate) resolutions: HashMap<u64, u64>,
@@ -193,12 +193,43 @@ pub struct TransferReply {
     pub amount: u64,
 }
 
-/// What the ledger remembers of a decided transfer command: 32 bytes with its key.
+/// The key a transfer id is remembered by: 96 bits of its 128-bit hash. With 4-byte alignment,
+/// key and [`Decided`] take 24 bytes, so a hash table bucket stays under 64 bytes per id even
+/// right after the table doubles (25 × 16/7 ≈ 57). Two ids collide with probability about
+/// n²/2⁹⁷: below 10⁻¹⁵ for ten million ids.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct IdKey([u32; 3]);
+
+impl IdKey {
+    pub(crate) fn of(id: &Id) -> IdKey {
+        let hash = id.hash128();
+        IdKey([hash as u32, (hash >> 32) as u32, (hash >> 64) as u32])
+    }
+
+    pub(crate) fn to_bytes(self) -> [u8; 12] {
+        let mut bytes = [0; 12];
+        for (chunk, word) in bytes.chunks_exact_mut(4).zip(self.0) {
+            chunk.copy_from_slice(&word.to_le_bytes());
+        }
+        bytes
+    }
+
+    pub(crate) fn from_bytes(bytes: [u8; 12]) -> IdKey {
+        let word = |index: usize| {
+            u32::from_le_bytes(bytes[index * 4..index * 4 + 4].try_into().expect("4 bytes"))
+        };
+        IdKey([word(0), word(1), word(2)])
+    }
+}
+
+/// What the ledger remembers of a decided transfer command, in 12 bytes: the low 32 bits of its
+/// body hash (a retry with another body is told apart except with probability 2⁻³²) and the
+/// packed outcome, as `u32` halves to keep the alignment at 4.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Decided {
-    pub(crate) body_hash: u64,
-    /// Tag in the top 8 bits (see [`Outcome`]), position in the low 56.
-    pub(crate) outcome: u64,
+    body_hash: u32,
+    /// Tag in the top 8 bits (see [`Outcome`]), position in the low 56; low half first.
+    outcome: [u32; 2],
 }
 
 /// The unpacked outcome of a decided command.
@@ -235,9 +266,29 @@ pub fn kind_tag(kind: TransferKind) -> u8 {
 }
 
 impl Decided {
+    pub(crate) fn new(body_hash: u64, outcome: u64) -> Decided {
+        Decided {
+            body_hash: body_hash as u32,
+            outcome: [outcome as u32, (outcome >> 32) as u32],
+        }
+    }
+
+    pub(crate) fn body_matches(self, body_hash: u64) -> bool {
+        self.body_hash == body_hash as u32
+    }
+
+    pub(crate) fn body_bits(self) -> u32 {
+        self.body_hash
+    }
+
+    pub(crate) fn outcome_bits(self) -> u64 {
+        u64::from(self.outcome[0]) | (u64::from(self.outcome[1]) << 32)
+    }
+
     pub(crate) fn outcome(self) -> Outcome {
-        let tag = (self.outcome >> 56) as u8;
-        let position = self.outcome & POSITION_MAX;
+        let bits = self.outcome_bits();
+        let tag = (bits >> 56) as u8;
+        let position = bits & POSITION_MAX;
         if tag & TAG_REJECTED_BIT != 0 {
             let code = RejectCode::from_byte(tag & !TAG_REJECTED_BIT).expect("valid reject code");
             Outcome::Rejected { code, position }
@@ -280,7 +331,7 @@ struct BatchCursor {
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Undo {
     Balances(AccountIndex, Balances),
-    DecidedInserted(u128),
+    DecidedInserted(IdKey),
     PendingInserted(u64),
     PendingState(u64, PendingState),
     ResolutionInserted(u64),
@@ -540,8 +591,8 @@ impl Ledger {
 
     fn decide(&self, transfer: &TransferCommand) -> Decision {
         let body_hash = transfer.body_hash();
-        if let Some(decided) = self.decided.get(&transfer.id.hash128()) {
-            if decided.body_hash != body_hash {
+        if let Some(decided) = self.decided.get(&IdKey::of(&transfer.id)) {
+            if !decided.body_matches(body_hash) {
                 return Decision::Conflict;
             }
             return Decision::Duplicate(self.replay_reply(transfer, decided.outcome()));
@@ -640,7 +691,7 @@ impl Ledger {
     fn open_pending(&self, pending_id: &Id) -> Result<(u64, PendingRecord), RejectCode> {
         let decided = self
             .decided
-            .get(&pending_id.hash128())
+            .get(&IdKey::of(&pending_id))
             .ok_or(RejectCode::NotFound)?;
         match decided.outcome() {
             Outcome::Rejected { .. } => Err(RejectCode::NotFound),
@@ -839,7 +890,7 @@ impl Ledger {
                 }
             }
             Event::Transfer(transfer) => {
-                if self.decided.contains_key(&transfer.id.hash128()) {
+                if self.decided.contains_key(&IdKey::of(&transfer.id)) {
                     return fail(format!("transfer id {} is recorded twice", transfer.id));
                 }
                 let known = |index: AccountIndex| (index as usize) < self.accounts.len();
@@ -881,7 +932,7 @@ impl Ledger {
                 }
             }
             Event::Rejected { id, .. } => {
-                if self.decided.contains_key(&id.hash128()) {
+                if self.decided.contains_key(&IdKey::of(&id)) {
                     return fail(format!("transfer id {id} is recorded twice"));
                 }
             }
@@ -922,11 +973,8 @@ impl Ledger {
             } => {
                 let tag = TAG_REJECTED_BIT | code.to_byte();
                 self.insert_decided(
-                    id.hash128(),
-                    Decided {
-                        body_hash: *body_hash,
-                        outcome: Decided::pack(tag, position),
-                    },
+                    IdKey::of(id),
+                    Decided::new(*body_hash, Decided::pack(tag, position)),
                 );
             }
             Event::Expired { pending } => {
@@ -989,11 +1037,8 @@ impl Ledger {
         assert!(amount > 0);
         let tag = kind_tag(transfer.kind);
         self.insert_decided(
-            transfer.id.hash128(),
-            Decided {
-                body_hash: transfer.body_hash,
-                outcome: Decided::pack(tag, position),
-            },
+            IdKey::of(&transfer.id),
+            Decided::new(transfer.body_hash, Decided::pack(tag, position)),
         );
         match transfer.kind {
             TransferKind::Deposit | TransferKind::Withdrawal | TransferKind::Transfer => {
@@ -1104,10 +1149,10 @@ impl Ledger {
         self.record(Undo::Balances(index, before));
     }
 
-    fn insert_decided(&mut self, hash: u128, decided: Decided) {
-        let previous = self.decided.insert(hash, decided);
+    fn insert_decided(&mut self, key: IdKey, decided: Decided) {
+        let previous = self.decided.insert(key, decided);
         assert!(previous.is_none(), "a command id is decided at most once");
-        self.record(Undo::DecidedInserted(hash));
+        self.record(Undo::DecidedInserted(key));
     }
 
     fn insert_resolution(&mut self, position: u64, pending: u64) {
@@ -1125,7 +1170,7 @@ impl Ledger {
         for step in undo.into_iter().rev() {
             match step {
                 Undo::Balances(index, before) => self.accounts[index as usize].balances = before,
-                Undo::DecidedInserted(hash) => assert!(self.decided.remove(&hash).is_some()),
+                Undo::DecidedInserted(key) => assert!(self.decided.remove(&key).is_some()),
                 Undo::PendingInserted(position) => {
                     assert!(self.pendings.remove(&position).is_some())
                 }
@@ -1180,7 +1225,7 @@ impl Ledger {
     /// What became of the transfer command `id`, if it was decided.
     pub fn outcome(&self, id: &Id) -> Option<Outcome> {
         self.decided
-            .get(&id.hash128())
+            .get(&IdKey::of(&id))
             .map(|decided| decided.outcome())
     }
 

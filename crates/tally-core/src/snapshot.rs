@@ -6,7 +6,9 @@
 
 use crate::event::AccountIndex;
 use crate::id::{Id, LedgerCode};
-use crate::ledger::{Account, Balances, Decided, Ledger, LedgerInfo, PendingRecord, PendingState};
+use crate::ledger::{
+    Account, Balances, Decided, IdKey, Ledger, LedgerInfo, PendingRecord, PendingState,
+};
 
 /// Version of the snapshot body encoding.
 pub const SNAPSHOT_VERSION: u32 = 1;
@@ -25,7 +27,7 @@ impl Ledger {
     /// Encodes the whole state. Must be called between batches.
     pub fn encode_snapshot(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(
-            64 + self.accounts.len() * 64 + self.decided.len() * 32 + self.pendings.len() * 48,
+            64 + self.accounts.len() * 64 + self.decided.len() * 24 + self.pendings.len() * 48,
         );
         put_u32(&mut out, SNAPSHOT_VERSION);
         put_u64(&mut out, self.next_position);
@@ -58,10 +60,10 @@ impl Ledger {
             }
         }
         put_u64(&mut out, self.decided.len() as u64);
-        for (hash, decided) in &self.decided {
-            out.extend_from_slice(&hash.to_le_bytes());
-            put_u64(&mut out, decided.body_hash);
-            put_u64(&mut out, decided.outcome);
+        for (key, decided) in &self.decided {
+            out.extend_from_slice(&key.to_bytes());
+            put_u32(&mut out, decided.body_bits());
+            put_u64(&mut out, decided.outcome_bits());
         }
         put_u64(&mut out, self.pendings.len() as u64);
         for (position, record) in &self.pendings {
@@ -168,15 +170,12 @@ impl Ledger {
                 },
             });
         }
-        let count = reader.count(32)?;
+        let count = reader.count(24)?;
         ledger.decided.reserve(count);
         for _ in 0..count {
-            let hash = u128::from_le_bytes(reader.take(16)?.try_into().expect("took 16 bytes"));
-            let decided = Decided {
-                body_hash: reader.u64()?,
-                outcome: reader.u64()?,
-            };
-            let tag = (decided.outcome >> 56) as u8;
+            let key = IdKey::from_bytes(reader.take(12)?.try_into().expect("took 12 bytes"));
+            let (body_hash, outcome) = (reader.u32()?, reader.u64()?);
+            let tag = (outcome >> 56) as u8;
             let known = if tag & 0x80 != 0 {
                 crate::reject::RejectCode::from_byte(tag & 0x7f).is_some()
             } else {
@@ -185,7 +184,11 @@ impl Ledger {
             if !known {
                 return Err(reader.error("unknown outcome tag"));
             }
-            if ledger.decided.insert(hash, decided).is_some() {
+            if ledger
+                .decided
+                .insert(key, Decided::new(u64::from(body_hash), outcome))
+                .is_some()
+            {
                 return Err(reader.error("duplicate transfer id"));
             }
         }

@@ -175,6 +175,9 @@ impl Projector {
         };
         txn.set_durability(durability)
             .map_err(|source| store_error("set durability", &path, source))?;
+        // Durable commits also save the allocator state, so that reopening after a crash is
+        // almost instant instead of a full repair of the file on the restart path.
+        txn.set_quick_repair(durable);
         let started = Instant::now();
         let mut applied: u64 = 0;
         // A batch that cannot be read or decoded ends the projection, but only after committing
@@ -237,12 +240,13 @@ impl Projector {
     /// Commits the checkpoint durably, which makes every earlier non-durable commit durable too.
     fn sync(&mut self) -> Result<(), ReadError> {
         let path = self.shared.store.path.clone();
-        let txn = self
+        let mut txn = self
             .shared
             .store
             .db
             .begin_write()
             .map_err(|source| store_error("begin write transaction", &path, source))?;
+        txn.set_quick_repair(true);
         {
             let mut tables = Tables::open(&txn, &path)?;
             self.projection.flush(&mut tables)?;

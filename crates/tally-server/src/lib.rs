@@ -22,6 +22,7 @@ mod extract;
 pub mod limits;
 mod metrics;
 mod openapi;
+mod read_slot;
 mod routes;
 
 use std::net::SocketAddr;
@@ -34,11 +35,12 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
 use tally_engine::{Engine, EngineConfig, EngineError, EngineHandle};
-use tally_read::{ReadError, ReadModel};
+use tally_read::ReadModel;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 
 pub use metrics::ServerMetrics;
+pub use read_slot::ReadSlot;
 
 /// What every handler gets: the engine, the read model and the metrics. Cheap to clone.
 #[derive(Clone)]
@@ -46,7 +48,7 @@ pub struct AppState {
     /// Submits commands and account reads.
     pub engine: EngineHandle,
     /// Answers transfer lookups and history.
-    pub read: ReadModel,
+    pub read: ReadSlot,
     /// The Prometheus registry.
     pub metrics: Arc<ServerMetrics>,
 }
@@ -119,9 +121,6 @@ pub enum ServeError {
     /// The engine failed to open or to shut down.
     #[error("{0}")]
     Engine(#[from] EngineError),
-    /// The read model failed to open.
-    #[error("{0}")]
-    Read(#[from] ReadError),
     /// The listen address could not be bound.
     #[error("cannot listen on {address}: {source}; pick another address with --listen")]
     Bind {
@@ -157,11 +156,9 @@ pub async fn serve(
     for repair in &recovery.log.repairs {
         tracing::warn!(?repair, "log repaired on open");
     }
-    let read = ReadModel::start(
-        &data_dir.join(tally_read::READ_MODEL_FILE_NAME),
-        opened.feed.reader,
-        opened.feed.durable,
-    )?;
+    let read_path = data_dir.join(tally_read::READ_MODEL_FILE_NAME);
+    let feed = opened.feed;
+    let read = ReadSlot::opening(move || ReadModel::start(&read_path, feed.reader, feed.durable));
     let engine = opened.engine;
     let metrics = Arc::new(ServerMetrics::new(engine.handle().metrics()));
     let state = AppState {
@@ -188,8 +185,12 @@ pub async fn serve(
         .await?;
 
     tracing::info!("shutting down: finishing the batch in flight and writing a snapshot");
+    // The read model may still be opening; its checkpoint is safe either way, so wait briefly.
+    let read = read.wait(limits::READ_WAIT_MAX).await.ok();
     tokio::task::spawn_blocking(move || {
-        read.shutdown();
+        if let Some(read) = read {
+            read.shutdown();
+        }
         engine.shutdown()
     })
     .await

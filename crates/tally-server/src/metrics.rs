@@ -84,7 +84,9 @@ impl ServerMetrics {
     pub(crate) fn render(&self, app: &AppState) -> Result<String, std::fmt::Error> {
         self.durable_position
             .set(gauge(app.engine.durable_position()));
-        self.read_model_position.set(gauge(app.read.position()));
+        if let Some(Ok(read)) = app.read.get() {
+            self.read_model_position.set(gauge(read.position()));
+        }
         self.queued_commands
             .set(gauge(app.engine.queued_commands() as u64));
         let mut text = String::new();

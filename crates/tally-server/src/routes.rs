@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use tally_core::{Command, RejectCode, TransferBody, TransferCommand};
 use tally_engine::{Answer, Detail};
-use tally_read::ReadError;
+use tally_read::{ReadError, ReadModel};
 
 use crate::api::*;
 use crate::error::{ApiError, ErrorBody};
@@ -99,9 +99,8 @@ pub async fn get_history(
             "limit: must be between 1 and {HISTORY_PAGE_MAX}, found {limit}"
         )));
     }
-    caught_up(&app).await?;
-    match app
-        .read
+    let read = caught_up(&app).await?;
+    match read
         .history(id.as_str(), query.after, limit)
         .map_err(read_error)?
     {
@@ -366,8 +365,8 @@ pub async fn get_transfer(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<TransferJson>, ApiError> {
     let id = parse_id("id", &id)?;
-    caught_up(&app).await?;
-    match app.read.transfer(id.as_str()).map_err(read_error)? {
+    let read = caught_up(&app).await?;
+    match read.transfer(id.as_str()).map_err(read_error)? {
         Some(view) => Ok(Json(view.into())),
         None => Err(ApiError::not_found(format!("no transfer {id:?}"))),
     }
@@ -375,12 +374,17 @@ pub async fn get_transfer(
 
 /// Waits until the read model holds everything acknowledged before this request arrived, so
 /// that a client reads its own writes.
-async fn caught_up(app: &AppState) -> Result<(), ApiError> {
+async fn caught_up(app: &AppState) -> Result<ReadModel, ApiError> {
     let target = app.engine.durable_position();
-    app.read
-        .wait_for(target, READ_WAIT_MAX)
+    let read = app
+        .read
+        .wait(READ_WAIT_MAX)
         .await
-        .map_err(read_error)
+        .map_err(ApiError::unavailable)?;
+    read.wait_for(target, READ_WAIT_MAX)
+        .await
+        .map_err(read_error)?;
+    Ok(read)
 }
 
 fn read_error(error: ReadError) -> ApiError {
@@ -415,7 +419,8 @@ pub async fn readyz(State(app): State<AppState>) -> (StatusCode, Json<HealthJson
             }),
         );
     }
-    if let tally_read::ProjectorStatus::Failed { reason, .. } = app.read.status() {
+    let status = app.read.get().map(|read| read.map(|read| read.status()));
+    if let Some(Err(reason) | Ok(tally_read::ProjectorStatus::Failed { reason, .. })) = status {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(HealthJson {

@@ -65,7 +65,7 @@ impl TestApp {
         let engine = opened.engine;
         let state = AppState {
             engine: engine.handle(),
-            read: read.clone(),
+            read: tally_server::ReadSlot::ready(read.clone()),
             metrics: Arc::new(ServerMetrics::new(engine.handle().metrics())),
         };
         TestApp {
