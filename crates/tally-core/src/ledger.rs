@@ -691,7 +691,7 @@ impl Ledger {
     fn open_pending(&self, pending_id: &Id) -> Result<(u64, PendingRecord), RejectCode> {
         let decided = self
             .decided
-            .get(&IdKey::of(&pending_id))
+            .get(&IdKey::of(pending_id))
             .ok_or(RejectCode::NotFound)?;
         match decided.outcome() {
             Outcome::Rejected { .. } => Err(RejectCode::NotFound),
@@ -932,7 +932,7 @@ impl Ledger {
                 }
             }
             Event::Rejected { id, .. } => {
-                if self.decided.contains_key(&IdKey::of(&id)) {
+                if self.decided.contains_key(&IdKey::of(id)) {
                     return fail(format!("transfer id {id} is recorded twice"));
                 }
             }
@@ -1225,7 +1225,7 @@ impl Ledger {
     /// What became of the transfer command `id`, if it was decided.
     pub fn outcome(&self, id: &Id) -> Option<Outcome> {
         self.decided
-            .get(&IdKey::of(&id))
+            .get(&IdKey::of(id))
             .map(|decided| decided.outcome())
     }
 
