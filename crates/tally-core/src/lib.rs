@@ -43,6 +43,7 @@ mod id;
 mod ledger;
 pub mod limits;
 mod reject;
+pub mod script;
 mod snapshot;
 
 pub use command::{Command, InvalidCommand, PendingOptions, TransferBody, TransferCommand};

@@ -14,76 +14,15 @@
 //! tick 5                # start a new batch at 5 seconds
 //! ```
 
-use std::num::NonZeroU64;
-
 use proptest::prelude::*;
-use tally_core::{
-    Command, Event, Id, Ledger, LedgerCode, PendingOptions, Reply, TransferBody, TransferCommand,
-};
+use tally_core::{Command, Event, Id, Ledger, Reply};
 
 fn id(text: &str) -> Id {
     Id::new(text).unwrap()
 }
 
-fn amount(text: &str) -> NonZeroU64 {
-    NonZeroU64::new(text.parse().unwrap()).unwrap()
-}
-
-fn parse_transfer(words: &[&str]) -> TransferCommand {
-    let body = match words {
-        ["deposit", _, account, value] => TransferBody::Deposit {
-            account: id(account),
-            amount: amount(value),
-        },
-        ["withdraw", _, account, value] => TransferBody::Withdrawal {
-            account: id(account),
-            amount: amount(value),
-        },
-        ["transfer", _, from, to, value] => TransferBody::Transfer {
-            from: id(from),
-            to: id(to),
-            amount: amount(value),
-            pending: None,
-        },
-        ["pending", _, from, to, value, rest @ ..] => TransferBody::Transfer {
-            from: id(from),
-            to: id(to),
-            amount: amount(value),
-            pending: Some(PendingOptions {
-                timeout_s: rest.first().map_or(0, |timeout| timeout.parse().unwrap()),
-            }),
-        },
-        ["post", _, pending, rest @ ..] => TransferBody::Post {
-            pending_id: id(pending),
-            amount: rest.first().map(|value| amount(value)),
-        },
-        ["void", _, pending] => TransferBody::Void {
-            pending_id: id(pending),
-        },
-        _ => panic!("unknown command {words:?}"),
-    };
-    TransferCommand {
-        id: id(words[1]),
-        body,
-    }
-}
-
 fn parse(line: &str) -> Command {
-    let words: Vec<&str> = line.split_whitespace().collect();
-    match words.as_slice() {
-        ["open", account, ledger, rest @ ..] => Command::CreateAccount {
-            id: id(account),
-            ledger: LedgerCode::new(ledger).unwrap(),
-            allow_overdraft: rest == ["overdraft"],
-        },
-        ["linked", ..] => {
-            let chain = line["linked".len()..]
-                .split(',')
-                .map(|part| parse_transfer(&part.split_whitespace().collect::<Vec<_>>()));
-            Command::Linked(chain.collect())
-        }
-        _ => Command::Transfer(parse_transfer(&words)),
-    }
+    tally_core::script::parse(line).unwrap()
 }
 
 fn describe(ledger: &Ledger, reply: &Reply) -> String {

@@ -19,14 +19,13 @@
 use std::any::Any;
 use std::future::Future;
 use std::io;
-use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use tally_core::{Command, Id, LedgerCode, PendingOptions, TransferBody, TransferCommand};
+use tally_core::{Command, Id};
 use tally_engine::{
     AccountView, Answer, Detail, Engine, EngineConfig, EngineError, EngineHandle, Opened,
 };
@@ -42,74 +41,14 @@ pub fn id(text: &str) -> Id {
     Id::new(text).unwrap()
 }
 
-fn amount(text: &str) -> NonZeroU64 {
-    NonZeroU64::new(text.parse().unwrap()).unwrap()
-}
-
-fn parse_transfer(words: &[&str]) -> TransferCommand {
-    let body = match words {
-        ["deposit", _, account, value] => TransferBody::Deposit {
-            account: id(account),
-            amount: amount(value),
-        },
-        ["withdraw", _, account, value] => TransferBody::Withdrawal {
-            account: id(account),
-            amount: amount(value),
-        },
-        ["transfer", _, from, to, value] => TransferBody::Transfer {
-            from: id(from),
-            to: id(to),
-            amount: amount(value),
-            pending: None,
-        },
-        ["pending", _, from, to, value, rest @ ..] => TransferBody::Transfer {
-            from: id(from),
-            to: id(to),
-            amount: amount(value),
-            pending: Some(PendingOptions {
-                timeout_s: rest.first().map_or(0, |timeout| timeout.parse().unwrap()),
-            }),
-        },
-        ["post", _, pending, rest @ ..] => TransferBody::Post {
-            pending_id: id(pending),
-            amount: rest.first().map(|value| amount(value)),
-        },
-        ["void", _, pending] => TransferBody::Void {
-            pending_id: id(pending),
-        },
-        _ => panic!("unknown command {words:?}"),
-    };
-    TransferCommand {
-        id: id(words[1]),
-        body,
-    }
-}
-
 /// One command from one line.
 pub fn parse(line: &str) -> Command {
-    let words: Vec<&str> = line.split_whitespace().collect();
-    match words.as_slice() {
-        ["open", account, ledger, rest @ ..] => Command::CreateAccount {
-            id: id(account),
-            ledger: LedgerCode::new(ledger).unwrap(),
-            allow_overdraft: rest == ["overdraft"],
-        },
-        ["linked", ..] => {
-            let chain = line["linked".len()..]
-                .split(',')
-                .map(|part| parse_transfer(&part.split_whitespace().collect::<Vec<_>>()));
-            Command::Linked(chain.collect())
-        }
-        _ => Command::Transfer(parse_transfer(&words)),
-    }
+    tally_core::script::parse(line).unwrap()
 }
 
 /// The lines of a script without blank lines and `#` comments.
 pub fn lines(script: &str) -> impl Iterator<Item = &str> {
-    script
-        .lines()
-        .map(|line| line.split('#').next().unwrap().trim())
-        .filter(|line| !line.is_empty())
+    tally_core::script::lines(script)
 }
 
 /// One command per line of `script`.
