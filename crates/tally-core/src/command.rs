@@ -25,6 +25,12 @@ pub enum Command {
     Transfer(TransferCommand),
     /// A chain of transfers that all succeed or all fail.
     Linked(Vec<TransferCommand>),
+    /// Refuse an access token from now on, on every node that reads the log. The token id
+    /// doubles as the command id: revoking twice changes nothing.
+    RevokeToken {
+        /// The token's id.
+        token_id: Id,
+    },
 }
 
 /// A command that moves value, identified by its client-chosen transfer id.
@@ -119,7 +125,7 @@ impl Command {
     /// Checks what the types do not: see [`InvalidCommand`].
     pub fn validate(&self) -> Result<(), InvalidCommand> {
         match self {
-            Command::CreateAccount { .. } => Ok(()),
+            Command::CreateAccount { .. } | Command::RevokeToken { .. } => Ok(()),
             Command::Transfer(transfer) => transfer.validate(),
             Command::Linked(chain) => {
                 if chain.is_empty() {

@@ -42,6 +42,11 @@ pub enum Event {
         /// Position of the pending transfer.
         pending: u64,
     },
+    /// An access token was revoked: every node that reads the log refuses it from here on.
+    TokenRevoked {
+        /// The token's id.
+        token_id: Id,
+    },
 }
 
 /// A committed transfer command.
@@ -117,6 +122,7 @@ const TAG_ACCOUNT_CREATED: u8 = 1;
 const TAG_TRANSFER: u8 = 2;
 const TAG_REJECTED: u8 = 3;
 const TAG_EXPIRED: u8 = 4;
+const TAG_TOKEN_REVOKED: u8 = 5;
 
 const KIND_DEPOSIT: u8 = 1;
 const KIND_WITHDRAWAL: u8 = 2;
@@ -171,6 +177,10 @@ pub fn encode_event(event: &Event, out: &mut Vec<u8>) {
         Event::Expired { pending } => {
             out.push(TAG_EXPIRED);
             put_varint(out, *pending);
+        }
+        Event::TokenRevoked { token_id } => {
+            out.push(TAG_TOKEN_REVOKED);
+            put_str(out, token_id.as_str());
         }
     }
 }
@@ -353,6 +363,9 @@ impl<'a> Reader<'a> {
             }
             TAG_EXPIRED => Ok(Event::Expired {
                 pending: self.varint()?,
+            }),
+            TAG_TOKEN_REVOKED => Ok(Event::TokenRevoked {
+                token_id: self.id()?,
             }),
             _ => Err(self.error("unknown event tag")),
         }

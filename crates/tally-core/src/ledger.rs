@@ -31,6 +31,8 @@ pub struct Ledger {
     /// (first position, timestamp) of every batch that recorded events, in order.
     pub(crate) batch_times: Vec<(u64, u64)>,
     pub(crate) next_position: u64,
+    /// Ids of revoked access tokens.
+    pub(crate) revoked: hashbrown::HashSet<Id>,
     batch: BatchCursor,
     undo: Option<Vec<Undo>>,
 }
@@ -49,6 +51,7 @@ impl PartialEq for Ledger {
             && self.expiry == other.expiry
             && self.batch_times == other.batch_times
             && self.next_position == other.next_position
+            && self.revoked == other.revoked
     }
 }
 
@@ -172,6 +175,11 @@ pub enum Reply {
     },
     /// The id was used before with a different body; nothing changed.
     Conflict,
+    /// The token is revoked, by this command (`created`) or an earlier one.
+    Revoked {
+        /// Whether this command revoked it.
+        created: bool,
+    },
 }
 
 /// What a recorded transfer looked like when it was first answered.
@@ -460,6 +468,17 @@ impl Ledger {
             }
             Command::Transfer(transfer) => replies.push(self.execute_transfer(transfer, events)),
             Command::Linked(chain) => self.execute_chain(chain, events, replies),
+            Command::RevokeToken { token_id } => {
+                let created = !self.revoked.contains(token_id);
+                if created {
+                    let event = Event::TokenRevoked {
+                        token_id: token_id.clone(),
+                    };
+                    self.apply(&event);
+                    events.push(event);
+                }
+                replies.push(Reply::Revoked { created });
+            }
         }
     }
 
@@ -953,6 +972,11 @@ impl Ledger {
                     return fail(format!("transfer id {id} is recorded twice"));
                 }
             }
+            Event::TokenRevoked { token_id } => {
+                if self.revoked.contains(token_id) {
+                    return fail(format!("token {token_id} is revoked twice"));
+                }
+            }
             Event::Expired { pending } => match self.pendings.get(pending) {
                 Some(record) if record.state == PendingState::Pending && record.expires_at_ns != 0 => {
                     if record.expires_at_ns > self.batch.timestamp_ns {
@@ -992,6 +1016,14 @@ impl Ledger {
                 self.insert_decided(
                     IdKey::of(id),
                     Decided::new(*body_hash, Decided::pack(tag, position)),
+                );
+            }
+            Event::TokenRevoked { token_id } => {
+                // Revocations never happen inside a linked chain, so they need no undo.
+                assert!(self.undo.is_none());
+                assert!(
+                    self.revoked.insert(token_id.clone()),
+                    "a token is revoked at most once"
                 );
             }
             Event::Expired { pending } => {
@@ -1232,6 +1264,16 @@ impl Ledger {
     /// Every ledger, in order of first use.
     pub fn ledgers(&self) -> &[LedgerInfo] {
         &self.ledgers
+    }
+
+    /// Whether the access token `token_id` is revoked.
+    pub fn is_revoked(&self, token_id: &str) -> bool {
+        Id::new(token_id).is_ok_and(|id| self.revoked.contains(&id))
+    }
+
+    /// Every revoked access token id.
+    pub fn revoked_tokens(&self) -> impl Iterator<Item = &Id> {
+        self.revoked.iter()
     }
 
     /// Number of remembered transfer command ids.

@@ -87,6 +87,10 @@ impl Ledger {
             put_u64(&mut out, *resolving);
             put_u64(&mut out, *pending);
         }
+        put_u64(&mut out, self.revoked.len() as u64);
+        for token_id in &self.revoked {
+            put_str(&mut out, token_id.as_str());
+        }
         out
     }
 
@@ -235,6 +239,13 @@ impl Ledger {
                 return Err(reader.error("resolution of an unknown pending transfer"));
             }
             ledger.resolutions.insert(resolving, pending);
+        }
+        let count = reader.count(2)?;
+        for _ in 0..count {
+            let token_id = Id::new(reader.text()?).map_err(|_| reader.error("invalid token id"))?;
+            if !ledger.revoked.insert(token_id) {
+                return Err(reader.error("duplicate revoked token"));
+            }
         }
         if reader.offset != bytes.len() {
             return Err(reader.error("bytes left after the snapshot"));

@@ -58,6 +58,7 @@ fn describe(ledger: &Ledger, reply: &Reply) -> String {
             if *created { "" } else { " (again)" }
         ),
         Reply::Conflict => "conflict".to_string(),
+        Reply::Revoked { created } => format!("revoked{}", if *created { "" } else { " (again)" }),
     }
 }
 

@@ -33,6 +33,11 @@ pub enum Answer {
     Conflict,
     /// The command is malformed whatever the state; nothing changed.
     Invalid(InvalidCommand),
+    /// The token is revoked (now, or before: see `created`).
+    Revoked {
+        /// Whether this command revoked it.
+        created: bool,
+    },
 }
 
 /// How much an answer renders. Batches of thousands answer compactly.

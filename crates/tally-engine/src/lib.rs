@@ -30,6 +30,7 @@ mod metrics;
 pub mod offline;
 mod pipeline;
 mod replay;
+mod restriction;
 mod snapshotter;
 mod verify;
 
@@ -49,6 +50,7 @@ use tokio::sync::{oneshot, watch};
 pub use answer::{AccountView, Answer, Detail, TransferDetail};
 pub use metrics::EngineMetrics;
 pub use replay::replay_batch;
+pub use restriction::{Restriction, Revocations};
 pub use verify::{verify_data_dir, DataDirReport, SnapshotCheck};
 
 use limits::{COMMAND_QUEUE_COMMANDS_MAX, COMMAND_QUEUE_REQUESTS_MAX, STAGED_BATCHES_MAX};
@@ -58,6 +60,9 @@ use snapshotter::Snapshotter;
 /// Everything that can go wrong in the engine.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum EngineError {
+    /// The caller's token does not allow what the request touches; nothing changed.
+    #[error("{0}")]
+    Forbidden(String),
     /// The command queue is full; retry later with the same ids.
     #[error("the command queue is full; retry later with the same ids")]
     Overloaded,
@@ -221,6 +226,7 @@ impl Engine {
             durable_position: AtomicU64::new(log.next_position()),
             snapshot_position: AtomicU64::new(snapshot_position.unwrap_or(0)),
             metrics: EngineMetrics::default(),
+            revocations: Arc::new(Revocations::seeded(ledger.revoked_tokens())),
         });
         let feed = LogFeed {
             reader: log.reader(),
@@ -382,10 +388,22 @@ impl EngineHandle {
         commands: Vec<Command>,
         detail: Detail,
     ) -> Result<Vec<Answer>, EngineError> {
+        self.execute_as(commands, detail, None).await
+    }
+
+    /// [`EngineHandle::execute`] for a caller limited by `restriction`: a request that touches
+    /// anything outside it is refused whole with [`EngineError::Forbidden`], and nothing changes.
+    pub async fn execute_as(
+        &self,
+        commands: Vec<Command>,
+        detail: Detail,
+        restriction: Option<Arc<Restriction>>,
+    ) -> Result<Vec<Answer>, EngineError> {
         let (reply, answer) = oneshot::channel();
         self.submit(Request::Execute {
             commands,
             detail,
+            restriction,
             reply,
         })?;
         answer.await.map_err(|_| self.shared.unavailable())?
@@ -393,9 +411,27 @@ impl EngineHandle {
 
     /// The account `id` as of everything durable when the request was taken.
     pub async fn account(&self, id: Id) -> Result<Option<AccountView>, EngineError> {
+        self.account_as(id, None).await
+    }
+
+    /// [`EngineHandle::account`] for a caller limited by `restriction`.
+    pub async fn account_as(
+        &self,
+        id: Id,
+        restriction: Option<Arc<Restriction>>,
+    ) -> Result<Option<AccountView>, EngineError> {
         let (reply, answer) = oneshot::channel();
-        self.submit(Request::Account { id, reply })?;
+        self.submit(Request::Account {
+            id,
+            restriction,
+            reply,
+        })?;
         answer.await.map_err(|_| self.shared.unavailable())?
+    }
+
+    /// The revoked access tokens, as of the durable log.
+    pub fn revocations(&self) -> Arc<Revocations> {
+        Arc::clone(&self.shared.revocations)
     }
 
     fn submit(&self, request: Request) -> Result<(), EngineError> {

@@ -26,6 +26,7 @@ use tokio::sync::oneshot;
 use crate::answer::{AccountView, Answer, Detail, TransferDetail};
 use crate::limits::{COMMIT_BATCH_COMMANDS_MAX, IDLE_TICK_MS};
 use crate::metrics::EngineMetrics;
+use crate::restriction::{Restriction, Revocations};
 use crate::EngineError;
 
 /// The closed set of inputs of the state thread.
@@ -33,10 +34,12 @@ pub(crate) enum Request {
     Execute {
         commands: Vec<Command>,
         detail: Detail,
+        restriction: Option<Arc<Restriction>>,
         reply: oneshot::Sender<Result<Vec<Answer>, EngineError>>,
     },
     Account {
         id: Id,
+        restriction: Option<Arc<Restriction>>,
         reply: oneshot::Sender<Result<Option<AccountView>, EngineError>>,
     },
     Shutdown,
@@ -58,7 +61,7 @@ impl Request {
 fn command_weight(command: &Command) -> usize {
     match command {
         Command::Linked(chain) => chain.len(),
-        Command::CreateAccount { .. } | Command::Transfer(_) => 1,
+        Command::CreateAccount { .. } | Command::Transfer(_) | Command::RevokeToken { .. } => 1,
     }
 }
 
@@ -74,6 +77,7 @@ pub(crate) struct Shared {
     /// Position of the newest snapshot written (0: none).
     pub(crate) snapshot_position: AtomicU64,
     pub(crate) metrics: EngineMetrics,
+    pub(crate) revocations: Arc<Revocations>,
 }
 
 impl Shared {
@@ -100,6 +104,8 @@ impl Shared {
 pub(crate) struct Staged {
     batch: Option<Batch>,
     deliveries: Vec<Delivery>,
+    /// Tokens this batch revokes: refused everywhere once the batch is durable.
+    revoked: Vec<String>,
 }
 
 /// Sends one request's answer, or the error that stopped its batch.
@@ -197,18 +203,45 @@ impl StateThread {
                 Request::Execute {
                     commands: batch,
                     detail,
+                    restriction,
                     reply,
                 } => {
-                    commands += batch.iter().map(command_weight).sum::<usize>();
-                    let answers = self.execute(&batch, detail, &mut events);
-                    deliveries.push(deliver(reply, answers));
+                    let refusal = restriction.and_then(|restriction| {
+                        batch
+                            .iter()
+                            .find_map(|command| restriction.check(&self.ledger, command).err())
+                    });
+                    if let Some(reason) = refusal {
+                        // Refused whole, before anything is applied; nothing waits on the log.
+                        let _ = reply.send(Err(EngineError::Forbidden(reason)));
+                    } else {
+                        commands += batch.iter().map(command_weight).sum::<usize>();
+                        let answers = self.execute(&batch, detail, &mut events);
+                        deliveries.push(deliver(reply, answers));
+                    }
                 }
-                Request::Account { id, reply } => {
+                Request::Account {
+                    id,
+                    restriction,
+                    reply,
+                } => {
                     let view = self
                         .ledger
                         .account_by_id(&id)
                         .map(|(_, account)| AccountView::of(&self.ledger, account));
-                    deliveries.push(deliver(reply, view));
+                    let allowed = match (&view, &restriction) {
+                        (Some(view), Some(restriction)) => {
+                            restriction.allows(Some(view.ledger.as_str()), Some(view.id.as_str()))
+                        }
+                        _ => true,
+                    };
+                    if allowed {
+                        deliveries.push(deliver(reply, view));
+                    } else {
+                        let _ = reply.send(Err(EngineError::Forbidden(format!(
+                            "the token may not read account {id:?}"
+                        ))));
+                    }
                 }
             }
             if taken >= COMMIT_BATCH_COMMANDS_MAX {
@@ -274,6 +307,7 @@ impl StateThread {
                 created,
             },
             Reply::Conflict => Answer::Conflict,
+            Reply::Revoked { created } => Answer::Revoked { created },
         }
     }
 
@@ -297,9 +331,24 @@ impl StateThread {
             },
             body: encode_events(&events),
         });
+        let revoked = events
+            .iter()
+            .filter_map(|event| match event {
+                Event::TokenRevoked { token_id } => Some(token_id.to_string()),
+                _ => None,
+            })
+            .collect();
         self.shared.metrics.batch_commands.observe(commands as f64);
         // Blocks while the writer is busy and a batch is already staged: backpressure.
-        if self.staged.send(Staged { batch, deliveries }).is_err() {
+        if self
+            .staged
+            .send(Staged {
+                batch,
+                deliveries,
+                revoked,
+            })
+            .is_err()
+        {
             self.shared.fail("the log writer has stopped".to_string());
         }
     }
@@ -323,12 +372,20 @@ pub(crate) struct WriterThread {
 
 impl WriterThread {
     pub(crate) fn run(mut self) {
-        while let Ok(Staged { batch, deliveries }) = self.staged.recv() {
+        while let Ok(Staged {
+            batch,
+            deliveries,
+            revoked,
+        }) = self.staged.recv()
+        {
             let outcome = match batch {
                 _ if self.shared.failed.load(Ordering::SeqCst) => Err(self.shared.unavailable()),
                 None => Ok(()),
                 Some(batch) => self.append(&batch),
             };
+            if outcome.is_ok() && !revoked.is_empty() {
+                self.shared.revocations.extend(revoked);
+            }
             for delivery in deliveries {
                 delivery(outcome.clone());
             }

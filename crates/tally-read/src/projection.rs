@@ -122,8 +122,9 @@ impl Projection {
                 self.apply_account_created(tables, id.as_str(), ledger.as_str())?
             }
             Event::Transfer(transfer) => self.apply_transfer(tables, transfer, timestamp_ns)?,
-            // A rejection leaves no trace but its position: its id is not a transfer.
-            Event::Rejected { .. } => {}
+            // A rejection leaves no trace but its position: its id is not a transfer. Token
+            // revocations concern authentication, not the read model.
+            Event::Rejected { .. } | Event::TokenRevoked { .. } => {}
             Event::Expired { pending } => self.apply_expired(tables, *pending, timestamp_ns)?,
         }
         self.position += 1;

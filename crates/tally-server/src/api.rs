@@ -214,6 +214,23 @@ pub struct HistoryQuery {
     pub limit: Option<u32>,
 }
 
+/// Revokes an access token.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevocationRequest {
+    /// The token's id (`id` in `tally keys inspect`).
+    pub token_id: String,
+}
+
+/// A revoked token.
+#[derive(Serialize, ToSchema)]
+pub struct RevocationJson {
+    /// The token's id.
+    pub token_id: String,
+    /// Always true: the token is refused from now on.
+    pub revoked: bool,
+}
+
 /// Liveness and readiness.
 #[derive(Serialize, ToSchema)]
 pub struct HealthJson {

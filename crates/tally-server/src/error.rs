@@ -32,7 +32,7 @@ pub struct ErrorDetail {
     /// Stable code: `invalid_request`, `not_found`, `conflict`, `insufficient_funds`,
     /// `ledger_mismatch`, `already_resolved`, `not_pending`, `exceeds_pending_amount`,
     /// `overflow`, `linked_failed`, `payload_too_large`, `method_not_allowed`, `overloaded`,
-    /// `unavailable`, `internal`.
+    /// `unauthorized`, `forbidden`, `unavailable`, `internal`.
     pub code: String,
     /// A sentence for humans.
     pub message: String,
@@ -65,6 +65,15 @@ impl ApiError {
             message: format!(
                 "id {id:?} was already used with a different body; use a new id for a new command"
             ),
+        }
+    }
+
+    /// A 403 `forbidden`: the token is valid but does not allow this.
+    pub fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::FORBIDDEN,
+            code: "forbidden",
+            message: message.into(),
         }
     }
 
@@ -111,6 +120,7 @@ impl ApiError {
 impl From<EngineError> for ApiError {
     fn from(error: EngineError) -> ApiError {
         match error {
+            EngineError::Forbidden(reason) => ApiError::forbidden(reason),
             EngineError::Overloaded => ApiError {
                 status: StatusCode::SERVICE_UNAVAILABLE,
                 code: "overloaded",

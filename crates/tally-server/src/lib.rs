@@ -17,6 +17,7 @@
 #![deny(missing_docs)]
 
 pub mod api;
+pub mod auth;
 pub mod error;
 mod extract;
 pub mod limits;
@@ -51,6 +52,8 @@ pub struct AppState {
     pub read: ReadSlot,
     /// The Prometheus registry.
     pub metrics: Arc<ServerMetrics>,
+    /// How requests are authenticated.
+    pub auth: auth::Auth,
 }
 
 /// The router with every route and layer.
@@ -68,6 +71,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/transfers/{id}", get(routes::get_transfer))
         .route("/v1/transfers/{id}/post", post(routes::post_pending))
         .route("/v1/transfers/{id}/void", post(routes::void_pending))
+        .route("/v1/revocations", post(routes::revoke))
         .route("/v1/openapi.json", get(routes::openapi))
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
@@ -86,6 +90,10 @@ pub fn app(state: AppState) -> Router {
                     state.clone(),
                     metrics::track,
                 ))
+                .layer(axum::middleware::from_fn_with_state(
+                    state.clone(),
+                    auth::authenticate,
+                ))
                 // Shed load before anything that queues: past the concurrency limit a request
                 // is refused at once rather than left waiting.
                 .layer(HandleErrorLayer::new(error::from_middleware))
@@ -103,6 +111,18 @@ pub struct ServeConfig {
     pub engine: EngineConfig,
     /// Where to listen; port 0 picks a free port.
     pub listen: SocketAddr,
+    /// Whether requests need tokens.
+    pub auth: AuthConfig,
+}
+
+/// Whether the server requires tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthConfig {
+    /// Every request but health, readiness and the OpenAPI document needs a token. On first
+    /// start the data directory gets a key pair and an admin token (`admin.token`, mode 0600).
+    Required,
+    /// No authentication: only for a loopback listen address (checked by the caller).
+    Disabled,
 }
 
 impl ServeConfig {
@@ -111,6 +131,7 @@ impl ServeConfig {
         ServeConfig {
             engine: EngineConfig::new(data_dir),
             listen,
+            auth: AuthConfig::Required,
         }
     }
 }
@@ -129,6 +150,9 @@ pub enum ServeError {
         /// The error.
         source: std::io::Error,
     },
+    /// The keys or the admin token could not be set up.
+    #[error("{0}")]
+    Auth(#[from] tally_auth::AuthError),
     /// Serving failed.
     #[error("serving HTTP failed: {0}")]
     Io(#[from] std::io::Error),
@@ -161,10 +185,28 @@ pub async fn serve(
     let read = ReadSlot::opening(move || ReadModel::start(&read_path, feed.reader, feed.durable));
     let engine = opened.engine;
     let metrics = Arc::new(ServerMetrics::new(engine.handle().metrics()));
+    let auth = match config.auth {
+        AuthConfig::Disabled => {
+            tracing::warn!(listen = %config.listen, "authentication is OFF (--no-auth): anyone who can reach this address can move value");
+            auth::Auth::Disabled
+        }
+        AuthConfig::Required => {
+            let data_dir = data_dir.clone();
+            let revocations = engine.handle().revocations();
+            let verifier =
+                tokio::task::spawn_blocking(move || auth::start_verifier(&data_dir, revocations))
+                    .await
+                    .map_err(|error| {
+                        EngineError::Unavailable(format!("key setup panicked: {error}"))
+                    })??;
+            auth::Auth::Tokens(verifier)
+        }
+    };
     let state = AppState {
         engine: engine.handle(),
         read: read.clone(),
         metrics,
+        auth,
     };
 
     let listener = tokio::net::TcpListener::bind(config.listen)

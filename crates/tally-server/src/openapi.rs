@@ -2,7 +2,9 @@
 
 use std::sync::OnceLock;
 
-use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+use utoipa::{Modify, OpenApi};
 
 use crate::api::*;
 use crate::error::{ErrorBody, ErrorDetail};
@@ -25,6 +27,7 @@ use crate::routes;
         routes::get_transfer,
         routes::post_pending,
         routes::void_pending,
+        routes::revoke,
         routes::healthz,
         routes::readyz,
         routes::metrics,
@@ -45,10 +48,68 @@ use crate::routes;
         HistoryEntryJson,
         HealthJson,
         ErrorBody,
-        ErrorDetail
-    ))
+        ErrorDetail,
+        RevocationRequest,
+        RevocationJson
+    )),
+    modifiers(&BearerAuth)
 )]
 struct ApiDoc;
+
+/// Documents the bearer token every route needs but health, readiness and this document, and
+/// the 401 and 403 answers that come with it.
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("PASETO v4.public")
+                    .build(),
+            ),
+        );
+        let error = || {
+            ResponseBuilder::new().content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            )
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if matches!(path.as_str(), "/healthz" | "/readyz" | "/v1/openapi.json") {
+                continue;
+            }
+            let operations = [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.delete,
+                &mut item.patch,
+                &mut item.head,
+            ];
+            for operation in operations.into_iter().flatten() {
+                operation.security = Some(vec![SecurityRequirement::new(
+                    "bearer",
+                    Vec::<String>::new(),
+                )]);
+                let responses = &mut operation.responses.responses;
+                responses.insert(
+                    "401".into(),
+                    error()
+                        .description("Missing, malformed, expired, wrongly signed or revoked token")
+                        .build()
+                        .into(),
+                );
+                responses.insert("403".into(), error().description("The token lacks the scope, or the ledger or account is outside its restriction").build().into());
+            }
+        }
+    }
+}
 
 /// The document as JSON text.
 pub fn document() -> &'static str {

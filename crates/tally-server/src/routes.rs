@@ -9,6 +9,7 @@ use tally_engine::{Answer, Detail};
 use tally_read::{ReadError, ReadModel};
 
 use crate::api::*;
+use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::limits::{HISTORY_PAGE_DEFAULT, HISTORY_PAGE_MAX, READ_WAIT_MAX};
@@ -45,6 +46,7 @@ fn created_or_repeated(created: bool) -> StatusCode {
 ))]
 pub async fn create_account(
     State(app): State<AppState>,
+    caller: Caller,
     ApiJson(request): ApiJson<CreateAccountRequest>,
 ) -> Result<Created<AccountJson>, ApiError> {
     let id = parse_id("id", &request.id)?;
@@ -53,7 +55,11 @@ pub async fn create_account(
         ledger: parse_ledger(&request.ledger)?,
         allow_overdraft: request.allow_overdraft,
     };
-    match single(app.engine.execute(vec![command], Detail::Full).await?)? {
+    match single(
+        app.engine
+            .execute_as(vec![command], Detail::Full, caller.restriction)
+            .await?,
+    )? {
         Answer::Account { view, created } => Ok((created_or_repeated(created), Json(view.into()))),
         Answer::Conflict => Err(ApiError::conflict(&request.id)),
         other => Err(ApiError::internal(format!(
@@ -71,10 +77,15 @@ pub async fn create_account(
 ))]
 pub async fn get_account(
     State(app): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<AccountJson>, ApiError> {
     let id = parse_id("id", &id)?;
-    match app.engine.account(id.clone()).await? {
+    match app
+        .engine
+        .account_as(id.clone(), caller.restriction)
+        .await?
+    {
         Some(view) => Ok(Json(view.into())),
         None => Err(ApiError::not_found(format!("no account {id:?}"))),
     }
@@ -89,6 +100,7 @@ pub async fn get_account(
 ))]
 pub async fn get_history(
     State(app): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
     ApiQuery(query): ApiQuery<HistoryQuery>,
 ) -> Result<Json<HistoryJson>, ApiError> {
@@ -98,6 +110,12 @@ pub async fn get_history(
         return Err(ApiError::invalid(format!(
             "limit: must be between 1 and {HISTORY_PAGE_MAX}, found {limit}"
         )));
+    }
+    if caller.restriction.is_some() {
+        // The account's ledger is the engine's to know: it answers 403 outside the restriction.
+        app.engine
+            .account_as(id.clone(), caller.restriction.clone())
+            .await?;
     }
     let read = caught_up(&app).await?;
     match read
@@ -122,9 +140,10 @@ pub async fn get_history(
 ))]
 pub async fn deposit(
     State(app): State<AppState>,
+    caller: Caller,
     ApiJson(request): ApiJson<DepositRequest>,
 ) -> Result<Created<TransferJson>, ApiError> {
-    submit_transfer(&app, request.command(false)?).await
+    submit_transfer(&app, &caller, request.command(false)?).await
 }
 
 /// Withdraw from an account to the ledger's external account.
@@ -140,9 +159,10 @@ pub async fn deposit(
 ))]
 pub async fn withdraw(
     State(app): State<AppState>,
+    caller: Caller,
     ApiJson(request): ApiJson<DepositRequest>,
 ) -> Result<Created<TransferJson>, ApiError> {
-    submit_transfer(&app, request.command(true)?).await
+    submit_transfer(&app, &caller, request.command(true)?).await
 }
 
 /// Transfer between two accounts of one ledger, or reserve with `pending`.
@@ -158,9 +178,10 @@ pub async fn withdraw(
 ))]
 pub async fn transfer(
     State(app): State<AppState>,
+    caller: Caller,
     ApiJson(request): ApiJson<TransferRequest>,
 ) -> Result<Created<TransferJson>, ApiError> {
-    submit_transfer(&app, request.command("")?).await
+    submit_transfer(&app, &caller, request.command("")?).await
 }
 
 /// Post a pending transfer, wholly or partly.
@@ -177,6 +198,7 @@ pub async fn transfer(
 ))]
 pub async fn post_pending(
     State(app): State<AppState>,
+    caller: Caller,
     ApiPath(pending_id): ApiPath<String>,
     ApiJson(request): ApiJson<PostRequest>,
 ) -> Result<Created<TransferJson>, ApiError> {
@@ -193,6 +215,7 @@ pub async fn post_pending(
     };
     submit_transfer(
         &app,
+        &caller,
         TransferCommand {
             id: parse_id("id", &request.id)?,
             body,
@@ -215,6 +238,7 @@ pub async fn post_pending(
 ))]
 pub async fn void_pending(
     State(app): State<AppState>,
+    caller: Caller,
     ApiPath(pending_id): ApiPath<String>,
     ApiJson(request): ApiJson<VoidRequest>,
 ) -> Result<Created<TransferJson>, ApiError> {
@@ -223,6 +247,7 @@ pub async fn void_pending(
     };
     submit_transfer(
         &app,
+        &caller,
         TransferCommand {
             id: parse_id("id", &request.id)?,
             body,
@@ -233,11 +258,16 @@ pub async fn void_pending(
 
 async fn submit_transfer(
     app: &AppState,
+    caller: &Caller,
     command: TransferCommand,
 ) -> Result<Created<TransferJson>, ApiError> {
     let answer = single(
         app.engine
-            .execute(vec![Command::Transfer(command.clone())], Detail::Full)
+            .execute_as(
+                vec![Command::Transfer(command.clone())],
+                Detail::Full,
+                caller.restriction.clone(),
+            )
             .await?,
     )?;
     match answer {
@@ -266,6 +296,7 @@ async fn submit_transfer(
 ))]
 pub async fn transfer_batch(
     State(app): State<AppState>,
+    caller: Caller,
     ApiJson(request): ApiJson<BatchRequest>,
 ) -> Result<Json<BatchResponse>, ApiError> {
     let count = request.transfers.len();
@@ -288,7 +319,10 @@ pub async fn transfer_batch(
     } else {
         transfers.into_iter().map(Command::Transfer).collect()
     };
-    let answers = app.engine.execute(commands, Detail::Compact).await?;
+    let answers = app
+        .engine
+        .execute_as(commands, Detail::Compact, caller.restriction)
+        .await?;
     if answers.len() != count {
         return Err(ApiError::internal(format!(
             "the engine gave {} answers to {count} transfers",
@@ -344,12 +378,49 @@ fn batch_item(id: String, answer: Answer) -> BatchItem {
             None,
             Some(ApiError::invalid(invalid.to_string()).detail()),
         ),
-        Answer::Account { .. } => item(
+        Answer::Account { .. } | Answer::Revoked { .. } => item(
             "rejected",
             None,
             None,
             Some(ApiError::rejected(RejectCode::NotFound).detail()),
         ),
+    }
+}
+
+/// Revoke an access token: every node that reads the log refuses it from then on.
+#[utoipa::path(post, path = "/v1/revocations", request_body = RevocationRequest, tag = "operations", responses(
+    (status = 201, description = "Revoked", body = RevocationJson),
+    (status = 200, description = "Already revoked", body = RevocationJson),
+    (status = 400, description = "Malformed request", body = ErrorBody),
+    (status = 401, description = "Missing or invalid token", body = ErrorBody),
+    (status = 403, description = "The token lacks the admin scope", body = ErrorBody),
+    (status = 413, description = "Body too large", body = ErrorBody),
+    (status = 503, description = "Overloaded or unavailable", body = ErrorBody),
+))]
+pub async fn revoke(
+    State(app): State<AppState>,
+    caller: Caller,
+    ApiJson(request): ApiJson<RevocationRequest>,
+) -> Result<Created<RevocationJson>, ApiError> {
+    let token_id = parse_id("token_id", &request.token_id)?;
+    let command = Command::RevokeToken {
+        token_id: token_id.clone(),
+    };
+    match single(
+        app.engine
+            .execute_as(vec![command], Detail::Full, caller.restriction)
+            .await?,
+    )? {
+        Answer::Revoked { created } => Ok((
+            created_or_repeated(created),
+            Json(RevocationJson {
+                token_id: token_id.to_string(),
+                revoked: true,
+            }),
+        )),
+        other => Err(ApiError::internal(format!(
+            "unexpected answer to a revocation: {other:?}"
+        ))),
     }
 }
 
@@ -362,12 +433,19 @@ fn batch_item(id: String, answer: Answer) -> BatchItem {
 ))]
 pub async fn get_transfer(
     State(app): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<TransferJson>, ApiError> {
     let id = parse_id("id", &id)?;
     let read = caught_up(&app).await?;
     match read.transfer(id.as_str()).map_err(read_error)? {
-        Some(view) => Ok(Json(view.into())),
+        Some(view) => {
+            // Deposits and withdrawals have one side only; the other is the external account.
+            for account in [&view.from, &view.to].into_iter().flatten() {
+                caller.require(Some(&view.ledger), Some(account))?;
+            }
+            Ok(Json(view.into()))
+        }
         None => Err(ApiError::not_found(format!("no transfer {id:?}"))),
     }
 }

@@ -11,7 +11,7 @@
 //! into small borrowed structs, so the client stays cheap enough to share two
 //! cores with the server it measures.
 
-mod client;
+pub(crate) mod client;
 mod server;
 
 use std::borrow::Cow;
@@ -116,8 +116,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         (None, Some(server)) => server.url.clone(),
         (None, None) => unreachable!("a server is started when there is no target"),
     };
+    // A server bench starts itself wrote its admin token into its data directory.
+    let token = match (&args.token, &server) {
+        (Some(token), _) => Some(token.clone()),
+        (None, Some(server)) => server.admin_token()?,
+        (None, None) => None,
+    };
     let result = async {
-        let endpoint = Endpoint::parse(&url, args.token.as_deref()).await?;
+        let endpoint = Endpoint::parse(&url, token.as_deref()).await?;
         bench(&args, endpoint).await
     }
     .await;

@@ -2,6 +2,7 @@
 //! off to the library crates; nothing else lives here.
 
 mod bench;
+mod keys;
 mod verify;
 
 use std::net::SocketAddr;
@@ -30,6 +31,9 @@ enum CommandLine {
     Verify(verify::VerifyArgs),
     /// Load generator: drive transfers through the public HTTP API and report throughput and latency.
     Bench(bench::BenchArgs),
+    /// Keys and tokens: create and rotate the key pair, issue, inspect and revoke tokens.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
 }
 
 #[derive(clap::Args)]
@@ -46,6 +50,9 @@ struct ServeArgs {
     /// Events between snapshots (0: only at shutdown); bounds the log a restart replays.
     #[arg(long, default_value_t = SNAPSHOT_INTERVAL_EVENTS_DEFAULT)]
     snapshot_interval_events: u64,
+    /// Serve without authentication. Only allowed with a loopback --listen address.
+    #[arg(long)]
+    no_auth: bool,
 }
 
 fn main() -> ExitCode {
@@ -60,6 +67,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         CommandLine::Serve(args) => serve(args).map(|()| ExitCode::SUCCESS),
         CommandLine::Verify(args) => verify::run(args),
+        CommandLine::Keys(command) => keys::run(command).map(|()| ExitCode::SUCCESS),
         CommandLine::Bench(args) => runtime()
             .and_then(|runtime| runtime.block_on(bench::run(args)))
             .map(|()| ExitCode::SUCCESS),
@@ -91,7 +99,17 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    if args.no_auth && !args.listen.ip().is_loopback() {
+        anyhow::bail!(
+            "--no-auth is only allowed with a loopback --listen address (127.0.0.1 or ::1), not {}",
+            args.listen
+        );
+    }
     let mut config = tally_server::ServeConfig::new(args.data_dir, args.listen);
+    if args.no_auth {
+        eprintln!("tally: WARNING: authentication is off (--no-auth); anyone who can reach {} can move value", args.listen);
+        config.auth = tally_server::AuthConfig::Disabled;
+    }
     config.engine.batch_wait = Duration::from_micros(args.batch_wait_us);
     config.engine.snapshot_interval_events = args.snapshot_interval_events;
     runtime()?.block_on(tally_server::serve(config, |address| {

@@ -97,6 +97,7 @@ pub fn describe(answer: &Answer) -> String {
         ),
         Answer::Conflict => "conflict".to_string(),
         Answer::Invalid(invalid) => format!("invalid: {invalid}"),
+        Answer::Revoked { created } => format!("revoked{}", if *created { "" } else { " (again)" }),
     }
 }
 

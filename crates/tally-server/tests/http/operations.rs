@@ -19,6 +19,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("/v1/transfers/{id}", "get"),
     ("/v1/transfers/{id}/post", "post"),
     ("/v1/transfers/{id}/void", "post"),
+    ("/v1/revocations", "post"),
     ("/v1/openapi.json", "get"),
     ("/healthz", "get"),
     ("/readyz", "get"),

@@ -67,6 +67,7 @@ impl TestApp {
             engine: engine.handle(),
             read: tally_server::ReadSlot::ready(read.clone()),
             metrics: Arc::new(ServerMetrics::new(engine.handle().metrics())),
+            auth: tally_server::auth::Auth::Disabled,
         };
         TestApp {
             router: tally_server::app(state.clone()),

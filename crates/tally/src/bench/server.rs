@@ -30,6 +30,16 @@ pub struct Server {
 impl Server {
     /// Spawns the current executable as `serve` on a loopback port and waits
     /// until it reports that it is listening.
+    /// The admin token the server wrote into its data directory on first start, if any.
+    pub fn admin_token(&self) -> anyhow::Result<Option<String>> {
+        let path = self.data_dir.join("admin.token");
+        match std::fs::read_to_string(&path) {
+            Ok(token) => Ok(Some(token.trim().to_string())),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(anyhow::anyhow!("cannot read {}: {error}", path.display())),
+        }
+    }
+
     pub async fn start(data_dir: Option<&Path>) -> anyhow::Result<Server> {
         let (temp_dir, data_dir) = match data_dir {
             Some(dir) => (None, dir.to_path_buf()),

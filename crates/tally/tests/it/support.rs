@@ -33,6 +33,8 @@ pub struct Server {
     child: Child,
     /// Base URL such as `http://127.0.0.1:41234`.
     pub url: String,
+    /// The admin token the server wrote into its data directory on first start.
+    pub token: String,
 }
 
 impl Server {
@@ -79,11 +81,22 @@ impl Server {
         };
         // Keep draining stdout so the server never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Server { child, url }
+        let token_path = data_dir.join("admin.token");
+        let token = std::fs::read_to_string(&token_path).unwrap_or_else(|error| {
+            panic!(
+                "expected tally serve to write {}, found: {error}",
+                token_path.display()
+            )
+        });
+        Server {
+            child,
+            url,
+            token: token.trim().to_string(),
+        }
     }
 
     pub fn client(&self) -> Client {
-        Client::new(&self.url)
+        Client::new(&self.url, &self.token)
     }
 
     /// Kills the server with SIGKILL, as a crash would, and reaps it.
@@ -151,15 +164,14 @@ pub struct Answer {
 }
 
 impl Client {
-    pub fn new(base: &str) -> Client {
+    pub fn new(base: &str, token: &str) -> Client {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         let inner =
             hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(connector);
-        let authorization = std::env::var("TALLY_TOKEN").ok().map(|token| {
-            HeaderValue::from_str(&format!("Bearer {token}"))
-                .expect("TALLY_TOKEN is a valid header")
-        });
+        let authorization = Some(
+            HeaderValue::from_str(&format!("Bearer {token}")).expect("the token is a valid header"),
+        );
         Client {
             inner,
             base: base.trim_end_matches('/').to_string(),
