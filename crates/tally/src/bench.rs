@@ -101,6 +101,11 @@ pub struct BenchArgs {
         value_name = "TOKEN"
     )]
     pub token: Option<String>,
+
+    /// Start the server without authentication (`tally serve --no-auth`), to measure what
+    /// authentication costs. Ignored with --target.
+    #[arg(long, conflicts_with = "target")]
+    pub no_auth: bool,
 }
 
 /// Runs the benchmark and prints its JSON summary line on stdout. Fails if any
@@ -109,7 +114,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     validate(&args)?;
     let server = match &args.target {
         Some(_) => None,
-        None => Some(Server::start(args.data_dir.as_deref()).await?),
+        None => Some(Server::start(args.data_dir.as_deref(), args.no_auth).await?),
     };
     let url = match (&args.target, &server) {
         (Some(url), _) => url.clone(),

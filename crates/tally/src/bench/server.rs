@@ -40,7 +40,7 @@ impl Server {
         }
     }
 
-    pub async fn start(data_dir: Option<&Path>) -> anyhow::Result<Server> {
+    pub async fn start(data_dir: Option<&Path>, no_auth: bool) -> anyhow::Result<Server> {
         let (temp_dir, data_dir) = match data_dir {
             Some(dir) => (None, dir.to_path_buf()),
             None => {
@@ -55,6 +55,7 @@ impl Server {
             .arg("--data-dir")
             .arg(&data_dir)
             .args(["--listen", "127.0.0.1:0"])
+            .args(no_auth.then_some("--no-auth"))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
