@@ -56,7 +56,14 @@ impl Restriction {
                     return Ok(());
                 };
                 let Some(record) = ledger.pending(position) else {
-                    return Ok(());
+                    // A committed transfer that is not pending: the state keeps no accounts
+                    // for it, so the restriction cannot be checked. Letting it through would
+                    // record a `not_pending` rejection and tell a restricted caller that a
+                    // transfer of another ledger exists.
+                    return Err(format!(
+                        "the token may not resolve {:?}: it is not a pending transfer",
+                        pending_id.as_str()
+                    ));
                 };
                 for index in [record.debit, record.credit] {
                     let account = ledger.account(index);

@@ -27,6 +27,9 @@ pub enum Auth {
     Disabled,
     /// Every request but health, readiness and the OpenAPI document needs a valid token.
     Tokens(Verifier),
+    /// As `Tokens`, with `/metrics` open too, for scrapers that cannot send a token
+    /// (`--open-metrics`).
+    TokensOpenMetrics(Verifier),
 }
 
 /// Who is calling, as the handlers see it: the restriction the engine must enforce, if any.
@@ -141,25 +144,29 @@ pub(crate) async fn authenticate(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let Auth::Tokens(verifier) = &app.auth else {
-        return next.run(request).await;
+    // Exhaustive on purpose: a new mode must decide here what it lets through.
+    let (verifier, open_metrics) = match &app.auth {
+        Auth::Disabled => return next.run(request).await,
+        Auth::Tokens(verifier) => (verifier, false),
+        Auth::TokensOpenMetrics(verifier) => (verifier, true),
     };
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map(|path| path.as_str().to_string());
-    let Some(scope) = required_scope(request.method(), route.as_deref()) else {
-        return next.run(request).await;
+    let scope = match required_scope(request.method(), route.as_deref()) {
+        None => return next.run(request).await,
+        Some(Scope::Operator) if open_metrics => return next.run(request).await,
+        Some(scope) => scope,
     };
+    // The scheme name is case-insensitive (RFC 9110, section 11.1).
     let token = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| {
-            value
-                .strip_prefix("Bearer ")
-                .or_else(|| value.strip_prefix("bearer "))
-        });
+        .and_then(|value| value.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token);
     let Some(token) = token else {
         return unauthorized("missing bearer token: send `Authorization: Bearer TOKEN`");
     };

@@ -113,6 +113,8 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     /// Whether requests need tokens.
     pub auth: AuthConfig,
+    /// Whether `/metrics` is open without a token (it needs `operator` otherwise).
+    pub open_metrics: bool,
 }
 
 /// Whether the server requires tokens.
@@ -132,6 +134,7 @@ impl ServeConfig {
             engine: EngineConfig::new(data_dir),
             listen,
             auth: AuthConfig::Required,
+            open_metrics: false,
         }
     }
 }
@@ -199,7 +202,11 @@ pub async fn serve(
                     .map_err(|error| {
                         EngineError::Unavailable(format!("key setup panicked: {error}"))
                     })??;
-            auth::Auth::Tokens(verifier)
+            if config.open_metrics {
+                auth::Auth::TokensOpenMetrics(verifier)
+            } else {
+                auth::Auth::Tokens(verifier)
+            }
         }
     };
     let state = AppState {

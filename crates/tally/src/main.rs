@@ -53,6 +53,9 @@ struct ServeArgs {
     /// Serve without authentication. Only allowed with a loopback --listen address.
     #[arg(long)]
     no_auth: bool,
+    /// Let /metrics answer without a token (it needs the `operator` scope otherwise).
+    #[arg(long)]
+    open_metrics: bool,
 }
 
 fn main() -> ExitCode {
@@ -106,6 +109,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     let mut config = tally_server::ServeConfig::new(args.data_dir, args.listen);
+    config.open_metrics = args.open_metrics;
     if args.no_auth {
         eprintln!("tally: WARNING: authentication is off (--no-auth); anyone who can reach {} can move value", args.listen);
         config.auth = tally_server::AuthConfig::Disabled;

@@ -1,5 +1,6 @@
 //! The HTTP API, driven through the router without a socket: one integration-test binary.
 
+mod auth;
 mod errors;
 mod malformed;
 mod operations;

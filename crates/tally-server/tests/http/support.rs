@@ -8,12 +8,14 @@ use std::any::Any;
 use std::io;
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode};
 use axum::Router;
 use http_body_util::BodyExt;
 use serde_json::Value;
+use tally_auth::{Claims, IssueRequest, KeyRing, Scope, Verifier};
 use tally_engine::{Engine, EngineConfig};
 use tally_log::{FsStorage, Storage, StorageFile};
 use tally_read::ReadModel;
@@ -29,8 +31,11 @@ pub struct TestApp {
     pub state: AppState,
     engine: Option<Engine>,
     read: Option<ReadModel>,
+    /// The `Authorization` header every request sends unless a test picks another (the admin
+    /// token of [`TestApp::with_auth`]); `None` without authentication.
+    authorization: Option<String>,
     // Dropped last: the engine and the read model write into it.
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 /// A raw answer.
@@ -46,6 +51,57 @@ impl TestApp {
         TestApp::on(Arc::new(FsStorage))
     }
 
+    /// Opens an empty ledger that authenticates with tokens, as `tally serve` does: a key pair
+    /// in the data directory (`KeyRing::init`), a verifier over it that consults the engine's
+    /// revocations, and an admin token that every helper but [`TestApp::send_as`] sends.
+    pub fn with_auth() -> TestApp {
+        TestApp::with_auth_and(false)
+    }
+
+    /// [`TestApp::with_auth`], with `/metrics` open when `open_metrics` (`--open-metrics`).
+    pub fn with_auth_and(open_metrics: bool) -> TestApp {
+        let dir = tempfile::tempdir().expect("create a temporary data directory");
+        KeyRing::init(dir.path()).expect("create the signing key");
+        let mut app = TestApp::build(Arc::new(FsStorage), dir, |dir, engine| {
+            let revocations = engine.handle().revocations();
+            let verifier = Verifier::load(
+                dir,
+                Arc::new(move |token_id: &str| revocations.contains(token_id)),
+            )
+            .expect("load the trusted keys");
+            if open_metrics {
+                tally_server::auth::Auth::TokensOpenMetrics(verifier)
+            } else {
+                tally_server::auth::Auth::Tokens(verifier)
+            }
+        });
+        let admin = app.issue(&[Scope::Admin], &[], &[]);
+        app.authorization = Some(format!("Bearer {admin}"));
+        app
+    }
+
+    /// The data directory (log, read model and, with authentication, `keys/`).
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Issues a token signed by this app's signing key, valid for an hour.
+    pub fn issue(&self, scopes: &[Scope], ledgers: &[&str], accounts: &[&str]) -> String {
+        self.issue_for(scopes, ledgers, accounts, Duration::from_secs(3600))
+            .0
+    }
+
+    /// Issues a token with its claims; see [`TestApp::issue`].
+    pub fn issue_for(
+        &self,
+        scopes: &[Scope],
+        ledgers: &[&str],
+        accounts: &[&str],
+        ttl: Duration,
+    ) -> (String, Claims) {
+        issue_in(self.data_dir(), scopes, ledgers, accounts, ttl)
+    }
+
     /// Opens an empty ledger whose log syncs only while `gate` is open, so that a test can hold
     /// the engine's writer still.
     pub fn gated(gate: Arc<Gate>) -> TestApp {
@@ -54,6 +110,14 @@ impl TestApp {
 
     fn on(storage: Arc<dyn Storage>) -> TestApp {
         let dir = tempfile::tempdir().expect("create a temporary data directory");
+        TestApp::build(storage, dir, |_, _| tally_server::auth::Auth::Disabled)
+    }
+
+    fn build(
+        storage: Arc<dyn Storage>,
+        dir: TempDir,
+        auth: impl FnOnce(&Path, &Engine) -> tally_server::auth::Auth,
+    ) -> TestApp {
         let opened = Engine::open_in(storage, EngineConfig::new(dir.path().to_path_buf()))
             .expect("open the engine");
         let read = ReadModel::start(
@@ -67,14 +131,15 @@ impl TestApp {
             engine: engine.handle(),
             read: tally_server::ReadSlot::ready(read.clone()),
             metrics: Arc::new(ServerMetrics::new(engine.handle().metrics())),
-            auth: tally_server::auth::Auth::Disabled,
+            auth: auth(dir.path(), &engine),
         };
         TestApp {
             router: tally_server::app(state.clone()),
             state,
             engine: Some(engine),
             read: Some(read),
-            _dir: dir,
+            authorization: None,
+            dir,
         }
     }
 
@@ -105,14 +170,29 @@ impl TestApp {
         self.state.engine.durable_position()
     }
 
-    /// Sends one request and collects the whole answer. Every other helper goes through here.
+    /// Sends one request (with the app's own token, if any) and collects the whole answer.
     pub async fn send(&self, method: &str, path: &str, body: impl Into<Body>) -> Reply {
-        let request = Request::builder()
+        self.send_as(self.authorization.as_deref(), method, path, body)
+            .await
+    }
+
+    /// Sends one request with `authorization` as its whole `Authorization` header (none for
+    /// `None`). Every other helper goes through here.
+    pub async fn send_as(
+        &self,
+        authorization: Option<&str>,
+        method: &str,
+        path: &str,
+        body: impl Into<Body>,
+    ) -> Reply {
+        let mut request = Request::builder()
             .method(Method::from_bytes(method.as_bytes()).expect("a valid method"))
             .uri(path)
-            .header("content-type", "application/json")
-            .body(body.into())
-            .expect("a valid request");
+            .header("content-type", "application/json");
+        if let Some(authorization) = authorization {
+            request = request.header("authorization", authorization);
+        }
+        let request = request.body(body.into()).expect("a valid request");
         let response = self
             .router
             .clone()
@@ -139,6 +219,25 @@ impl TestApp {
     pub async fn call(&self, method: &str, path: &str, body: Option<&str>) -> (StatusCode, Value) {
         let reply = self
             .send(method, path, body.unwrap_or_default().to_string())
+            .await;
+        (reply.status, reply.json())
+    }
+
+    /// [`TestApp::call`] with `authorization` as the whole `Authorization` header.
+    pub async fn call_as(
+        &self,
+        authorization: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let reply = self
+            .send_as(
+                authorization,
+                method,
+                path,
+                body.unwrap_or_default().to_string(),
+            )
             .await;
         (reply.status, reply.json())
     }
@@ -203,6 +302,28 @@ impl Reply {
     pub fn text(&self) -> String {
         String::from_utf8(self.body.clone()).expect("the answer is UTF-8")
     }
+}
+
+/// Issues a token signed by the signing key of `data_dir`.
+pub fn issue_in(
+    data_dir: &Path,
+    scopes: &[Scope],
+    ledgers: &[&str],
+    accounts: &[&str],
+    ttl: Duration,
+) -> (String, Claims) {
+    let strings = |items: &[&str]| items.iter().map(|item| item.to_string()).collect();
+    KeyRing::issue(
+        data_dir,
+        IssueRequest {
+            subject: "test".to_owned(),
+            scopes: scopes.to_vec(),
+            ledgers: strings(ledgers),
+            accounts: strings(accounts),
+            ttl,
+        },
+    )
+    .expect("issue a token")
 }
 
 /// Asserts that an answer is the documented error: the status, and exactly

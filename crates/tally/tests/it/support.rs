@@ -179,6 +179,21 @@ impl Client {
         }
     }
 
+    /// The same server and connection pool with another `Authorization` header,
+    /// sent whole (`Some("Bearer TOKEN")`), or none for `None`.
+    pub fn with_authorization(&self, authorization: Option<&str>) -> Client {
+        Client {
+            authorization: authorization
+                .map(|value| HeaderValue::from_str(value).expect("a valid Authorization header")),
+            ..self.clone()
+        }
+    }
+
+    /// The same server with `Bearer token`.
+    pub fn with_token(&self, token: &str) -> Client {
+        self.with_authorization(Some(&format!("Bearer {token}")))
+    }
+
     /// GETs, retrying 503 answers for a while; `Err` as for `send`.
     pub async fn get_settled(&self, path: &str) -> Result<Answer, String> {
         self.send_settled(Method::GET, path, Bytes::new()).await
