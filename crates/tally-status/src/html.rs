@@ -63,11 +63,11 @@ pub fn render(report: &StatusReport) -> String {
         } else {
             100.0 * window.observed_seconds as f64 / window.seconds as f64
         };
-        let _ = write!(
+        let _ = writeln!(
             page,
             "<div class=\"window\" id=\"availability-{name}\" data-requests=\"{requests}\" data-failed=\"{failed}\">\
              <div class=\"label\">last {name}</div><div class=\"figure\">{figure}</div>\
-             <div class=\"small\">{requests} requests, {failed} failed · observed {observed:.1} %</div></div>\n",
+             <div class=\"small\">{requests} requests, {failed} failed · observed {observed:.1} %</div></div>",
             name = escape(&window.window),
             figure = percent(window.availability),
             requests = window.requests,
@@ -122,9 +122,9 @@ pub fn render(report: &StatusReport) -> String {
                     rate = rate(job.rate_per_second)
                 )
             };
-            let _ = write!(
+            let _ = writeln!(
                 page,
-                "<tr><td>{name}</td><td>{state}</td><td>{progress}</td></tr>\n",
+                "<tr><td>{name}</td><td>{state}</td><td>{progress}</td></tr>",
                 name = escape(&job.name),
                 state = escape(&job.state),
             );
@@ -141,9 +141,9 @@ pub fn render(report: &StatusReport) -> String {
             let from = incident.from.map_or("", Health::as_str);
             let to = incident.to.as_str();
             let arrow = if from.is_empty() { "" } else { " → " };
-            let _ = write!(
+            let _ = writeln!(
                 page,
-                "<tr><td>{at}</td><td>{dependency}</td><td>{from}{arrow}<span class=\"badge {to}\">{to}</span></td><td>{reason}</td></tr>\n",
+                "<tr><td>{at}</td><td>{dependency}</td><td>{from}{arrow}<span class=\"badge {to}\">{to}</span></td><td>{reason}</td></tr>",
                 at = escape(&incident.at),
                 dependency = escape(&incident.dependency),
                 reason = escape(&incident.reason),
