@@ -223,6 +223,7 @@ impl Engine {
             queued_commands: AtomicUsize::new(0),
             failed: AtomicBool::new(false),
             failure: Mutex::new(None),
+            writes_refused: Mutex::new(None),
             durable_position: AtomicU64::new(log.next_position()),
             snapshot_position: AtomicU64::new(snapshot_position.unwrap_or(0)),
             metrics: EngineMetrics::default(),
@@ -399,6 +400,9 @@ impl EngineHandle {
         detail: Detail,
         restriction: Option<Arc<Restriction>>,
     ) -> Result<Vec<Answer>, EngineError> {
+        if let Some(reason) = self.writes_refused() {
+            return Err(EngineError::Unavailable(reason));
+        }
         let (reply, answer) = oneshot::channel();
         self.submit(Request::Execute {
             commands,
@@ -427,6 +431,27 @@ impl EngineHandle {
             reply,
         })?;
         answer.await.map_err(|_| self.shared.unavailable())?
+    }
+
+    /// Refuses every command with [`EngineError::Unavailable`] and `reason` until called again
+    /// with `None`, while account reads go on. For conditions outside the engine that make
+    /// appending unsafe, such as the disk falling below its reserve: an append that fails
+    /// half-way stops the engine for good, a refusal ends when the condition does.
+    pub fn refuse_writes(&self, reason: Option<String>) {
+        *self
+            .shared
+            .writes_refused
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = reason;
+    }
+
+    /// Why commands are refused, if they are (see [`EngineHandle::refuse_writes`]).
+    pub fn writes_refused(&self) -> Option<String> {
+        self.shared
+            .writes_refused
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     /// The revoked access tokens, as of the durable log.

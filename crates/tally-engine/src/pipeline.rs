@@ -78,6 +78,9 @@ pub(crate) struct Shared {
     pub(crate) snapshot_position: AtomicU64,
     pub(crate) metrics: EngineMetrics,
     pub(crate) revocations: Arc<Revocations>,
+    /// Why commands are refused while reads go on (a disk below its reserve, say); see
+    /// [`crate::EngineHandle::refuse_writes`].
+    pub(crate) writes_refused: Mutex<Option<String>>,
 }
 
 impl Shared {

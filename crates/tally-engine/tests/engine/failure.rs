@@ -171,3 +171,33 @@ async fn a_failed_engine_does_not_spin_on_overdue_pending_transfers() {
     );
     assert!(is_unavailable(&shutdown(opened.engine).await));
 }
+
+/// A refusal from outside (the disk below its reserve) stops commands, not reads, appends
+/// nothing, and ends when lifted; unlike a failed append, the engine stays ready.
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_writes_append_nothing_keep_reads_and_resume_when_lifted() {
+    let storage = MemStorage::new();
+    let opened = open_mem(&storage);
+    let handle = opened.engine.handle();
+    let first = run(&handle, ACKNOWLEDGED).await;
+    assert!(!first.contains("error"), "{first}");
+    let before = views(&handle, &ids()).await;
+    let durable = handle.durable_position();
+
+    handle.refuse_writes(Some("the disk has 1 MiB free".into()));
+    let refused = handle
+        .execute(commands("deposit d2 a 5"), Detail::Full)
+        .await;
+    assert!(is_unavailable(&refused), "{refused:?}");
+    assert!(refused.unwrap_err().to_string().contains("1 MiB free"));
+    assert_eq!(views(&handle, &ids()).await, before);
+    assert_eq!(handle.durable_position(), durable);
+    assert!(handle.is_ready());
+
+    handle.refuse_writes(None);
+    assert_eq!(handle.writes_refused(), None);
+    let resumed = run(&handle, "deposit d2 a 5").await;
+    assert!(!resumed.contains("error"), "{resumed}");
+    assert!(handle.durable_position() > durable);
+    shutdown(opened.engine).await.unwrap();
+}
