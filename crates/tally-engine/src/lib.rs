@@ -503,6 +503,20 @@ impl EngineHandle {
         !self.shared.failed.load(Ordering::SeqCst)
     }
 
+    /// Why the engine stopped accepting work, once it has (an append failed).
+    pub fn failure(&self) -> Option<String> {
+        if !self.shared.failed.load(Ordering::SeqCst) {
+            return None;
+        }
+        let reason = self
+            .shared
+            .failure
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        Some(reason.unwrap_or_else(|| "the engine has stopped".to_string()))
+    }
+
     /// Commands waiting in the queue.
     pub fn queued_commands(&self) -> usize {
         self.shared.queued_commands.load(Ordering::SeqCst)

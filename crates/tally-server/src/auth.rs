@@ -25,11 +25,33 @@ use crate::AppState;
 pub enum Auth {
     /// Every request is let through (`--no-auth`, loopback only).
     Disabled,
-    /// Every request but health, readiness and the OpenAPI document needs a valid token.
-    Tokens(Verifier),
-    /// As `Tokens`, with `/metrics` open too, for scrapers that cannot send a token
-    /// (`--open-metrics`).
-    TokensOpenMetrics(Verifier),
+    /// Every request but health, readiness, the OpenAPI document and the routes in `open`
+    /// needs a valid token.
+    Tokens {
+        /// Checks tokens against the trusted keys.
+        verifier: Verifier,
+        /// Operator routes opened without a token.
+        open: OpenRoutes,
+    },
+}
+
+/// Operator routes that answer without a token, for clients that cannot send one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpenRoutes {
+    /// `/metrics`, for scrapers (`--open-metrics`).
+    pub metrics: bool,
+    /// `/status` and `/status.json`, for browsers and public status pages (`--open-status`).
+    pub status: bool,
+}
+
+impl OpenRoutes {
+    fn opens(self, route: Option<&str>) -> bool {
+        match route {
+            Some("/metrics") => self.metrics,
+            Some("/status" | "/status.json") => self.status,
+            _ => false,
+        }
+    }
 }
 
 /// Who is calling, as the handlers see it: the restriction the engine must enforce, if any.
@@ -131,7 +153,7 @@ const KEY_RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 fn required_scope(method: &Method, route: Option<&str>) -> Option<Scope> {
     match (method, route?) {
         (_, "/healthz" | "/readyz" | "/v1/openapi.json") => None,
-        (_, "/metrics") => Some(Scope::Operator),
+        (_, "/metrics" | "/status" | "/status.json") => Some(Scope::Operator),
         (&Method::POST, "/v1/revocations") => Some(Scope::Admin),
         (&Method::GET | &Method::HEAD, _) => Some(Scope::Read),
         _ => Some(Scope::Write),
@@ -145,10 +167,9 @@ pub(crate) async fn authenticate(
     next: Next,
 ) -> Response {
     // Exhaustive on purpose: a new mode must decide here what it lets through.
-    let (verifier, open_metrics) = match &app.auth {
+    let (verifier, open) = match &app.auth {
         Auth::Disabled => return next.run(request).await,
-        Auth::Tokens(verifier) => (verifier, false),
-        Auth::TokensOpenMetrics(verifier) => (verifier, true),
+        Auth::Tokens { verifier, open } => (verifier, *open),
     };
     let route = request
         .extensions()
@@ -156,7 +177,7 @@ pub(crate) async fn authenticate(
         .map(|path| path.as_str().to_string());
     let scope = match required_scope(request.method(), route.as_deref()) {
         None => return next.run(request).await,
-        Some(Scope::Operator) if open_metrics => return next.run(request).await,
+        Some(Scope::Operator) if open.opens(route.as_deref()) => return next.run(request).await,
         Some(scope) => scope,
     };
     // The scheme name is case-insensitive (RFC 9110, section 11.1).

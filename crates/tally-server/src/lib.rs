@@ -25,6 +25,7 @@ mod metrics;
 mod openapi;
 mod read_slot;
 mod routes;
+pub mod status;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -54,6 +55,8 @@ pub struct AppState {
     pub metrics: Arc<ServerMetrics>,
     /// How requests are authenticated.
     pub auth: auth::Auth,
+    /// Availability, dependency health and incidents for the status page.
+    pub status: Arc<status::StatusHub>,
 }
 
 /// The router with every route and layer.
@@ -76,6 +79,8 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(routes::metrics))
+        .route("/status", get(routes::status_page))
+        .route("/status.json", get(routes::status_json))
         .fallback(routes::no_route)
         .method_not_allowed_fallback(routes::wrong_method)
         .layer(DefaultBodyLimit::max(limits::BODY_BYTES_MAX))
@@ -113,8 +118,10 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     /// Whether requests need tokens.
     pub auth: AuthConfig,
-    /// Whether `/metrics` is open without a token (it needs `operator` otherwise).
-    pub open_metrics: bool,
+    /// Operator routes open without a token (they need `operator` otherwise).
+    pub open: auth::OpenRoutes,
+    /// What the status page watches.
+    pub status: status::StatusConfig,
 }
 
 /// Whether the server requires tokens.
@@ -134,7 +141,8 @@ impl ServeConfig {
             engine: EngineConfig::new(data_dir),
             listen,
             auth: AuthConfig::Required,
-            open_metrics: false,
+            open: auth::OpenRoutes::default(),
+            status: status::StatusConfig::default(),
         }
     }
 }
@@ -156,6 +164,9 @@ pub enum ServeError {
     /// The keys or the admin token could not be set up.
     #[error("{0}")]
     Auth(#[from] tally_auth::AuthError),
+    /// The status file could not be read.
+    #[error("{0}")]
+    Status(#[from] tally_status::store::StoreError),
     /// Serving failed.
     #[error("serving HTTP failed: {0}")]
     Io(#[from] std::io::Error),
@@ -202,19 +213,36 @@ pub async fn serve(
                     .map_err(|error| {
                         EngineError::Unavailable(format!("key setup panicked: {error}"))
                     })??;
-            if config.open_metrics {
-                auth::Auth::TokensOpenMetrics(verifier)
-            } else {
-                auth::Auth::Tokens(verifier)
+            auth::Auth::Tokens {
+                verifier,
+                open: config.open,
             }
         }
     };
+    let status_config = config.status;
+    let status_dir = data_dir.clone();
+    let status =
+        tokio::task::spawn_blocking(move || status::StatusHub::open(&status_dir, status_config))
+            .await
+            .map_err(|error| {
+                EngineError::Unavailable(format!("status setup panicked: {error}"))
+            })??;
     let state = AppState {
         engine: engine.handle(),
         read: read.clone(),
         metrics,
         auth,
+        status: Arc::new(status),
     };
+    // The page has a verdict for every dependency before the first request can ask for it.
+    let first = state.clone();
+    tokio::task::spawn_blocking(move || first.status.refresh(&first))
+        .await
+        .map_err(|error| {
+            EngineError::Unavailable(format!("status evaluation panicked: {error}"))
+        })?;
+    let monitor = tokio::spawn(status::monitor(state.clone()));
+    let hub = Arc::clone(&state.status);
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -234,9 +262,13 @@ pub async fn serve(
         .await?;
 
     tracing::info!("shutting down: finishing the batch in flight and writing a snapshot");
+    monitor.abort();
     // The read model may still be opening; its checkpoint is safe either way, so wait briefly.
     let read = read.wait(limits::READ_WAIT_MAX).await.ok();
     tokio::task::spawn_blocking(move || {
+        if let Err(error) = hub.save() {
+            tracing::warn!(%error, "cannot save the status file");
+        }
         if let Some(read) = read {
             read.shutdown();
         }

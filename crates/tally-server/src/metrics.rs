@@ -109,6 +109,7 @@ pub(crate) async fn track(State(app): State<AppState>, request: Request, next: N
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |path| path.as_str().to_string());
     let response = next.run(request).await;
+    app.status.record(&route, response.status());
     let labels = RouteLabels {
         method,
         route,

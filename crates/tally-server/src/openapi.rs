@@ -31,6 +31,8 @@ use crate::routes;
         routes::healthz,
         routes::readyz,
         routes::metrics,
+        routes::status_page,
+        routes::status_json,
         routes::openapi,
     ),
     components(schemas(

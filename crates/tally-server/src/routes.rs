@@ -530,6 +530,38 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
     }
 }
 
+/// The status page: availability, dependencies, offline jobs and incidents, as HTML.
+#[utoipa::path(get, path = "/status", tag = "operations", responses(
+    (status = 200, description = "The status page", content_type = "text/html"),
+    (status = 401, description = "Missing or invalid token (unless opened with --open-status)", body = ErrorBody),
+    (status = 403, description = "The token lacks the `operator` scope", body = ErrorBody),
+))]
+pub async fn status_page(State(app): State<AppState>) -> Response {
+    let page = tally_status::html::render(&app.status.report());
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        page,
+    )
+        .into_response()
+}
+
+/// The status page's data, for machines.
+#[utoipa::path(get, path = "/status.json", tag = "operations", responses(
+    (status = 200, description = "Availability, dependencies, offline jobs and incidents", body = tally_status::StatusReport),
+    (status = 401, description = "Missing or invalid token (unless opened with --open-status)", body = ErrorBody),
+    (status = 403, description = "The token lacks the `operator` scope", body = ErrorBody),
+))]
+pub async fn status_json(State(app): State<AppState>) -> Response {
+    (
+        [(header::CACHE_CONTROL, "no-store")],
+        Json(app.status.report()),
+    )
+        .into_response()
+}
+
 /// This document.
 #[utoipa::path(get, path = "/v1/openapi.json", tag = "operations", responses((status = 200, description = "The OpenAPI document", content_type = "application/json", body = Object)))]
 pub async fn openapi() -> Response {

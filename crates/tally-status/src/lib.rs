@@ -12,6 +12,7 @@
 #![deny(missing_docs)]
 
 pub mod availability;
+pub mod disk;
 pub mod html;
 pub mod incidents;
 pub mod report;

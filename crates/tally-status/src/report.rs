@@ -2,9 +2,12 @@
 //! `tally status` renders as text. One type for all three, so they cannot disagree.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// How well a dependency (or Tally as a whole) works.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Health {
     /// Works as designed.
@@ -27,7 +30,7 @@ impl Health {
 }
 
 /// A name and a value shown beside a dependency or a job.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Detail {
     /// What the value is.
     pub name: String,
@@ -46,7 +49,7 @@ impl Detail {
 }
 
 /// The state of one thing Tally depends on.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct DependencyStatus {
     /// A stable name (`log`, `disk`, `read_model`, `signing_keys`, ...).
     pub name: String,
@@ -59,7 +62,7 @@ pub struct DependencyStatus {
 }
 
 /// A long-running offline job and how far it got.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct JobStatus {
     /// What the job does.
     pub name: String,
@@ -74,7 +77,7 @@ pub struct JobStatus {
 }
 
 /// Availability over one window.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct WindowFigures {
     /// `1h`, `24h` or `30d`.
     pub window: String,
@@ -91,7 +94,7 @@ pub struct WindowFigures {
 }
 
 /// A change of a dependency's health.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Incident {
     /// When, in seconds since the Unix epoch.
     pub at_unix: u64,
@@ -108,7 +111,7 @@ pub struct Incident {
 }
 
 /// Everything the status page shows.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct StatusReport {
     /// Tally's version.
     pub version: String,

@@ -3,6 +3,7 @@
 
 mod bench;
 mod keys;
+mod status;
 mod verify;
 
 use std::net::SocketAddr;
@@ -31,6 +32,8 @@ enum CommandLine {
     Verify(verify::VerifyArgs),
     /// Load generator: drive transfers through the public HTTP API and report throughput and latency.
     Bench(bench::BenchArgs),
+    /// Show a running server's status: availability, dependencies, offline jobs, incidents.
+    Status(status::StatusArgs),
     /// Keys and tokens: create and rotate the key pair, issue, inspect and revoke tokens.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
@@ -56,6 +59,36 @@ struct ServeArgs {
     /// Let /metrics answer without a token (it needs the `operator` scope otherwise).
     #[arg(long)]
     open_metrics: bool,
+    /// Let /status and /status.json answer without a token, for browsers and public status
+    /// pages (they need the `operator` scope otherwise).
+    #[arg(long)]
+    open_status: bool,
+    /// Free space on the data directory's filesystem below which commands are refused (reads
+    /// go on) until space is freed: bytes, or with a KiB, MiB or GiB suffix.
+    #[arg(long, default_value = "256MiB", value_parser = parse_bytes)]
+    disk_reserve: u64,
+}
+
+/// `4096`, `64KiB`, `256MiB`, `2GiB` (also `K`, `M`, `G`, binary multiples) as bytes.
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size: use bytes or a KiB, MiB or GiB suffix"))?;
+    let multiple: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KiB" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        other => return Err(format!("unknown size unit `{other}`: use KiB, MiB or GiB")),
+    };
+    number
+        .checked_mul(multiple)
+        .ok_or_else(|| format!("`{text}` is too large"))
 }
 
 fn main() -> ExitCode {
@@ -70,6 +103,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         CommandLine::Serve(args) => serve(args).map(|()| ExitCode::SUCCESS),
         CommandLine::Verify(args) => verify::run(args),
+        CommandLine::Status(args) => status::run(args),
         CommandLine::Keys(command) => keys::run(command).map(|()| ExitCode::SUCCESS),
         CommandLine::Bench(args) => runtime()
             .and_then(|runtime| runtime.block_on(bench::run(args)))
@@ -109,7 +143,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     let mut config = tally_server::ServeConfig::new(args.data_dir, args.listen);
-    config.open_metrics = args.open_metrics;
+    config.open = tally_server::auth::OpenRoutes {
+        metrics: args.open_metrics,
+        status: args.open_status,
+    };
+    config.status.disk_reserve_bytes = args.disk_reserve;
     if args.no_auth {
         eprintln!("tally: WARNING: authentication is off (--no-auth); anyone who can reach {} can move value", args.listen);
         config.auth = tally_server::AuthConfig::Disabled;

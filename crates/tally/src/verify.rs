@@ -65,7 +65,25 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         SnapshotCheck::Differs { position } => println!("snapshot: at position {position}, DIFFERS from the replayed state; delete it so that a restart replays the log"),
         SnapshotCheck::Unusable { reason } => println!("snapshot: unusable ({reason}); a restart replays the log instead"),
     }
-    if report.is_ok() {
+    // The status file holds only statistics, but a corrupt one stops the server too.
+    let status_ok = match tally_status::store::load(&args.dir) {
+        Ok(None) => {
+            println!("status file: none (availability figures start afresh)");
+            true
+        }
+        Ok(Some(saved)) => {
+            println!(
+                "status file: sound, last saved at {}",
+                tally_status::report::rfc3339(saved.saved_at_unix)
+            );
+            true
+        }
+        Err(error) => {
+            println!("status file: CORRUPT: {error}");
+            false
+        }
+    };
+    if report.is_ok() && status_ok {
         println!("ok");
         Ok(ExitCode::SUCCESS)
     } else {

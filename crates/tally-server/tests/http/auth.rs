@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 use axum::http::StatusCode;
 use serde_json::{json, Value};
 use tally_auth::Scope;
+use tally_server::auth::OpenRoutes;
 
 use crate::support::{assert_error_body, issue_in, TestApp};
 
@@ -629,7 +630,10 @@ async fn a_restricted_batch_with_one_item_outside_is_refused_whole() {
 /// `--open-metrics` opens `/metrics` and nothing else; the bearer scheme is case-insensitive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_metrics_opens_only_metrics_and_the_scheme_ignores_case() {
-    let app = TestApp::with_auth_and(true);
+    let app = TestApp::with_auth_and(OpenRoutes {
+        metrics: true,
+        status: false,
+    });
     let reply = app.send_as(None, "GET", "/metrics", "").await;
     assert_eq!(
         reply.status,

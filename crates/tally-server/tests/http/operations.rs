@@ -24,6 +24,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("/healthz", "get"),
     ("/readyz", "get"),
     ("/metrics", "get"),
+    ("/status", "get"),
+    ("/status.json", "get"),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,6 +19,8 @@ use tally_auth::{Claims, IssueRequest, KeyRing, Scope, Verifier};
 use tally_engine::{Engine, EngineConfig};
 use tally_log::{FsStorage, Storage, StorageFile};
 use tally_read::ReadModel;
+use tally_server::auth::OpenRoutes;
+use tally_server::status::{StatusConfig, StatusHub};
 use tally_server::{AppState, ServerMetrics};
 use tempfile::TempDir;
 use tower::ServiceExt;
@@ -55,11 +57,12 @@ impl TestApp {
     /// in the data directory (`KeyRing::init`), a verifier over it that consults the engine's
     /// revocations, and an admin token that every helper but [`TestApp::send_as`] sends.
     pub fn with_auth() -> TestApp {
-        TestApp::with_auth_and(false)
+        TestApp::with_auth_and(OpenRoutes::default())
     }
 
-    /// [`TestApp::with_auth`], with `/metrics` open when `open_metrics` (`--open-metrics`).
-    pub fn with_auth_and(open_metrics: bool) -> TestApp {
+    /// [`TestApp::with_auth`], with the operator routes in `open` answering without a token
+    /// (`--open-metrics`, `--open-status`).
+    pub fn with_auth_and(open: OpenRoutes) -> TestApp {
         let dir = tempfile::tempdir().expect("create a temporary data directory");
         KeyRing::init(dir.path()).expect("create the signing key");
         let mut app = TestApp::build(Arc::new(FsStorage), dir, |dir, engine| {
@@ -69,11 +72,7 @@ impl TestApp {
                 Arc::new(move |token_id: &str| revocations.contains(token_id)),
             )
             .expect("load the trusted keys");
-            if open_metrics {
-                tally_server::auth::Auth::TokensOpenMetrics(verifier)
-            } else {
-                tally_server::auth::Auth::Tokens(verifier)
-            }
+            tally_server::auth::Auth::Tokens { verifier, open }
         });
         let admin = app.issue(&[Scope::Admin], &[], &[]);
         app.authorization = Some(format!("Bearer {admin}"));
@@ -132,7 +131,12 @@ impl TestApp {
             read: tally_server::ReadSlot::ready(read.clone()),
             metrics: Arc::new(ServerMetrics::new(engine.handle().metrics())),
             auth: auth(dir.path(), &engine),
+            status: Arc::new(
+                StatusHub::open(dir.path(), StatusConfig::default())
+                    .expect("open the status figures"),
+            ),
         };
+        state.status.refresh(&state);
         TestApp {
             router: tally_server::app(state.clone()),
             state,
