@@ -447,4 +447,8 @@ impl StorageFile for GatedFile {
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.inner.set_len(len)
     }
+
+    fn modified(&self) -> io::Result<std::time::SystemTime> {
+        self.inner.modified()
+    }
 }
