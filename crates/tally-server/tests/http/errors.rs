@@ -103,8 +103,8 @@ async fn engine_errors_map_to_503_with_a_code() {
     );
     assert_error_body(&body);
     assert_eq!(
-        body["error"],
-        json!({"code": "unavailable", "message": "the engine stopped"})
+        (&body["error"]["code"], &body["error"]["message"]),
+        (&json!("unavailable"), &json!("the engine stopped"))
     );
 
     let setup = EngineError::Setup {
@@ -128,9 +128,10 @@ async fn every_rejection_maps_to_its_status_and_code() {
             StatusCode::UNPROCESSABLE_ENTITY
         };
         assert_eq!((status, retry_after), (expected, None), "{code:?}");
+        assert_error_body(&body);
         assert_eq!(
-            body["error"],
-            json!({"code": code.as_str(), "message": code.message()})
+            (&body["error"]["code"], &body["error"]["message"]),
+            (&json!(code.as_str()), &json!(code.message()))
         );
     }
     // An internal fault tells the client nothing of its detail.
