@@ -32,7 +32,10 @@ pub struct ErrorBody {
 /// What went wrong with a request.
 #[derive(Serialize, ToSchema, Clone, Debug, PartialEq, Eq)]
 pub struct RequestError {
-    /// Stable code; see [`ErrorDetail::code`].
+    /// Stable code: `invalid_request`, `not_found`, `conflict`, `insufficient_funds`,
+    /// `ledger_mismatch`, `already_resolved`, `not_pending`, `exceeds_pending_amount`,
+    /// `overflow`, `linked_failed`, `payload_too_large`, `method_not_allowed`, `overloaded`,
+    /// `unauthorized`, `forbidden`, `unavailable`, `internal`.
     pub code: String,
     /// A sentence for humans.
     pub message: String,
@@ -43,14 +46,11 @@ pub struct RequestError {
     pub request_id: String,
 }
 
-/// What went wrong: in an error answer (with the request id, see [`RequestError`]), and alone for
-/// one transfer of a batch.
+/// What went wrong with one transfer of a batch. The batch's own answer names the request (in
+/// its `X-Request-Id` header), so the items do not repeat it.
 #[derive(Serialize, ToSchema, Clone, Debug, PartialEq, Eq)]
 pub struct ErrorDetail {
-    /// Stable code: `invalid_request`, `not_found`, `conflict`, `insufficient_funds`,
-    /// `ledger_mismatch`, `already_resolved`, `not_pending`, `exceeds_pending_amount`,
-    /// `overflow`, `linked_failed`, `payload_too_large`, `method_not_allowed`, `overloaded`,
-    /// `unauthorized`, `forbidden`, `unavailable`, `internal`.
+    /// Stable code, from the same set as an error answer's (`RequestError`).
     pub code: String,
     /// A sentence for humans.
     pub message: String,
