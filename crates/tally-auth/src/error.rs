@@ -191,6 +191,24 @@ impl fmt::Display for Unauthorized {
     }
 }
 
+impl UnauthorizedReason {
+    /// A short name that never changes, for metric labels and structured logs: `missing`,
+    /// `malformed`, `unknown_key`, `bad_signature`, `expired`, `issued_in_future` or `revoked`.
+    /// Unlike [`Display`](fmt::Display) it leaves out details, so that the set of values stays
+    /// small and fixed.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            UnauthorizedReason::Missing => "missing",
+            UnauthorizedReason::Malformed(_) => "malformed",
+            UnauthorizedReason::UnknownKey => "unknown_key",
+            UnauthorizedReason::BadSignature => "bad_signature",
+            UnauthorizedReason::Expired => "expired",
+            UnauthorizedReason::IssuedInFuture => "issued_in_future",
+            UnauthorizedReason::Revoked => "revoked",
+        }
+    }
+}
+
 impl fmt::Display for UnauthorizedReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -213,4 +231,32 @@ pub(crate) fn io_error(
 ) -> impl FnOnce(io::Error) -> AuthError {
     let path = path.into();
     move |source| AuthError::Io { op, path, source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::UnauthorizedReason as Reason;
+
+    /// The names label metric series: distinct, and plain snake case in any Prometheus tool.
+    #[test]
+    fn reason_names_are_distinct_snake_case() {
+        let reasons = [
+            Reason::Missing,
+            Reason::Malformed("a detail that must not leak into the name"),
+            Reason::UnknownKey,
+            Reason::BadSignature,
+            Reason::Expired,
+            Reason::IssuedInFuture,
+            Reason::Revoked,
+        ];
+        let names: std::collections::BTreeSet<&str> =
+            reasons.iter().map(|reason| reason.as_str()).collect();
+        assert_eq!(names.len(), reasons.len(), "{names:?}");
+        for name in names {
+            assert!(
+                name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{name}"
+            );
+        }
+    }
 }

@@ -39,7 +39,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tally_core::{Command, Id, Ledger, ReplayError};
 use tally_log::{
@@ -147,6 +147,16 @@ pub struct Recovery {
     pub elapsed: Duration,
 }
 
+/// A snapshot of the ledger state, as [`EngineHandle::last_snapshot`] reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    /// The log position the snapshot holds the state at: every event before it is applied.
+    pub position: u64,
+    /// When it was written: the file's modification time for the snapshot loaded at start, the
+    /// moment the write finished for one written since.
+    pub written_at: SystemTime,
+}
+
 /// A reader of the log and the durable position, for consumers such as the read model.
 pub struct LogFeed {
     /// Reads batches up to the durable end.
@@ -207,7 +217,8 @@ impl Engine {
             SegmentedLog::open_in(Arc::clone(&storage), &log_dir, config.log_options.clone())?;
         let snapshots_dir = config.data_dir.join("snapshots");
         let store = SnapshotStore::open_in(Arc::clone(&storage), &snapshots_dir)?;
-        let (ledger, snapshot_position) = recover(&log, &store, &config.data_dir)?;
+        let (ledger, snapshot) = recover(&log, &store, &config.data_dir)?;
+        let snapshot_position = snapshot.map(|snapshot| snapshot.position);
         ledger
             .check_invariants()
             .map_err(|violation| EngineError::Replay {
@@ -225,7 +236,8 @@ impl Engine {
             failure: Mutex::new(None),
             writes_refused: Mutex::new(None),
             durable_position: AtomicU64::new(log.next_position()),
-            snapshot_position: AtomicU64::new(snapshot_position.unwrap_or(0)),
+            log_bytes: AtomicU64::new(log.size_bytes()),
+            last_snapshot: Mutex::new(snapshot),
             metrics: EngineMetrics::default(),
             revocations: Arc::new(Revocations::seeded(ledger.revoked_tokens())),
         });
@@ -323,32 +335,43 @@ impl Engine {
             durable,
             "after shutdown every staged batch is durable"
         );
-        if handle.shared.snapshot_position.load(Ordering::SeqCst) != durable {
+        let snapshot_position = handle
+            .shared
+            .last_snapshot()
+            .map_or(0, |snapshot| snapshot.position);
+        if snapshot_position != durable {
             store.write(durable, &ledger.encode_snapshot())?;
         }
         Ok(())
     }
 }
 
-/// Loads the newest valid snapshot, then replays the log after it.
+/// Loads the newest valid snapshot, then replays the log after it. Returns the ledger and the
+/// snapshot it started from, if any.
 fn recover(
     log: &SegmentedLog,
     store: &SnapshotStore,
     dir: &std::path::Path,
-) -> Result<(Ledger, Option<u64>), EngineError> {
+) -> Result<(Ledger, Option<SnapshotInfo>), EngineError> {
     let log_end = log.next_position();
-    let (mut ledger, snapshot_position) = match store.latest()? {
-        Some((position, bytes)) => match Ledger::decode_snapshot(&bytes) {
-            Ok(ledger) if ledger.next_position() == position => (ledger, Some(position)),
+    let (mut ledger, snapshot) = match store.newest()? {
+        Some(snapshot) => match Ledger::decode_snapshot(&snapshot.body) {
+            Ok(ledger) if ledger.next_position() == snapshot.position => {
+                let info = SnapshotInfo {
+                    position: snapshot.position,
+                    written_at: snapshot.written_at,
+                };
+                (ledger, Some(info))
+            }
             Ok(_) => {
                 tracing::warn!(
-                    position,
+                    position = snapshot.position,
                     "snapshot disagrees with its own position; replaying the whole log instead"
                 );
                 (Ledger::new(), None)
             }
             Err(error) => {
-                tracing::warn!(position, %error, "snapshot does not decode; replaying the whole log instead");
+                tracing::warn!(position = snapshot.position, %error, "snapshot does not decode; replaying the whole log instead");
                 (Ledger::new(), None)
             }
         },
@@ -378,7 +401,7 @@ fn recover(
             dir: dir.to_path_buf(),
         });
     }
-    Ok((ledger, snapshot_position))
+    Ok((ledger, snapshot))
 }
 
 impl EngineHandle {
@@ -503,18 +526,24 @@ impl EngineHandle {
         !self.shared.failed.load(Ordering::SeqCst)
     }
 
-    /// Why the engine stopped accepting work, once it has (an append failed).
+    /// Why the engine stopped accepting work (a failed append: the log is poisoned and only a
+    /// restart recovers); `None` while it works. A stopped engine never resumes, so once this is
+    /// `Some` it stays so.
     pub fn failure(&self) -> Option<String> {
-        if !self.shared.failed.load(Ordering::SeqCst) {
-            return None;
-        }
-        let reason = self
-            .shared
-            .failure
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone();
-        Some(reason.unwrap_or_else(|| "the engine has stopped".to_string()))
+        (!self.is_ready()).then(|| self.shared.unavailable().to_string())
+    }
+
+    /// Bytes the log occupies on disk: the sum of its segment files, as of the last append.
+    /// It only grows (segments are never deleted yet).
+    pub fn log_bytes(&self) -> u64 {
+        self.shared.log_bytes.load(Ordering::Relaxed)
+    }
+
+    /// The newest snapshot: the one recovery loaded at start, or a newer one written since by
+    /// the periodic snapshotter; `None` if there is neither. A restart replays the log from its
+    /// position (see [`EngineHandle::durable_position`] for the other end).
+    pub fn last_snapshot(&self) -> Option<SnapshotInfo> {
+        self.shared.last_snapshot()
     }
 
     /// Commands waiting in the queue.

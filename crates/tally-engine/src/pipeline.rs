@@ -27,7 +27,7 @@ use crate::answer::{AccountView, Answer, Detail, TransferDetail};
 use crate::limits::{COMMIT_BATCH_COMMANDS_MAX, IDLE_TICK_MS};
 use crate::metrics::EngineMetrics;
 use crate::restriction::{Restriction, Revocations};
-use crate::EngineError;
+use crate::{EngineError, SnapshotInfo};
 
 /// The closed set of inputs of the state thread.
 pub(crate) enum Request {
@@ -74,8 +74,10 @@ pub(crate) struct Shared {
     pub(crate) failure: Mutex<Option<String>>,
     /// Position up to which the log is durable.
     pub(crate) durable_position: AtomicU64,
-    /// Position of the newest snapshot written (0: none).
-    pub(crate) snapshot_position: AtomicU64,
+    /// Bytes the log occupies, as of the last append.
+    pub(crate) log_bytes: AtomicU64,
+    /// The newest snapshot loaded at start or written since.
+    pub(crate) last_snapshot: Mutex<Option<SnapshotInfo>>,
     pub(crate) metrics: EngineMetrics,
     pub(crate) revocations: Arc<Revocations>,
     /// Why commands are refused while reads go on (a disk below its reserve, say); see
@@ -91,6 +93,20 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone();
         EngineError::Unavailable(reason.unwrap_or_else(|| "the engine has stopped".to_string()))
+    }
+
+    pub(crate) fn last_snapshot(&self) -> Option<SnapshotInfo> {
+        *self
+            .last_snapshot
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn set_last_snapshot(&self, snapshot: SnapshotInfo) {
+        *self
+            .last_snapshot
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(snapshot);
     }
 
     fn fail(&self, reason: String) {
@@ -398,11 +414,15 @@ impl WriterThread {
     fn append(&mut self, batch: &Batch) -> Result<(), EngineError> {
         let started = Instant::now();
         match self.log.append(batch) {
-            Ok(()) => {
+            Ok(appended) => {
                 let metrics = &self.shared.metrics;
                 metrics
                     .append_seconds
                     .observe(started.elapsed().as_secs_f64());
+                metrics.fsync_seconds.observe(appended.sync.as_secs_f64());
+                self.shared
+                    .log_bytes
+                    .store(self.log.size_bytes(), Ordering::Relaxed);
                 metrics.batches.inc();
                 metrics.events.inc_by(u64::from(batch.header.event_count));
                 self.shared

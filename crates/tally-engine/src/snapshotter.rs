@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tally_core::Ledger;
 use tally_log::{LogReader, SnapshotStore};
@@ -15,6 +15,7 @@ use tally_log::{LogReader, SnapshotStore};
 use crate::offline::spawn_offline;
 use crate::pipeline::Shared;
 use crate::replay::replay_batch;
+use crate::SnapshotInfo;
 
 /// How often the thread checks whether a snapshot is due.
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
@@ -40,7 +41,9 @@ impl Snapshotter {
             let mut reader = reader;
             // Where the last attempt, successful or not, started: a failed attempt waits a
             // whole interval before the next, without pretending a snapshot exists.
-            let mut last_attempt = shared.snapshot_position.load(Ordering::SeqCst);
+            let mut last_attempt = shared
+                .last_snapshot()
+                .map_or(0, |snapshot| snapshot.position);
             while !stopping.load(Ordering::SeqCst) {
                 std::thread::sleep(POLL_INTERVAL);
                 let durable = shared.durable_position.load(Ordering::SeqCst);
@@ -50,7 +53,10 @@ impl Snapshotter {
                 last_attempt = durable;
                 match take_snapshot(&store, reader.as_mut(), &stopping) {
                     Ok(Some(position)) => {
-                        shared.snapshot_position.store(position, Ordering::SeqCst);
+                        shared.set_last_snapshot(SnapshotInfo {
+                            position,
+                            written_at: SystemTime::now(),
+                        });
                         tracing::info!(position, "snapshot written");
                     }
                     Ok(None) => {}

@@ -52,10 +52,12 @@ mod snapshot;
 mod storage;
 mod verify;
 
+use std::time::Duration;
+
 pub use crate::error::LogError;
 pub use crate::log::{LogOptions, RecoveryReport, Repair, SegmentedLog};
 pub use crate::mem::{MemStorage, Torn};
-pub use crate::snapshot::SnapshotStore;
+pub use crate::snapshot::{Snapshot, SnapshotStore};
 pub use crate::storage::{FsStorage, Storage, StorageFile};
 pub use crate::verify::{
     verify_dir, verify_dir_with, Problem, ProblemKind, SegmentSummary, VerifyReport,
@@ -102,10 +104,14 @@ pub trait EventLog: Send + 'static {
     /// returns only once it is durable. `batch.header.first_position` must equal
     /// [`next_position`](EventLog::next_position), else
     /// [`LogError::PositionConflict`]. After an I/O error the log accepts no more appends.
-    fn append(&mut self, batch: &Batch) -> Result<(), LogError>;
+    fn append(&mut self, batch: &Batch) -> Result<Appended, LogError>;
 
     /// The position the next batch must start at: the durable end of the log.
     fn next_position(&self) -> u64;
+
+    /// Bytes the log occupies in storage; for the embedded log, the sum of the lengths of its
+    /// segment files (headers included), which only grows.
+    fn size_bytes(&self) -> u64;
 
     /// An independent reader with its own file handles, usable from any thread. Readers
     /// never block appends.
@@ -114,6 +120,15 @@ pub trait EventLog: Send + 'static {
     /// A receiver of the durable [`next_position`](EventLog::next_position), updated after
     /// every append.
     fn subscribe(&self) -> tokio::sync::watch::Receiver<u64>;
+}
+
+/// What one [`EventLog::append`] cost, for the operator's metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Appended {
+    /// How long the append waited for durability: the record's fdatasync for the embedded log.
+    /// The write before it (into the page cache) is not included: it is the sync that decides
+    /// an acknowledgement's latency, and that degrades first when a disk is in trouble.
+    pub sync: Duration,
 }
 
 /// Reads batches from a log.

@@ -5,6 +5,7 @@ use std::any::Any;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
@@ -16,7 +17,7 @@ use crate::limits::{
 use crate::reader::SegmentReader;
 use crate::scan::{self, ReadWindow};
 use crate::storage::{FsStorage, Storage, StorageFile};
-use crate::{Batch, EventLog, LogReader};
+use crate::{Appended, Batch, EventLog, LogReader};
 
 /// Name of the lock file that keeps a second writer out of a log directory.
 const LOCK_FILE_NAME: &str = "LOCK";
@@ -89,6 +90,8 @@ pub struct SegmentedLog {
     options: LogOptions,
     active: ActiveSegment,
     next_position: u64,
+    /// Total length of the sealed segments; with the active segment's end, the log's size.
+    sealed_bytes: u64,
     /// Set when a write or fdatasync failed: what is durable is then unknown, so no further
     /// append may claim durability. See PostgreSQL's fsync-failure lesson.
     poisoned: bool,
@@ -211,8 +214,9 @@ impl SegmentedLog {
                 ),
             ));
         }
+        let mut sealed_bytes = 0;
         for sealed in segments.iter().rev().skip(1) {
-            check_sealed_header(&*storage, sealed)?;
+            sealed_bytes += check_sealed_header(&*storage, sealed)?;
         }
         let (active, next_position) =
             recover_tail(&*storage, dir, &mut segments, &mut report.repairs)?;
@@ -236,6 +240,7 @@ impl SegmentedLog {
             options,
             active,
             next_position,
+            sealed_bytes,
             poisoned: false,
             shared: Arc::new(Shared {
                 view: Mutex::new(view),
@@ -277,7 +282,8 @@ impl SegmentedLog {
     }
 
     /// Writes and syncs one record; on error the caller poisons the log.
-    fn write_record(&mut self, record: &[u8]) -> Result<(), LogError> {
+    /// Writes and syncs one record; returns how long the sync took.
+    fn write_record(&mut self, record: &[u8]) -> Result<Duration, LogError> {
         let record_size = record.len() as u64;
         let segment_used = self.active.end_offset > SEGMENT_HEADER_SIZE;
         if segment_used && self.active.end_offset + record_size > self.options.segment_bytes_max {
@@ -288,12 +294,14 @@ impl SegmentedLog {
             .file
             .write_all_at(record, active.end_offset)
             .map_err(LogError::io("write", &active.path))?;
+        let sync_started = Instant::now();
         active
             .file
             .sync_data()
             .map_err(LogError::io("fdatasync", &active.path))?;
+        let sync = sync_started.elapsed();
         active.end_offset += record_size;
-        Ok(())
+        Ok(sync)
     }
 
     /// Seals the active segment and starts a new one at the next position. The new segment's
@@ -302,6 +310,7 @@ impl SegmentedLog {
     fn roll(&mut self) -> Result<(), LogError> {
         let active = create_segment(&*self.storage, &self.dir, self.next_position)?;
         tracing::debug!(path = %active.path.display(), "rolled to a new log segment");
+        self.sealed_bytes += self.active.end_offset;
         self.active = active;
         let segment = SegmentMeta {
             first_position: self.active.first_position,
@@ -317,7 +326,7 @@ impl SegmentedLog {
 }
 
 impl EventLog for SegmentedLog {
-    fn append(&mut self, batch: &Batch) -> Result<(), LogError> {
+    fn append(&mut self, batch: &Batch) -> Result<Appended, LogError> {
         if self.poisoned {
             return Err(LogError::Poisoned {
                 dir: self.dir.clone(),
@@ -331,11 +340,14 @@ impl EventLog for SegmentedLog {
             Ok(batch.header)
         );
 
-        if let Err(error) = self.write_record(&record) {
-            self.poisoned = true;
-            tracing::error!(%error, "log append failed; refusing further appends until reopened");
-            return Err(error);
-        }
+        let sync = match self.write_record(&record) {
+            Ok(sync) => sync,
+            Err(error) => {
+                self.poisoned = true;
+                tracing::error!(%error, "log append failed; refusing further appends until reopened");
+                return Err(error);
+            }
+        };
         self.next_position = next_position;
         let (first_position, tail_end_offset) =
             (self.active.first_position, self.active.end_offset);
@@ -350,11 +362,15 @@ impl EventLog for SegmentedLog {
         });
         // send_replace stores the value even when nobody subscribes yet.
         self.notify.send_replace(self.next_position);
-        Ok(())
+        Ok(Appended { sync })
     }
 
     fn next_position(&self) -> u64 {
         self.next_position
+    }
+
+    fn size_bytes(&self) -> u64 {
+        self.sealed_bytes + self.active.end_offset
     }
 
     fn reader(&self) -> Box<dyn LogReader> {
@@ -450,7 +466,8 @@ pub(crate) fn list_segments(
     Ok(segments)
 }
 
-fn check_sealed_header(storage: &dyn Storage, segment: &SegmentMeta) -> Result<(), LogError> {
+/// Checks a sealed segment's header; returns the segment's length.
+fn check_sealed_header(storage: &dyn Storage, segment: &SegmentMeta) -> Result<u64, LogError> {
     let path = &segment.path;
     let file = storage
         .open_read(path)
@@ -459,7 +476,8 @@ fn check_sealed_header(storage: &dyn Storage, segment: &SegmentMeta) -> Result<(
     let checked = scan::check_segment_header(&*file, file_len, segment.first_position);
     checked
         .map_err(LogError::io("read", path))?
-        .map_err(|reason| LogError::corrupt(path, 0, reason))
+        .map_err(|reason| LogError::corrupt(path, 0, reason))?;
+    Ok(file_len)
 }
 
 /// Finds the durable end of the log in its last segment, cutting a torn tail, and returns the

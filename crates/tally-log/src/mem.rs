@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
 
 use crate::storage::{Storage, StorageFile};
 
@@ -46,10 +47,12 @@ struct MemState {
     op_count: u64,
 }
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 struct Inode {
     data: Vec<u8>,
     durable: Vec<u8>,
+    /// When the contents last changed, as a file system's mtime.
+    modified: SystemTime,
 }
 
 impl MemStorage {
@@ -97,6 +100,7 @@ impl MemStorage {
                 Inode {
                     durable: data.clone(),
                     data,
+                    modified: inode.modified,
                 },
             );
             image.entries.insert(path.clone(), inode_id);
@@ -129,6 +133,7 @@ impl MemStorage {
             .expect("entry points to an inode");
         inode.durable = bytes.clone();
         inode.data = bytes;
+        inode.modified = SystemTime::now();
     }
 
     /// The paths of all files, sorted. Not counted as an operation.
@@ -175,7 +180,12 @@ impl MemState {
     fn insert_inode(&mut self, path: &Path) -> u64 {
         let id = self.inode_next;
         self.inode_next += 1;
-        self.inodes.insert(id, Inode::default());
+        let inode = Inode {
+            data: Vec::new(),
+            durable: Vec::new(),
+            modified: SystemTime::now(),
+        };
+        self.inodes.insert(id, inode);
         self.entries.insert(path.to_path_buf(), id);
         id
     }
@@ -314,6 +324,7 @@ impl StorageFile for MemFile {
                 inode.data.resize(end, 0);
             }
             inode.data[start..end].copy_from_slice(buf);
+            inode.modified = SystemTime::now();
             Ok(())
         })
     }
@@ -334,8 +345,13 @@ impl StorageFile for MemFile {
             inode
                 .data
                 .resize(usize::try_from(len).map_err(io::Error::other)?, 0);
+            inode.modified = SystemTime::now();
             Ok(())
         })
+    }
+
+    fn modified(&self) -> io::Result<SystemTime> {
+        self.with_inode(|inode| Ok(inode.modified))
     }
 }
 

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use crate::error::LogError;
 use crate::format::{self, SNAPSHOT_HEADER_SIZE};
@@ -13,6 +14,17 @@ use crate::storage::{FsStorage, Storage};
 const SNAPSHOT_PREFIX: &str = "snapshot-";
 const SNAPSHOT_SUFFIX: &str = ".tsnap";
 const TEMP_SUFFIX: &str = ".tmp";
+
+/// One snapshot, read back from its file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The log position the state is at: every event before it is applied.
+    pub position: u64,
+    /// When the snapshot file was written (its modification time).
+    pub written_at: SystemTime,
+    /// The encoded state.
+    pub body: Vec<u8>,
+}
 
 /// The snapshot files of one directory. `Sync`: [`SnapshotStore::write`] may run on any
 /// thread, concurrently with the log's appender and with other calls.
@@ -105,9 +117,16 @@ impl SnapshotStore {
     /// snapshot is skipped with a warning naming its file; the log still holds everything
     /// after the older snapshot.
     pub fn latest(&self) -> Result<Option<(u64, Vec<u8>)>, LogError> {
+        Ok(self
+            .newest()?
+            .map(|snapshot| (snapshot.position, snapshot.body)))
+    }
+
+    /// [`SnapshotStore::latest`], with when the snapshot was written.
+    pub fn newest(&self) -> Result<Option<Snapshot>, LogError> {
         for (position, path) in self.list_newest_first()? {
             match self.load(position, &path)? {
-                Ok(body) => return Ok(Some((position, body))),
+                Ok(snapshot) => return Ok(Some(snapshot)),
                 Err(reason) => {
                     tracing::warn!(path = %path.display(), reason, "skipping corrupt snapshot")
                 }
@@ -135,7 +154,7 @@ impl SnapshotStore {
     }
 
     /// Reads one snapshot; the inner error says why it is invalid.
-    fn load(&self, position: u64, path: &Path) -> Result<Result<Vec<u8>, &'static str>, LogError> {
+    fn load(&self, position: u64, path: &Path) -> Result<Result<Snapshot, &'static str>, LogError> {
         let file = match self.storage.open_read(path) {
             Ok(file) => file,
             // Pruned by a concurrent write since the listing: not a failure.
@@ -171,7 +190,14 @@ impl SnapshotStore {
         if crc32c::crc32c(&body) != header.body_crc {
             return Ok(Err("snapshot body crc mismatch"));
         }
-        Ok(Ok(body))
+        // Files are never modified after the rename that publishes them, so the mtime is when
+        // the snapshot was written.
+        let written_at = file.modified().map_err(LogError::io("stat", path))?;
+        Ok(Ok(Snapshot {
+            position,
+            written_at,
+            body,
+        }))
     }
 
     /// Removes every snapshot older than the [`SNAPSHOTS_KEPT`]-th newest valid one. Invalid

@@ -9,6 +9,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
+use std::time::SystemTime;
 
 /// A directory tree of files. Paths are absolute or relative to the process's working
 /// directory, as with `std::fs`.
@@ -53,6 +54,8 @@ pub trait StorageFile: Send + Sync + Debug {
     fn len(&self) -> io::Result<u64>;
     /// Truncates or extends the file to `len` bytes.
     fn set_len(&self, len: u64) -> io::Result<()>;
+    /// When the file's contents last changed (its mtime).
+    fn modified(&self) -> io::Result<SystemTime>;
 }
 
 /// The real filesystem, through `std::fs`.
@@ -146,5 +149,9 @@ impl StorageFile for FsFile {
 
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.0.set_len(len)
+    }
+
+    fn modified(&self) -> io::Result<SystemTime> {
+        self.0.metadata()?.modified()
     }
 }

@@ -41,10 +41,10 @@ mod projector;
 mod store;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 use tally_log::LogReader;
@@ -146,6 +146,19 @@ pub enum ProjectorStatus {
     },
 }
 
+/// How far the read model trails the durable log, as [`ReadModel::lag`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lag {
+    /// Events durable in the log but not yet projected: the log's durable end minus
+    /// [`ReadModel::position`].
+    pub events: u64,
+    /// Zero when `events` is zero; otherwise how long ago the projection was last caught up
+    /// with the log (or opened, if it has not caught up since). An idle projector confirms that
+    /// it is caught up every [`limits::CAUGHT_UP_CHECK_INTERVAL`], so this overstates the time
+    /// the oldest unprojected event has waited by at most about that much.
+    pub duration: Duration,
+}
+
 /// Tuning of the projector; [`Default`] takes the values of [`limits`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProjectorOptions {
@@ -208,6 +221,9 @@ impl ReadModel {
             finished: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             wake: Notify::new(),
+            durable: durable.clone(),
+            caught_up_ns: AtomicU64::new(0),
+            opened: (Instant::now(), SystemTime::now()),
         });
         let projector = Projector {
             shared: Arc::clone(&shared),
@@ -251,6 +267,27 @@ impl ReadModel {
     /// The position up to which events are projected: the next position to apply.
     pub fn position(&self) -> u64 {
         *self.shared.projected.borrow()
+    }
+
+    /// How far the projection trails the durable log; see [`Lag`].
+    pub fn lag(&self) -> Lag {
+        // The durable end first: the projection only moves forward, so reading it second can
+        // only make the lag look smaller, never report a lag that did not exist.
+        let durable = *self.shared.durable.borrow();
+        let events = durable.saturating_sub(self.position());
+        let duration = if events == 0 {
+            Duration::ZERO
+        } else {
+            self.shared.since_caught_up()
+        };
+        Lag { events, duration }
+    }
+
+    /// When the projection was last caught up with the durable log: now when it is, and
+    /// otherwise `now - lag().duration` (see [`Lag::duration`]).
+    pub fn last_caught_up(&self) -> SystemTime {
+        let now = SystemTime::now();
+        now.checked_sub(self.lag().duration).unwrap_or(now)
     }
 
     /// Where the projector stands.

@@ -22,6 +22,11 @@ pub const HISTORY_PAGE_ENTRIES_MAX: u32 = 1000;
 /// keeps a lagging reader from turning the projector into a busy loop.
 pub const READ_RETRY_DELAY: Duration = Duration::from_millis(10);
 
+/// Longest an idle projector goes without checking that it is still caught up with the log. The
+/// check stamps the time reported as the read model's lag, so this bounds how much
+/// [`Lag::duration`](crate::Lag::duration) can overstate the lag after a quiet period.
+pub const CAUGHT_UP_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Version of the stored tables and rows. A file with another version is rebuilt from the log.
 pub const STORE_FORMAT_VERSION: u64 = 1;
 

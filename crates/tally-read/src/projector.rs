@@ -7,14 +7,14 @@
 //! [`DURABLE_COMMIT_INTERVAL`](crate::limits::DURABLE_COMMIT_INTERVAL), which makes all earlier
 //! ones durable too.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tally_log::LogReader;
 use tokio::sync::{watch, Notify};
 
-use crate::limits::READ_RETRY_DELAY;
+use crate::limits::{CAUGHT_UP_CHECK_INTERVAL, READ_RETRY_DELAY};
 use crate::projection::Projection;
 use crate::store::{store_error, Store, Tables};
 use crate::{ProjectorOptions, ProjectorStatus, ReadError};
@@ -31,6 +31,13 @@ pub(crate) struct Shared {
     pub stop: AtomicBool,
     /// Wakes the projector when `stop` is set.
     pub wake: Notify,
+    /// The log's durable end, for the query side's view of the lag.
+    pub durable: watch::Receiver<u64>,
+    /// When the projector last saw itself caught up with the log, in nanoseconds after
+    /// `opened`; 0 (the opening) until it first does.
+    pub caught_up_ns: AtomicU64,
+    /// When the read model opened, on the monotonic clock and on the wall clock.
+    pub opened: (Instant, SystemTime),
 }
 
 pub(crate) struct Projector {
@@ -49,6 +56,17 @@ enum Wake {
 }
 
 impl Shared {
+    fn mark_caught_up(&self) {
+        let since_opened = u64::try_from(self.opened.0.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.caught_up_ns.store(since_opened, Ordering::Release);
+    }
+
+    /// How long ago the projector last saw itself caught up.
+    pub fn since_caught_up(&self) -> Duration {
+        let caught_up = Duration::from_nanos(self.caught_up_ns.load(Ordering::Acquire));
+        self.opened.0.elapsed().saturating_sub(caught_up)
+    }
+
     pub fn finish(&self, status: ProjectorStatus) {
         *self.status.lock().expect("status lock") = status;
         self.finished.store(true, Ordering::Release);
@@ -106,6 +124,9 @@ impl Projector {
         let mut log_open = true;
         while !self.shared.stop.load(Ordering::Acquire) {
             let log_end = *self.durable.borrow_and_update();
+            if log_end <= self.projection.position() {
+                self.shared.mark_caught_up();
+            }
             if log_end > self.projection.position() {
                 let durable = last_durable.elapsed() >= self.options.durable_commit_interval;
                 if self.transaction(durable)? == 0 {
@@ -126,11 +147,12 @@ impl Projector {
                 unsynced = false;
                 continue;
             }
-            // Caught up: sleep until the log moves, a stop, or the next durable commit is due.
+            // Caught up: sleep until the log moves, a stop, the next durable commit is due, or it
+            // is time to confirm that it is still caught up.
             let timeout = if unsynced {
-                self.options.durable_commit_interval - since_durable
+                (self.options.durable_commit_interval - since_durable).min(CAUGHT_UP_CHECK_INTERVAL)
             } else {
-                Duration::from_secs(3600)
+                CAUGHT_UP_CHECK_INTERVAL
             };
             let (durable, wake) = (&mut self.durable, &self.shared.wake);
             let woke = runtime.block_on(async {

@@ -14,10 +14,11 @@ use axum::http::request::Parts;
 use axum::http::{header, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use tally_auth::{IssueRequest, KeyRing, Principal, Scope, Verifier};
+use tally_auth::{IssueRequest, KeyRing, Principal, Scope, UnauthorizedReason, Verifier};
 use tally_engine::{Restriction, Revocations};
 
 use crate::error::ApiError;
+use crate::metrics::AuthRefusal;
 use crate::AppState;
 
 /// How the server authenticates.
@@ -189,20 +190,25 @@ pub(crate) async fn authenticate(
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, token)| token);
     let Some(token) = token else {
-        return unauthorized("missing bearer token: send `Authorization: Bearer TOKEN`");
+        return unauthorized(
+            "missing bearer token: send `Authorization: Bearer TOKEN`",
+            UnauthorizedReason::Missing,
+        );
     };
     let principal = match verifier.verify(token.trim()) {
         Ok(principal) => principal,
         Err(refusal) => {
             tracing::debug!(reason = %refusal, "token refused");
-            return unauthorized(refusal.client_message());
+            return unauthorized(refusal.client_message(), refusal.reason());
         }
     };
     if !principal.allows(scope) {
-        return ApiError::forbidden(format!(
+        let mut response = ApiError::forbidden(format!(
             "the token lacks the `{scope}` scope this request needs"
         ))
         .into_response();
+        response.extensions_mut().insert(AuthRefusal("scope"));
+        return response;
     }
     let restriction = principal.is_restricted().then(|| {
         Arc::new(Restriction {
@@ -217,7 +223,8 @@ pub(crate) async fn authenticate(
     next.run(request).await
 }
 
-fn unauthorized(message: &str) -> Response {
+/// A 401 with `message` for the client; `reason` (never shown to the client) is counted.
+fn unauthorized(message: &str, reason: UnauthorizedReason) -> Response {
     let mut response = ApiError {
         status: StatusCode::UNAUTHORIZED,
         code: "unauthorized",
@@ -228,5 +235,8 @@ fn unauthorized(message: &str) -> Response {
         header::WWW_AUTHENTICATE,
         header::HeaderValue::from_static("Bearer"),
     );
+    response
+        .extensions_mut()
+        .insert(AuthRefusal(reason.as_str()));
     response
 }

@@ -1,4 +1,5 @@
-//! The one error type of the HTTP layer: every failure becomes a JSON body with a stable code.
+//! The one error type of the HTTP layer: every failure becomes a JSON body with a stable code
+//! and the request's id, so that a client reporting an error points at the server's log lines.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -8,7 +9,9 @@ use tally_core::RejectCode;
 use tally_engine::EngineError;
 use utoipa::ToSchema;
 
-/// An error answer: `{"error":{"code","message"}}` with a matching status.
+use crate::request_id;
+
+/// An error answer: `{"error":{"code","message","request_id"}}` with a matching status.
 #[derive(Debug, Clone)]
 pub struct ApiError {
     /// The HTTP status.
@@ -23,16 +26,31 @@ pub struct ApiError {
 #[derive(Serialize, ToSchema)]
 pub struct ErrorBody {
     /// The error.
-    pub error: ErrorDetail,
+    pub error: RequestError,
 }
 
-/// What went wrong.
+/// What went wrong with a request.
 #[derive(Serialize, ToSchema, Clone, Debug, PartialEq, Eq)]
-pub struct ErrorDetail {
+pub struct RequestError {
     /// Stable code: `invalid_request`, `not_found`, `conflict`, `insufficient_funds`,
     /// `ledger_mismatch`, `already_resolved`, `not_pending`, `exceeds_pending_amount`,
     /// `overflow`, `linked_failed`, `payload_too_large`, `method_not_allowed`, `overloaded`,
     /// `unauthorized`, `forbidden`, `unavailable`, `internal`.
+    pub code: String,
+    /// A sentence for humans.
+    pub message: String,
+    /// The request's id, also in the `X-Request-Id` answer header: the client's own
+    /// `X-Request-Id` if it sent one of 1 to 64 visible ASCII characters, otherwise one the
+    /// server generated. The server's log lines about the request carry it; quote it when
+    /// reporting a problem.
+    pub request_id: String,
+}
+
+/// What went wrong with one transfer of a batch. The batch's own answer names the request (in
+/// its `X-Request-Id` header), so the items do not repeat it.
+#[derive(Serialize, ToSchema, Clone, Debug, PartialEq, Eq)]
+pub struct ErrorDetail {
+    /// Stable code, from the same set as an error answer's (`RequestError`).
     pub code: String,
     /// A sentence for humans.
     pub message: String,
@@ -133,13 +151,17 @@ impl From<EngineError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response = (
-            self.status,
-            Json(ErrorBody {
-                error: self.detail(),
-            }),
-        )
-            .into_response();
+        // Every answer of the router is made inside the request-id middleware; outside it (a
+        // caller rendering an error itself) a fresh id keeps the body in its documented shape.
+        let request_id = request_id::current().unwrap_or_else(request_id::generate);
+        let body = ErrorBody {
+            error: RequestError {
+                code: self.code.to_string(),
+                message: self.message,
+                request_id,
+            },
+        };
+        let mut response = (self.status, Json(body)).into_response();
         if self.code == "overloaded" {
             response
                 .headers_mut()

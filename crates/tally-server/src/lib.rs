@@ -24,6 +24,7 @@ pub mod limits;
 mod metrics;
 mod openapi;
 mod read_slot;
+mod request_id;
 mod routes;
 pub mod status;
 
@@ -38,6 +39,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use tally_engine::{Engine, EngineConfig, EngineError, EngineHandle};
 use tally_read::ReadModel;
+use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 
@@ -86,6 +88,9 @@ pub fn app(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(limits::BODY_BYTES_MAX))
         .layer(
             ServiceBuilder::new()
+                // Outermost, so that every answer carries the request id, including those the
+                // layers below make (a caught panic, load shedding, a timeout).
+                .layer(axum::middleware::from_fn(request_id::assign))
                 .layer(CatchPanicLayer::custom(|_panic| {
                     axum::response::IntoResponse::into_response(error::ApiError::internal(
                         "a handler panicked",
@@ -100,10 +105,14 @@ pub fn app(state: AppState) -> Router {
                     auth::authenticate,
                 ))
                 // Shed load before anything that queues: past the concurrency limit a request
-                // is refused at once rather than left waiting.
+                // is refused at once rather than left waiting. The limit is global: the router
+                // applies these layers to each route, and a plain concurrency limit would give
+                // every route its own.
                 .layer(HandleErrorLayer::new(error::from_middleware))
                 .load_shed()
-                .concurrency_limit(limits::CONCURRENT_REQUESTS_MAX)
+                .layer(GlobalConcurrencyLimitLayer::new(
+                    limits::CONCURRENT_REQUESTS_MAX,
+                ))
                 .timeout(limits::REQUEST_TIMEOUT),
         )
         .with_state(state)
@@ -198,7 +207,7 @@ pub async fn serve(
     let feed = opened.feed;
     let read = ReadSlot::opening(move || ReadModel::start(&read_path, feed.reader, feed.durable));
     let engine = opened.engine;
-    let metrics = Arc::new(ServerMetrics::new(engine.handle().metrics()));
+    let metrics = Arc::new(ServerMetrics::new(&engine.handle(), &read));
     let auth = match config.auth {
         AuthConfig::Disabled => {
             tracing::warn!(listen = %config.listen, "authentication is OFF (--no-auth): anyone who can reach this address can move value");

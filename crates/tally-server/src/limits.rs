@@ -20,5 +20,16 @@ pub const HISTORY_PAGE_MAX: u32 = 1000;
 /// Longest a request may take end to end before it is answered 503; far above a fsync.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Requests handled at once; more wait in the listener's backlog.
+/// Requests handled at once, over all routes together; more are refused at once with 503
+/// `overloaded` (load shedding) rather than queued.
 pub const CONCURRENT_REQUESTS_MAX: usize = 4096;
+
+/// Longest `X-Request-Id` accepted from a client; a longer one is replaced by a generated id.
+/// Room for the common formats (a UUID is 36 characters, a W3C trace id 32) while keeping every
+/// log line and error body it appears in small.
+pub const REQUEST_ID_BYTES_MAX: usize = 64;
+
+/// Server errors logged at warn per second at most; the rest are counted and the count is
+/// logged with the next line. A burst of 503s under overload must not also flood the log.
+/// Every answer is counted in `/metrics` either way.
+pub const SERVER_ERROR_LOGS_PER_SECOND_MAX: u64 = 100;

@@ -7,7 +7,7 @@ use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use crate::api::*;
-use crate::error::{ErrorBody, ErrorDetail};
+use crate::error::{ErrorBody, ErrorDetail, RequestError};
 use crate::routes;
 
 #[derive(OpenApi)]
@@ -50,6 +50,7 @@ use crate::routes;
         HistoryEntryJson,
         HealthJson,
         ErrorBody,
+        RequestError,
         ErrorDetail,
         RevocationRequest,
         RevocationJson

@@ -1,7 +1,7 @@
 //! The handlers: parse, hand to the engine or the read model, render. Nothing else happens here.
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use tally_core::{Command, RejectCode, TransferBody, TransferCommand};
@@ -514,18 +514,22 @@ pub async fn readyz(State(app): State<AppState>) -> (StatusCode, Json<HealthJson
     )
 }
 
-/// Metrics in the OpenMetrics text format.
-#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text", body = String)))]
-pub async fn metrics(State(app): State<AppState>) -> Response {
-    match app.metrics.render(&app) {
-        Ok(text) => (
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            text,
-        )
-            .into_response(),
+/// Metrics: OpenMetrics text when the `Accept` header asks for it (as Prometheus does), the
+/// Prometheus text format otherwise.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "OpenMetrics text (`Accept: application/openmetrics-text`) or the Prometheus text format", content((String = "application/openmetrics-text"), (String = "text/plain")))))]
+pub async fn metrics(State(app): State<AppState>, headers: HeaderMap) -> Response {
+    let openmetrics = headers.get_all(header::ACCEPT).iter().any(|accept| {
+        accept
+            .to_str()
+            .is_ok_and(|accept| accept.contains("application/openmetrics-text"))
+    });
+    let content_type = if openmetrics {
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    } else {
+        "text/plain; version=0.0.4; charset=utf-8"
+    };
+    match app.metrics.render(openmetrics) {
+        Ok(text) => ([(header::CONTENT_TYPE, content_type)], text).into_response(),
         Err(error) => ApiError::internal(error).into_response(),
     }
 }

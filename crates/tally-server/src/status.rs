@@ -61,7 +61,8 @@ pub struct StatusHub {
     started: Instant,
     measured: Mutex<Measured>,
     latest: Mutex<Evaluation>,
-    read_progress: Mutex<ReadProgress>,
+    /// The read model's position at the last evaluation, to tell how fast it moves.
+    read_sample: Mutex<Option<(u64, Instant)>>,
 }
 
 struct Measured {
@@ -73,12 +74,6 @@ struct Measured {
 struct Evaluation {
     dependencies: Vec<DependencyStatus>,
     jobs: Vec<JobStatus>,
-}
-
-/// The read model's last sample, to tell how long it has been behind and how fast it moves.
-struct ReadProgress {
-    caught_up: Instant,
-    sample: Option<(u64, Instant)>,
 }
 
 impl StatusHub {
@@ -118,10 +113,7 @@ impl StatusHub {
                 incidents,
             }),
             latest: Mutex::new(Evaluation::default()),
-            read_progress: Mutex::new(ReadProgress {
-                caught_up: Instant::now(),
-                sample: None,
-            }),
+            read_sample: Mutex::new(None),
         })
     }
 
@@ -257,19 +249,19 @@ impl StatusHub {
         };
         let position = read.position();
         let durable = app.engine.durable_position();
-        let lag = durable.saturating_sub(position);
+        let lag = read.lag();
+        let behind = lag.duration;
         let now = Instant::now();
-        let mut progress = lock(&self.read_progress);
-        if lag == 0 {
-            progress.caught_up = now;
-        }
-        let behind = now.duration_since(progress.caught_up);
-        let rate = progress.sample.and_then(|(before, at)| {
-            let seconds = now.duration_since(at).as_secs_f64();
-            (seconds > 0.0).then(|| position.saturating_sub(before) as f64 / seconds)
-        });
-        progress.sample = Some((position, now));
-        drop(progress);
+        let rate = {
+            let mut sample = lock(&self.read_sample);
+            let rate = sample.and_then(|(before, at)| {
+                let seconds = now.duration_since(at).as_secs_f64();
+                (seconds > 0.0).then(|| position.saturating_sub(before) as f64 / seconds)
+            });
+            *sample = Some((position, now));
+            rate
+        };
+        let lag = lag.events;
         let details = vec![
             Detail::new("projected position", position),
             Detail::new("durable position", durable),
@@ -294,10 +286,24 @@ impl StatusHub {
 }
 
 fn log(app: &AppState) -> DependencyStatus {
-    let details = vec![
+    let mut details = vec![
         Detail::new("durable position", app.engine.durable_position()),
+        Detail::new("size", human_bytes(app.engine.log_bytes())),
         Detail::new("queued commands", app.engine.queued_commands()),
     ];
+    if let Some(snapshot) = app.engine.last_snapshot() {
+        let age = SystemTime::now()
+            .duration_since(snapshot.written_at)
+            .unwrap_or_default();
+        details.push(Detail::new(
+            "last snapshot",
+            format!(
+                "at position {}, {} ago",
+                snapshot.position,
+                human_seconds(age.as_secs())
+            ),
+        ));
+    }
     let (health, reason) = if let Some(failure) = app.engine.failure() {
         (Health::Down, format!("stopped accepting commands: {failure}. Nothing acknowledged is lost; fix the cause and restart"))
     } else if let Some(refused) = app.engine.writes_refused() {

@@ -67,6 +67,10 @@ struct ServeArgs {
     /// go on) until space is freed: bytes, or with a KiB, MiB or GiB suffix.
     #[arg(long, default_value = "256MiB", value_parser = parse_bytes)]
     disk_reserve: u64,
+    /// Format of the log on standard error: `text` for people, `json` (one object a line) for
+    /// log collectors. The level is set with TALLY_LOG (default `info`).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "TALLY_LOG_FORMAT")]
+    log_format: LogFormat,
 }
 
 /// `4096`, `64KiB`, `256MiB`, `2GiB` (also `K`, `M`, `G`, binary multiples) as bytes.
@@ -91,15 +95,24 @@ fn parse_bytes(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("`{text}` is too large"))
 }
 
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`, `message` and the event's
+    /// fields, and `spans` (a request's span carries its `request_id`, `method` and `route`).
+    Json,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TALLY_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // Only the server's log goes to collectors; the other commands talk to a person.
+    let log_format = match &cli.command {
+        CommandLine::Serve(args) => args.log_format,
+        _ => LogFormat::Text,
+    };
+    init_logging(log_format);
     let result = match cli.command {
         CommandLine::Serve(args) => serve(args).map(|()| ExitCode::SUCCESS),
         CommandLine::Verify(args) => verify::run(args),
@@ -115,9 +128,33 @@ fn main() -> ExitCode {
             if is_broken_pipe(&error) {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("tally: {error:#}");
+            match log_format {
+                LogFormat::Text => eprintln!("tally: {error:#}"),
+                // Every line of a JSON log must be JSON, the last one included.
+                LogFormat::Json => tracing::error!("tally stopped: {error:#}"),
+            }
             ExitCode::from(2)
         }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TALLY_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        // The event's fields at the top level, and each line's context once, as the list of
+        // its spans (the innermost alone could miss the request's id).
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(true)
+            .init(),
     }
 }
 
@@ -149,7 +186,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     config.status.disk_reserve_bytes = args.disk_reserve;
     if args.no_auth {
-        eprintln!("tally: WARNING: authentication is off (--no-auth); anyone who can reach {} can move value", args.listen);
+        // Shown whatever TALLY_LOG filters; a JSON log gets the server's own warning line only.
+        if args.log_format == LogFormat::Text {
+            eprintln!("tally: WARNING: authentication is off (--no-auth); anyone who can reach {} can move value", args.listen);
+        }
         config.auth = tally_server::AuthConfig::Disabled;
     }
     config.engine.batch_wait = Duration::from_micros(args.batch_wait_us);

@@ -37,6 +37,7 @@ async fn a_failed_append_stops_the_engine_and_a_restart_recovers_the_acknowledge
         let handle = opened.engine.handle();
         let first = run(&handle, ACKNOWLEDGED).await;
         assert!(!first.contains("error"), "{first}");
+        assert_eq!(handle.failure(), None, "a working engine has no failure");
 
         // One append is a write and an fdatasync; nothing else touches the storage meanwhile.
         let ops = storage.op_count();
@@ -54,6 +55,11 @@ async fn a_failed_append_stops_the_engine_and_a_restart_recovers_the_acknowledge
         assert!(message.contains("injected I/O error"), "{op}: {message}");
         assert!(message.contains(op), "{op}: {message}");
         assert!(!handle.is_ready(), "{op}");
+        let failure = handle.failure().expect("a failed engine says why");
+        assert!(
+            failure.contains("injected I/O error") && failure.contains(op),
+            "{op}: {failure}"
+        );
         assert_eq!(handle.durable_position(), durable, "{op}");
         assert!(is_unavailable(
             &handle

@@ -11,5 +11,6 @@ mod pipeline;
 mod restart;
 mod round_trip;
 mod snapshots;
+mod status;
 mod support;
 mod verify;

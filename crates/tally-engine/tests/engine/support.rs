@@ -464,4 +464,8 @@ impl StorageFile for ThrottledFile {
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.inner.set_len(len)
     }
+
+    fn modified(&self) -> io::Result<std::time::SystemTime> {
+        self.inner.modified()
+    }
 }

@@ -20,7 +20,7 @@ fn check_crash(segment_bytes_max: u64, appends: &[(u32, usize)], fail_at: u64, t
         for &(event_count, body_len) in appends {
             let next = batch(log.next_position(), event_count, body_len);
             match log.append(&next) {
-                Ok(()) => acknowledged.push(next),
+                Ok(_) => acknowledged.push(next),
                 Err(error) => {
                     assert!(matches!(error, LogError::Io { .. }), "{error}");
                     assert!(matches!(log.append(&next), Err(LogError::Poisoned { .. })));

@@ -39,6 +39,30 @@ fn round_trip_across_segment_rolls() {
     assert_eq!(try_read_from(&log, end + 100).unwrap(), []);
 }
 
+/// The size an operator sees is what the segment files take, sealed ones included, after every
+/// append and after a reopen (which sums the sealed segments without scanning them).
+#[test]
+fn size_bytes_is_the_sum_of_the_segment_files() {
+    let mem = Mem::new(300);
+    let on_disk = || -> u64 {
+        mem.segments()
+            .iter()
+            .map(|path| mem.bytes(path).len() as u64)
+            .sum()
+    };
+    let (mut log, _) = mem.open_ok();
+    assert_eq!(log.size_bytes(), on_disk(), "an empty log is its header");
+    for batch in batches(40) {
+        log.append(&batch).unwrap();
+        assert_eq!(log.size_bytes(), on_disk(), "after {:?}", batch.header);
+    }
+    assert!(mem.segments().len() > 3, "the log rolled");
+    let size = log.size_bytes();
+    drop(log);
+    let (reopened, _) = mem.open_ok();
+    assert_eq!(reopened.size_bytes(), size);
+}
+
 #[test]
 fn segment_files_are_named_by_first_position_and_start_where_the_previous_ends() {
     let mem = Mem::new(200);

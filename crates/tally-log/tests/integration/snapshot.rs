@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use tally_log::{MemStorage, SnapshotStore, Storage, Torn};
 
@@ -46,6 +47,23 @@ fn latest_returns_the_newest_and_two_are_kept() {
     // An empty body is a valid snapshot too.
     store.write(40, b"").unwrap();
     assert_eq!(store.latest().unwrap(), Some((40, Vec::new())));
+}
+
+/// `newest` is `latest` with the time the snapshot was written, which survives a reopen.
+#[test]
+fn newest_says_when_the_snapshot_was_written() {
+    let storage = MemStorage::new();
+    let store = open(&storage);
+    let before = SystemTime::now();
+    store.write(10, b"ten").unwrap();
+    let after = SystemTime::now();
+    let newest = store.newest().unwrap().unwrap();
+    assert_eq!((newest.position, newest.body.as_slice()), (10, &b"ten"[..]));
+    assert!(
+        before <= newest.written_at && newest.written_at <= after,
+        "{newest:?}"
+    );
+    assert_eq!(open(&storage).newest().unwrap(), Some(newest));
 }
 
 #[test]

@@ -1,10 +1,10 @@
 //! Starting, stopping, resuming, rebuilding and failing.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tally_core::{Command, Event, TransferEvent, TransferKind};
 use tally_log::{Batch, BatchHeader};
-use tally_read::{ProjectorOptions, ProjectorStatus, ReadError, ReadModel};
+use tally_read::{Lag, ProjectorOptions, ProjectorStatus, ReadError, ReadModel};
 
 use crate::support::*;
 
@@ -149,6 +149,37 @@ async fn wait_for_reports_lagging() {
         ),
         "a stopped projector fails waits at once"
     );
+}
+
+/// The lag is the events durable but not projected, and, when there are any, the time since the
+/// projection was last caught up: it grows while the projector does not follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_counts_unprojected_events_and_the_time_since_caught_up() {
+    let dir = dir();
+    let mut sim = Sim::new();
+    sim.batch(&[open("alice", "USD")]);
+    let model = project(&dir.path, &sim.log).await;
+    let caught_up = Lag {
+        events: 0,
+        duration: Duration::ZERO,
+    };
+    assert_eq!(model.lag(), caught_up);
+    let now = SystemTime::now();
+    assert!(model.last_caught_up() >= now, "caught up means now");
+
+    // A stopped projector stops following: the new events wait, and their wait grows.
+    model.clone().shutdown();
+    sim.batch(&[deposit("d1", "alice", 3), deposit("d2", "alice", 4)]);
+    let waited = Duration::from_millis(200);
+    tokio::time::sleep(waited).await;
+    let lag = model.lag();
+    assert_eq!(lag.events, 2, "{lag:?}");
+    assert!(lag.duration >= waited, "{lag:?}");
+
+    // A new projector catches up, and the lag is gone.
+    drop(model);
+    let model = project(&dir.path, &sim.log).await;
+    assert_eq!(model.lag(), caught_up);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,6 +3,7 @@
 mod auth;
 mod errors;
 mod malformed;
+mod observability;
 mod operations;
 mod properties;
 mod semantics;

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode};
 use serde_json::json;
 
 use crate::support::TestApp;
@@ -48,7 +48,13 @@ async fn metrics_count_batches_and_requests_by_route() {
     app.open_account("a", "USD", false).await;
     app.get("/v1/accounts/nobody").await;
     app.get("/no/such/path").await;
-    let reply = app.send("GET", "/metrics", "").await;
+    // What Prometheus sends.
+    let accept = HeaderValue::from_static(
+        "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+    );
+    let reply = app
+        .send_with(&[("accept", accept)], "GET", "/metrics", "")
+        .await;
     assert_eq!(reply.status, StatusCode::OK);
     let content_type = reply.headers.get("content-type").unwrap().to_str().unwrap();
     assert!(
@@ -58,11 +64,18 @@ async fn metrics_count_batches_and_requests_by_route() {
     let text = reply.text();
     for series in [
         "tally_engine_batches_total",
+        "tally_engine_append_seconds_bucket",
+        "tally_log_fsync_seconds_bucket",
+        "tally_engine_batch_commands_bucket",
         "tally_http_requests_total",
-        "tally_http_request_seconds",
+        "tally_http_request_duration_seconds_bucket",
         "tally_durable_position",
         "tally_read_model_position",
+        "tally_read_model_lag_events",
+        "tally_read_model_lag_seconds",
         "tally_queued_commands",
+        "tally_log_size_bytes",
+        "tally_engine_failed 0",
     ] {
         assert!(text.contains(series), "no {series} in:\n{text}");
     }
@@ -87,6 +100,22 @@ async fn metrics_count_batches_and_requests_by_route() {
         text.trim_end().ends_with("# EOF"),
         "OpenMetrics ends with # EOF"
     );
+    // Never written: no snapshot series rather than a made-up age.
+    assert!(!text.contains("tally_engine_snapshot"), "{text}");
+
+    // Anyone else (curl, promtool) gets the Prometheus text format: counters' families are
+    // named with `_total`, and there is no EOF marker.
+    let reply = app.send("GET", "/metrics", "").await;
+    assert_eq!(
+        reply.headers.get("content-type").unwrap(),
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let text = reply.text();
+    assert!(
+        text.contains("# TYPE tally_http_requests_total counter\n"),
+        "{text}"
+    );
+    assert!(!text.contains("# EOF"), "{text}");
     app.finish().await;
 }
 

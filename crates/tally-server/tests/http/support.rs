@@ -11,7 +11,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::http::{HeaderMap, Method, Request, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
 use axum::Router;
 use http_body_util::BodyExt;
 use serde_json::Value;
@@ -126,10 +126,11 @@ impl TestApp {
         )
         .expect("start the read model");
         let engine = opened.engine;
+        let read_slot = tally_server::ReadSlot::ready(read.clone());
         let state = AppState {
             engine: engine.handle(),
-            read: tally_server::ReadSlot::ready(read.clone()),
-            metrics: Arc::new(ServerMetrics::new(engine.handle().metrics())),
+            metrics: Arc::new(ServerMetrics::new(&engine.handle(), &read_slot)),
+            read: read_slot,
             auth: auth(dir.path(), &engine),
             status: Arc::new(
                 StatusHub::open(dir.path(), StatusConfig::default())
@@ -181,10 +182,34 @@ impl TestApp {
     }
 
     /// Sends one request with `authorization` as its whole `Authorization` header (none for
-    /// `None`). Every other helper goes through here.
+    /// `None`).
     pub async fn send_as(
         &self,
         authorization: Option<&str>,
+        method: &str,
+        path: &str,
+        body: impl Into<Body>,
+    ) -> Reply {
+        self.exchange(authorization, &[], method, path, body).await
+    }
+
+    /// Sends one request with the app's own token and `headers` besides.
+    pub async fn send_with(
+        &self,
+        headers: &[(&str, HeaderValue)],
+        method: &str,
+        path: &str,
+        body: impl Into<Body>,
+    ) -> Reply {
+        self.exchange(self.authorization.as_deref(), headers, method, path, body)
+            .await
+    }
+
+    /// Every other helper goes through here.
+    async fn exchange(
+        &self,
+        authorization: Option<&str>,
+        headers: &[(&str, HeaderValue)],
         method: &str,
         path: &str,
         body: impl Into<Body>,
@@ -195,6 +220,9 @@ impl TestApp {
             .header("content-type", "application/json");
         if let Some(authorization) = authorization {
             request = request.header("authorization", authorization);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, value.clone());
         }
         let request = request.body(body.into()).expect("a valid request");
         let response = self
@@ -331,7 +359,7 @@ pub fn issue_in(
 }
 
 /// Asserts that an answer is the documented error: the status, and exactly
-/// `{"error":{"code","message"}}` with the code and a non-empty message.
+/// `{"error":{"code","message","request_id"}}` with the code, a non-empty message and an id.
 #[track_caller]
 pub fn assert_error(answer: &(StatusCode, Value), status: StatusCode, code: &str) {
     let (found_status, json) = answer;
@@ -347,14 +375,33 @@ pub fn assert_error_body(json: &Value) {
         .as_object()
         .unwrap_or_else(|| panic!("not an object: {json}"));
     assert_eq!(object.len(), 1, "only `error`: {json}");
-    let error = json["error"]
+    assert_error_fields(&json["error"], &["code", "message", "request_id"]);
+}
+
+/// Asserts the shape of one transfer's error in a batch answer: `{"code","message"}` (the
+/// request id is the batch's, in its header).
+#[track_caller]
+pub fn assert_item_error(error: &Value) {
+    assert_error_fields(error, &["code", "message"]);
+}
+
+/// Asserts that `error` is an object of exactly `fields`, each a non-empty string.
+#[track_caller]
+fn assert_error_fields(error: &Value, fields: &[&str]) {
+    let object = error
         .as_object()
-        .unwrap_or_else(|| panic!("`error` is not an object: {json}"));
-    assert_eq!(error.len(), 2, "only `code` and `message`: {json}");
-    let code = error["code"].as_str().expect("code is a string");
-    assert!(!code.is_empty(), "empty code: {json}");
-    let message = error["message"].as_str().expect("message is a string");
-    assert!(!message.is_empty(), "empty message: {json}");
+        .unwrap_or_else(|| panic!("the error is not an object: {error}"));
+    let mut found: Vec<&str> = object.keys().map(String::as_str).collect();
+    found.sort_unstable();
+    let mut expected = fields.to_vec();
+    expected.sort_unstable();
+    assert_eq!(found, expected, "{error}");
+    for field in fields {
+        let value = object[*field]
+            .as_str()
+            .unwrap_or_else(|| panic!("{field} is not a string: {error}"));
+        assert!(!value.is_empty(), "empty {field}: {error}");
+    }
 }
 
 /// Holds every sync of the log while closed.
@@ -450,5 +497,9 @@ impl StorageFile for GatedFile {
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.inner.set_len(len)
+    }
+
+    fn modified(&self) -> io::Result<std::time::SystemTime> {
+        self.inner.modified()
     }
 }

@@ -3,12 +3,13 @@
 
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
-use hyper::{Method, Request};
+use hyper::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use hyper::{HeaderMap, Method, Request};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
@@ -35,28 +36,96 @@ pub struct Server {
     pub url: String,
     /// The admin token the server wrote into its data directory on first start.
     pub token: String,
+    /// What the server wrote to standard error so far, by line, when started to capture it.
+    stderr: Option<Arc<Mutex<Vec<String>>>>,
+}
+
+/// Lines of a server's standard error, shared with the task that reads them.
+#[derive(Clone)]
+pub struct CapturedLines(Arc<Mutex<Vec<String>>>);
+
+impl CapturedLines {
+    /// The lines so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// Waits until a line satisfies `matches` and returns it; panics after `patience`.
+    pub async fn wait_for(
+        &self,
+        what: &str,
+        patience: Duration,
+        matches: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            if let Some(line) = self.lines().into_iter().find(|line| matches(line)) {
+                return line;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "expected {what} on standard error within {patience:?}, found:\n{}",
+                self.lines().join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// How [`Server::start_with`] runs the server.
+#[derive(Default)]
+pub struct ServeOptions<'a> {
+    /// Flags after `serve --data-dir DIR --listen 127.0.0.1:0`.
+    pub args: &'a [&'a str],
+    /// `TALLY_LOG`; by default the test's own `TALLY_LOG`, or `warn`.
+    pub log_filter: Option<&'a str>,
+    /// Keep standard error for [`Server::stderr_lines`] instead of passing it through.
+    pub capture_stderr: bool,
 }
 
 impl Server {
     /// Starts `tally serve` on a loopback port and waits until it listens.
     pub async fn start(data_dir: &Path) -> Server {
+        Server::start_with(data_dir, ServeOptions::default()).await
+    }
+
+    /// [`Server::start`] with more flags or a captured standard error.
+    pub async fn start_with(data_dir: &Path, options: ServeOptions<'_>) -> Server {
+        // Warnings and errors only by default, so the test output stays readable; set
+        // TALLY_LOG to see more.
+        let log_filter = options.log_filter.map_or_else(
+            || std::env::var("TALLY_LOG").unwrap_or_else(|_| "warn".into()),
+            str::to_owned,
+        );
+        let stderr = if options.capture_stderr {
+            Stdio::piped()
+        } else {
+            Stdio::inherit()
+        };
         let mut child = Command::new(TALLY)
             .arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--listen", "127.0.0.1:0"])
+            .args(options.args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            // Warnings and errors only, so the test output stays readable;
-            // set TALLY_LOG to see more.
-            .env(
-                "TALLY_LOG",
-                std::env::var("TALLY_LOG").unwrap_or_else(|_| "warn".into()),
-            )
+            .stderr(stderr)
+            .env("TALLY_LOG", log_filter)
             .kill_on_drop(true)
             .spawn()
             .unwrap_or_else(|error| panic!("spawning {TALLY} serve: {error}"));
+        let captured = child.stderr.take().map(|stderr| {
+            let captured = Arc::new(Mutex::new(Vec::new()));
+            let lines = Arc::clone(&captured);
+            tokio::spawn(async move {
+                let mut stderr = BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = stderr.next_line().await {
+                    lines.lock().unwrap().push(line);
+                }
+            });
+            captured
+        });
         let stdout = child.stdout.take().expect("piped stdout");
         let mut lines = BufReader::new(stdout).lines();
         let wait = async {
@@ -92,11 +161,22 @@ impl Server {
             child,
             url,
             token: token.trim().to_string(),
+            stderr: captured,
         }
     }
 
     pub fn client(&self) -> Client {
         Client::new(&self.url, &self.token)
+    }
+
+    /// The lines the server writes to standard error, as they come, also after it exits; it
+    /// must have been started with `capture_stderr`.
+    pub fn stderr(&self) -> CapturedLines {
+        CapturedLines(Arc::clone(
+            self.stderr
+                .as_ref()
+                .expect("the server was started with capture_stderr"),
+        ))
     }
 
     /// Kills the server with SIGKILL, as a crash would, and reaps it.
@@ -156,10 +236,13 @@ pub struct Client {
     authorization: Option<HeaderValue>,
 }
 
-/// A complete answer: status and parsed JSON body (`Null` when empty or not JSON).
+/// A complete answer: status, headers, the body as text and parsed as JSON (`Null` when empty
+/// or not JSON).
 #[derive(Debug, Clone)]
 pub struct Answer {
     pub status: u16,
+    pub headers: HeaderMap,
+    pub text: String,
     pub body: Value,
 }
 
@@ -229,6 +312,17 @@ impl Client {
     /// Sends one request. `Err` means the outcome is unknown: the connection
     /// failed or the answer did not arrive in time.
     pub async fn send(&self, method: Method, path: &str, body: Bytes) -> Result<Answer, String> {
+        self.send_with(method, path, body, &[]).await
+    }
+
+    /// [`Client::send`] with more request headers.
+    pub async fn send_with(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+        headers: &[(HeaderName, HeaderValue)],
+    ) -> Result<Answer, String> {
         let mut request = Request::builder()
             .method(method.clone())
             .uri(format!("{}{}", self.base, path))
@@ -240,6 +334,9 @@ impl Client {
                 .headers_mut()
                 .insert(AUTHORIZATION, authorization.clone());
         }
+        for (name, value) in headers {
+            request.headers_mut().insert(name.clone(), value.clone());
+        }
         let exchange = async {
             let response = self
                 .inner
@@ -247,6 +344,7 @@ impl Client {
                 .await
                 .map_err(|error| format!("{error:?}"))?;
             let status = response.status().as_u16();
+            let headers = response.headers().clone();
             let bytes = response
                 .into_body()
                 .collect()
@@ -254,7 +352,13 @@ impl Client {
                 .map_err(|error| format!("{error:?}"))?
                 .to_bytes();
             let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            Ok::<Answer, String>(Answer { status, body })
+            let text = String::from_utf8_lossy(&bytes).into_owned();
+            Ok::<Answer, String>(Answer {
+                status,
+                headers,
+                text,
+                body,
+            })
         };
         match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
             Ok(result) => result.map_err(|error| format!("{method} {path}: {error}")),
