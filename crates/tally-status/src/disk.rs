@@ -30,7 +30,10 @@ pub fn space(path: &Path) -> std::io::Result<DiskSpace> {
     }
     // SAFETY: statvfs returned 0, so it filled `stats`.
     let stats = unsafe { stats.assume_init() };
+    // The field types differ between platforms (u32 on some 32-bit ones).
+    #[allow(clippy::unnecessary_cast)]
     let fragment = stats.f_frsize as u64;
+    #[allow(clippy::unnecessary_cast)]
     Ok(DiskSpace {
         available: (stats.f_bavail as u64).saturating_mul(fragment),
         total: (stats.f_blocks as u64).saturating_mul(fragment),
