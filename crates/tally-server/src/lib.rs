@@ -118,6 +118,9 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// How long the first status evaluation waits for the read model to open.
+const STATUS_FIRST_READ_WAIT: Duration = Duration::from_secs(2);
+
 /// How to run the server.
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
@@ -243,7 +246,9 @@ pub async fn serve(
         auth,
         status: Arc::new(status),
     };
-    // The page has a verdict for every dependency before the first request can ask for it.
+    // The page has a verdict for every dependency before the first request can ask for it;
+    // a read model that opens quickly is not recorded as an incident of every start.
+    let _ = read.wait(STATUS_FIRST_READ_WAIT).await;
     let first = state.clone();
     tokio::task::spawn_blocking(move || first.status.refresh(&first))
         .await

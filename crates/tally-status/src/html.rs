@@ -25,6 +25,8 @@ h2 { font-size: 1.15rem; margin: 1.75rem 0 .5rem; }
 .window .label { font-weight: 600; }
 .small { font-size: .85rem; color: #888; }
 table { border-collapse: collapse; width: 100%; }
+th { white-space: nowrap; }
+.name { white-space: nowrap; }
 th, td { text-align: left; vertical-align: top; padding: .4rem .5rem; border-bottom: 1px solid var(--line); overflow-wrap: anywhere; }
 dl { margin: .25rem 0 0; display: grid; grid-template-columns: max-content 1fr; gap: 0 .75rem; font-size: .85rem; }
 dt { color: #888; } dd { margin: 0; overflow-wrap: anywhere; font-variant-numeric: tabular-nums; }
@@ -67,11 +69,12 @@ pub fn render(report: &StatusReport) -> String {
             page,
             "<div class=\"window\" id=\"availability-{name}\" data-requests=\"{requests}\" data-failed=\"{failed}\">\
              <div class=\"label\">last {name}</div><div class=\"figure\">{figure}</div>\
-             <div class=\"small\">{requests} requests, {failed} failed · observed {observed:.1} %</div></div>",
+             <div class=\"small\">{requests} {noun}, {failed} failed · observed {observed:.1} %</div></div>",
             name = escape(&window.window),
             figure = percent(window.availability),
             requests = window.requests,
             failed = window.failed,
+            noun = if window.requests == 1 { "request" } else { "requests" },
         );
     }
     page.push_str("</div>\n");
@@ -81,7 +84,7 @@ pub fn render(report: &StatusReport) -> String {
         let health = dependency.health.as_str();
         let _ = write!(
             page,
-            "<tr id=\"dependency-{name}\" data-health=\"{health}\"><td><strong>{name}</strong></td>\
+            "<tr id=\"dependency-{name}\" data-health=\"{health}\"><td class=\"name\"><strong>{name}</strong></td>\
              <td><span class=\"badge {health}\">{health}</span></td><td>{reason}",
             name = escape(&dependency.name),
             reason = escape(&dependency.reason),
@@ -143,7 +146,7 @@ pub fn render(report: &StatusReport) -> String {
             let arrow = if from.is_empty() { "" } else { " → " };
             let _ = writeln!(
                 page,
-                "<tr><td>{at}</td><td>{dependency}</td><td>{from}{arrow}<span class=\"badge {to}\">{to}</span></td><td>{reason}</td></tr>",
+                "<tr><td>{at}</td><td class=\"name\">{dependency}</td><td>{from}{arrow}<span class=\"badge {to}\">{to}</span></td><td>{reason}</td></tr>",
                 at = escape(&incident.at),
                 dependency = escape(&incident.dependency),
                 reason = escape(&incident.reason),

@@ -7,4 +7,5 @@ mod observability;
 mod operations;
 mod properties;
 mod semantics;
+mod status;
 mod support;
