@@ -33,7 +33,10 @@ async fn availability_counts_a_known_sequence_of_api_outcomes() {
     app.open_account("a", "USD", false).await;
     app.deposit("d1", "a", 10).await;
     assert_eq!(app.get("/v1/accounts/a").await.0, StatusCode::OK);
-    assert_eq!(app.get("/v1/accounts/nobody").await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        app.get("/v1/accounts/nobody").await.0,
+        StatusCode::NOT_FOUND
+    );
     assert_eq!(
         app.post("/v1/deposits", "{\"id\":").await.0,
         StatusCode::BAD_REQUEST
@@ -48,8 +51,18 @@ async fn availability_counts_a_known_sequence_of_api_outcomes() {
         StatusCode::UNPROCESSABLE_ENTITY
     );
     // Probes, scrapes and the status page itself are not API requests and count for nothing.
-    for path in ["/healthz", "/readyz", "/metrics", "/status", "/v1/openapi.json"] {
-        assert_eq!(app.send("GET", path, "").await.status, StatusCode::OK, "{path}");
+    for path in [
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/status",
+        "/v1/openapi.json",
+    ] {
+        assert_eq!(
+            app.send("GET", path, "").await.status,
+            StatusCode::OK,
+            "{path}"
+        );
     }
     // Three failures: the engine is gone, so commands get 503.
     app.shutdown_engine().await;

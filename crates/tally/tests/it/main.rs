@@ -5,3 +5,4 @@ mod support;
 mod auth;
 mod crash;
 mod observability;
+mod status;

@@ -193,6 +193,7 @@ async fn json_logs_name_the_request_of_a_server_error() {
         args: &["--log-format", "json"],
         log_filter: Some("info"),
         capture_stderr: true,
+        ..ServeOptions::default()
     };
     let server = Server::start_with(dir.path(), options).await;
     let id = "json-log-test-5xx";

@@ -1,7 +1,7 @@
 //! Shared helpers for the integration tests: the real `tally` process and a
 //! tiny JSON-over-HTTP client.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -38,6 +38,9 @@ pub struct Server {
     pub token: String,
     /// What the server wrote to standard error so far, by line, when started to capture it.
     stderr: Option<Arc<Mutex<Vec<String>>>>,
+    /// The data directory as this process sees it: under `/proc/PID/root` when the server
+    /// runs on its own tmpfs.
+    pub data_view: PathBuf,
 }
 
 /// Lines of a server's standard error, shared with the task that reads them.
@@ -81,6 +84,10 @@ pub struct ServeOptions<'a> {
     pub log_filter: Option<&'a str>,
     /// Keep standard error for [`Server::stderr_lines`] instead of passing it through.
     pub capture_stderr: bool,
+    /// Serve from a fresh tmpfs of this many bytes mounted over the data directory, in a mount
+    /// namespace of the server's own (`unshare --mount`, which needs root or CAP_SYS_ADMIN), so
+    /// that a test can fill the server's disk without touching the machine's.
+    pub tmpfs_bytes: Option<u64>,
 }
 
 impl Server {
@@ -102,10 +109,27 @@ impl Server {
         } else {
             Stdio::inherit()
         };
-        let mut child = Command::new(TALLY)
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(data_dir)
+        let mut command = match options.tmpfs_bytes {
+            None => {
+                let mut command = Command::new(TALLY);
+                command.arg("serve").arg("--data-dir").arg(data_dir);
+                command
+            }
+            Some(bytes) => {
+                // unshare(1) execs its command in the same process, and so does `sh -c exec`:
+                // the child's pid is the server's.
+                let mut command = Command::new("unshare");
+                command
+                    .args(["--mount", "--propagation", "private", "sh", "-c"])
+                    .arg(format!(
+                        r#"mount -t tmpfs -o size={bytes} tally-test "$1" && exec "$0" serve --data-dir "$@""#
+                    ))
+                    .arg(TALLY)
+                    .arg(data_dir);
+                command
+            }
+        };
+        let mut child = command
             .args(["--listen", "127.0.0.1:0"])
             .args(options.args)
             .stdin(Stdio::null())
@@ -114,7 +138,19 @@ impl Server {
             .env("TALLY_LOG", log_filter)
             .kill_on_drop(true)
             .spawn()
-            .unwrap_or_else(|error| panic!("spawning {TALLY} serve: {error}"));
+            .unwrap_or_else(|error| {
+                panic!("spawning {TALLY} serve: {error} (a tmpfs needs util-linux `unshare`)")
+            });
+        let data_view = match options.tmpfs_bytes {
+            None => data_dir.to_path_buf(),
+            Some(_) => {
+                let pid = child.id().expect("the server runs");
+                let relative = data_dir
+                    .strip_prefix("/")
+                    .expect("an absolute data directory");
+                PathBuf::from(format!("/proc/{pid}/root")).join(relative)
+            }
+        };
         let captured = child.stderr.take().map(|stderr| {
             let captured = Arc::new(Mutex::new(Vec::new()));
             let lines = Arc::clone(&captured);
@@ -150,7 +186,7 @@ impl Server {
         };
         // Keep draining stdout so the server never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let token_path = data_dir.join("admin.token");
+        let token_path = data_view.join("admin.token");
         let token = std::fs::read_to_string(&token_path).unwrap_or_else(|error| {
             panic!(
                 "expected tally serve to write {}, found: {error}",
@@ -162,6 +198,7 @@ impl Server {
             url,
             token: token.trim().to_string(),
             stderr: captured,
+            data_view,
         }
     }
 
