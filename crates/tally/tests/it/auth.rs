@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tokio::process::Command;
 
-use crate::support::{Client, Server, TALLY};
+use crate::support::{tally_bin, Client, Server};
 
 /// How long one `tally` command (other than `bench`) may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
@@ -23,7 +23,7 @@ const REVOCATION_DEADLINE: Duration = Duration::from_secs(1);
 
 /// Runs `tally ARGS` with `env` added (and TALLY_TOKEN removed unless given), bounded in time.
 async fn tally(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut command = Command::new(TALLY);
+    let mut command = Command::new(tally_bin());
     command
         .args(args)
         .env_remove("TALLY_TOKEN")
@@ -416,7 +416,7 @@ async fn in_isolated_namespaces(script: &str, timeout: Duration) -> Output {
     let mut command = Command::new("unshare");
     command
         .args(["--net", "--mount", "sh", "-c", script])
-        .env("TALLY", TALLY)
+        .env("TALLY", tally_bin())
         .env("TALLY_LOG", "warn")
         .env_remove("TALLY_TOKEN")
         .stdin(Stdio::null())

@@ -4,5 +4,6 @@ mod support;
 
 mod auth;
 mod crash;
+mod crash_loop;
 mod observability;
 mod status;

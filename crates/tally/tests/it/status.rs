@@ -10,7 +10,7 @@ use tally_status::store;
 use tally_status::Window;
 use tokio::process::Command;
 
-use crate::support::{Client, ServeOptions, Server, TALLY};
+use crate::support::{tally_bin, Client, ServeOptions, Server};
 
 /// How long a dependency's change may take to show: one evaluation a second, plus slack for a
 /// loaded machine.
@@ -79,7 +79,7 @@ async fn deposit(client: &Client, id: &str) -> u16 {
 }
 
 async fn tally_status(url: &str, token: Option<&str>, flags: &[&str]) -> Output {
-    let mut command = Command::new(TALLY);
+    let mut command = Command::new(tally_bin());
     command
         .args(["status", "--target", url])
         .args(flags)

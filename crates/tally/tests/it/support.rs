@@ -16,8 +16,15 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-/// The `tally` binary under test.
-pub const TALLY: &str = env!("CARGO_BIN_EXE_tally");
+/// The `tally` binary under test: cargo's own build for the integration tests. Cargo names
+/// binaries to tests only, so the soak example, which shares this module, is told the binary
+/// in the `TALLY_BIN` environment variable (`scripts/soak` sets it).
+pub fn tally_bin() -> String {
+    match option_env!("CARGO_BIN_EXE_tally") {
+        Some(path) => path.to_owned(),
+        None => std::env::var("TALLY_BIN").expect("TALLY_BIN names the tally binary to run"),
+    }
+}
 
 /// How long a starting server may take to recover and print its address.
 const SERVER_READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -111,7 +118,7 @@ impl Server {
         };
         let mut command = match options.tmpfs_bytes {
             None => {
-                let mut command = Command::new(TALLY);
+                let mut command = Command::new(tally_bin());
                 command.arg("serve").arg("--data-dir").arg(data_dir);
                 command
             }
@@ -124,7 +131,7 @@ impl Server {
                     .arg(format!(
                         r#"mount -t tmpfs -o size={bytes} tally-test "$1" && exec "$0" serve --data-dir "$@""#
                     ))
-                    .arg(TALLY)
+                    .arg(tally_bin())
                     .arg(data_dir);
                 command
             }
@@ -139,7 +146,10 @@ impl Server {
             .kill_on_drop(true)
             .spawn()
             .unwrap_or_else(|error| {
-                panic!("spawning {TALLY} serve: {error} (a tmpfs needs util-linux `unshare`)")
+                panic!(
+                    "spawning {} serve: {error} (a tmpfs needs util-linux `unshare`)",
+                    tally_bin()
+                )
             });
         let data_view = match options.tmpfs_bytes {
             None => data_dir.to_path_buf(),
@@ -248,21 +258,24 @@ impl Server {
     }
 }
 
-/// Runs `tally verify DIR` and asserts that it succeeds.
-pub fn assert_verify_ok(data_dir: &Path, when: &str) {
-    let output = std::process::Command::new(TALLY)
+/// Runs `tally verify DIR`; on failure, says how it exited and what it printed.
+pub fn verify_data_dir(data_dir: &Path) -> Result<(), String> {
+    let tally = tally_bin();
+    let output = std::process::Command::new(&tally)
         .arg("verify")
         .arg(data_dir)
         .output()
-        .unwrap_or_else(|error| panic!("running {TALLY} verify: {error}"));
-    assert!(
-        output.status.success(),
-        "expected `tally verify {}` to exit 0 {when}, found {}\nstdout:\n{}\nstderr:\n{}",
+        .unwrap_or_else(|error| panic!("running {tally} verify: {error}"));
+    if output.status.success() {
+        return Ok(());
+    }
+    Err(format!(
+        "`tally verify {}` exited with {}\nstdout:\n{}\nstderr:\n{}",
         data_dir.display(),
         output.status,
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
-    );
+    ))
 }
 
 /// A pooled HTTP/1.1 client speaking JSON to one server.
