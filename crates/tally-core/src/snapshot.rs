@@ -165,6 +165,11 @@ impl Ledger {
                 *value = reader.u64()?;
             }
             let [debits_posted, credits_posted, debits_pending, credits_pending, version] = values;
+            // Each event changes an account at most once, so a version counts at most every event;
+            // a larger one would overflow as the ledger goes on.
+            if version > next_position {
+                return Err(reader.error("account version beyond the next position"));
+            }
             if let Some(id) = &id {
                 if ledger
                     .account_ids

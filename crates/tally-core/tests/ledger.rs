@@ -443,6 +443,11 @@ fn snapshots_beyond_the_position_or_time_limits_are_refused() {
         "batch time beyond the next position or the time limit"
     );
     assert!(patched(28, tally_core::limits::TIMESTAMP_NS_MAX).is_ok());
+    // Then one ledger (`USD`) and the accounts, the ledger's external account first: flags, ledger
+    // index, four amounts, then the version at 60 + 1 + 4 + 32. Found by the same fuzz target, a
+    // version of u64::MAX overflowed at the account's next change.
+    let error = patched(97, u64::MAX).unwrap_err();
+    assert_eq!(error.reason, "account version beyond the next position");
 }
 
 /// A log batch stamped past the time limit is refused on replay: the engine, which stamps each
