@@ -1,6 +1,11 @@
 //! What every recovered ledger must do, however it was recovered: serve more commands.
 
+use tally_core::limits::{EXPIRATIONS_PER_BATCH_MAX, POSITION_MAX};
 use tally_core::{script, AccountIndex, Event, Ledger};
+
+/// Events the two batches of [`keep_working`] record at most: one per command or chained
+/// transfer of the first, and the expirations each batch may start with.
+const EVENTS_MAX: u64 = 32 + 2 * EXPIRATIONS_PER_BATCH_MAX as u64;
 
 /// Accounts looked at for a pair to transfer between: enough to find one in any small state,
 /// few enough to keep each fuzz run fast.
@@ -11,6 +16,11 @@ const ACCOUNTS_SCANNED_MAX: usize = 64;
 /// command, and that replaying the events produced on a copy of `recovered` yields exactly the
 /// live state (what the log would hold must rebuild what was served).
 pub(crate) fn keep_working(recovered: &Ledger) {
+    // Positions end at 2^56 (`POSITION_MAX`), millennia of traffic away: a state that close to the
+    // end has no room for these events, and running out there is the documented limit.
+    if recovered.next_position() > POSITION_MAX - EVENTS_MAX {
+        return;
+    }
     let mut live = recovered.clone();
     let (from, to, mut commands) = match account_pair(&live) {
         Some((from, to, ledger)) => (from, to, vec![format!("open fz-new {ledger}")]),
