@@ -12,7 +12,9 @@ use hashbrown::HashMap;
 use crate::command::{Command, PendingOptions, TransferBody, TransferCommand};
 use crate::event::{AccountIndex, Event, LedgerIndex, TransferEvent, TransferKind};
 use crate::id::{Id, LedgerCode};
-use crate::limits::{ACCOUNTS_MAX, EXPIRATIONS_PER_BATCH_MAX, LEDGERS_MAX, POSITION_MAX};
+use crate::limits::{
+    ACCOUNTS_MAX, EXPIRATIONS_PER_BATCH_MAX, LEDGERS_MAX, POSITION_MAX, TIMESTAMP_NS_MAX,
+};
 use crate::reject::RejectCode;
 
 /// The whole state of every ledger: accounts, balances, remembered command ids, pending transfers.
@@ -418,6 +420,14 @@ impl Ledger {
                 reason: format!(
                     "batch starts at position {first_position}, expected {}",
                     self.next_position
+                ),
+            });
+        }
+        if timestamp_ns > TIMESTAMP_NS_MAX {
+            return Err(ReplayError {
+                position: first_position,
+                reason: format!(
+                    "batch timestamp {timestamp_ns} is beyond the limit {TIMESTAMP_NS_MAX}"
                 ),
             });
         }

@@ -26,5 +26,10 @@ pub const LEDGERS_MAX: u32 = 1 << 20;
 /// Positions fit in 56 bits so that a remembered outcome packs position and tag into one `u64`.
 pub const POSITION_MAX: u64 = (1 << 56) - 1;
 
+/// Latest batch timestamp, in nanoseconds since the Unix epoch: `i64::MAX` (the year 2262), as
+/// most time libraries bound it. The engine's clock gives each batch at least the last one plus
+/// one nanosecond, so a state read back from disk must leave room for that.
+pub const TIMESTAMP_NS_MAX: u64 = i64::MAX as u64;
+
 const _: () = assert!(LEDGERS_MAX < ACCOUNTS_MAX);
 const _: () = assert!(ID_BYTES_MAX <= u8::MAX as usize);

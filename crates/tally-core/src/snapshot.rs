@@ -9,6 +9,7 @@ use crate::id::{Id, LedgerCode};
 use crate::ledger::{
     Account, Balances, Decided, IdKey, Ledger, LedgerInfo, PendingRecord, PendingState,
 };
+use crate::limits::{POSITION_MAX, TIMESTAMP_NS_MAX};
 
 /// Version of the snapshot body encoding.
 pub const SNAPSHOT_VERSION: u32 = 1;
@@ -103,6 +104,11 @@ impl Ledger {
         }
         let mut ledger = Ledger::new();
         ledger.next_position = reader.u64()?;
+        // A ledger at the limit could record nothing more: the next event would not fit.
+        if ledger.next_position >= POSITION_MAX {
+            return Err(reader.error("next position at or beyond the position limit"));
+        }
+        let next_position = ledger.next_position;
         let count = reader.count(16)?;
         ledger.batch_times.reserve_exact(count);
         for _ in 0..count {
@@ -114,7 +120,14 @@ impl Ledger {
             {
                 return Err(reader.error("batch times out of order"));
             }
+            if entry.0 >= next_position || entry.1 > TIMESTAMP_NS_MAX {
+                return Err(reader.error("batch time beyond the next position or the time limit"));
+            }
             ledger.batch_times.push(entry);
+        }
+        // The first event opens the first batch, so events and batch times come together.
+        if ledger.batch_times.first().map(|first| first.0) != (next_position > 0).then_some(0) {
+            return Err(reader.error("batch times do not start at position 0"));
         }
         let count = reader.count(5)?;
         for index in 0..count {
@@ -152,6 +165,11 @@ impl Ledger {
                 *value = reader.u64()?;
             }
             let [debits_posted, credits_posted, debits_pending, credits_pending, version] = values;
+            // Each event changes an account at most once, so a version counts at most every event;
+            // a larger one would overflow as the ledger goes on.
+            if version > next_position {
+                return Err(reader.error("account version beyond the next position"));
+            }
             if let Some(id) = &id {
                 if ledger
                     .account_ids
@@ -188,6 +206,9 @@ impl Ledger {
             if !known {
                 return Err(reader.error("unknown outcome tag"));
             }
+            if outcome & POSITION_MAX >= next_position {
+                return Err(reader.error("outcome at or beyond the next position"));
+            }
             if ledger
                 .decided
                 .insert(key, Decided::new(u64::from(body_hash), outcome))
@@ -214,6 +235,10 @@ impl Ledger {
                 3 => PendingState::Expired { position: at },
                 _ => return Err(reader.error("unknown pending state")),
             };
+            let resolved_at = (state != PendingState::Pending).then_some(at);
+            if position >= next_position || resolved_at.is_some_and(|at| at >= next_position) {
+                return Err(reader.error("pending transfer at or beyond the next position"));
+            }
             if debit as usize >= ledger.accounts.len() || credit as usize >= ledger.accounts.len() {
                 return Err(reader.error("pending transfer of an unknown account"));
             }
@@ -235,6 +260,9 @@ impl Ledger {
         ledger.resolutions.reserve(count);
         for _ in 0..count {
             let (resolving, pending) = (reader.u64()?, reader.u64()?);
+            if resolving >= next_position {
+                return Err(reader.error("resolution at or beyond the next position"));
+            }
             if !ledger.pendings.contains_key(&pending) {
                 return Err(reader.error("resolution of an unknown pending transfer"));
             }

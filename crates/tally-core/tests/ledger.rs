@@ -401,6 +401,69 @@ fn garbage_snapshots_are_refused_without_panicking() {
     let _ = Ledger::decode_snapshot(&flipped);
 }
 
+/// A snapshot whose numbers the ledger cannot go on from is refused, however valid its structure:
+/// found by the `snapshot` fuzz target, where a decoded state with `next_position` at the position
+/// limit made the next command panic.
+#[test]
+fn snapshots_beyond_the_position_or_time_limits_are_refused() {
+    let mut ledger = Ledger::new();
+    let (mut events, mut replies) = (Vec::new(), Vec::new());
+    ledger.begin_batch(1, &mut events);
+    for line in [
+        "open a USD",
+        "open b USD",
+        "deposit d1 a 5",
+        "pending p1 a b 2",
+    ] {
+        ledger.execute(&parse(line), &mut events, &mut replies);
+    }
+    let bytes = ledger.encode_snapshot();
+    assert_eq!(Ledger::decode_snapshot(&bytes).unwrap(), ledger);
+    // Body layout: u32 version, u64 next_position, u64 count, (u64 first_position, u64 timestamp).
+    let patched = |offset: usize, value: u64| {
+        let mut bytes = bytes.clone();
+        bytes[offset..offset + 8].copy_from_slice(&value.to_le_bytes());
+        Ledger::decode_snapshot(&bytes)
+    };
+    for next_position in [tally_core::limits::POSITION_MAX, u64::MAX] {
+        let error = patched(4, next_position).unwrap_err();
+        assert_eq!(
+            error.reason,
+            "next position at or beyond the position limit"
+        );
+    }
+    // The pending transfer p1 was recorded at position 3: a next position of 3 puts it in the future.
+    let error = patched(4, 3).unwrap_err();
+    assert!(error.reason.contains("beyond the next position"), "{error}");
+    let error = patched(20, 1).unwrap_err();
+    assert_eq!(error.reason, "batch times do not start at position 0");
+    let error = patched(28, tally_core::limits::TIMESTAMP_NS_MAX + 1).unwrap_err();
+    assert_eq!(
+        error.reason,
+        "batch time beyond the next position or the time limit"
+    );
+    assert!(patched(28, tally_core::limits::TIMESTAMP_NS_MAX).is_ok());
+    // Then one ledger (`USD`) and the accounts, the ledger's external account first: flags, ledger
+    // index, four amounts, then the version at 60 + 1 + 4 + 32. Found by the same fuzz target, a
+    // version of u64::MAX overflowed at the account's next change.
+    let error = patched(97, u64::MAX).unwrap_err();
+    assert_eq!(error.reason, "account version beyond the next position");
+}
+
+/// A log batch stamped past the time limit is refused on replay: the engine, which stamps each
+/// batch at least one nanosecond after the last, could not go on from it.
+#[test]
+fn replay_refuses_timestamps_beyond_the_limit() {
+    let mut ledger = Ledger::new();
+    let error = ledger
+        .begin_replayed_batch(0, tally_core::limits::TIMESTAMP_NS_MAX + 1)
+        .unwrap_err();
+    assert!(error.reason.contains("beyond the limit"), "{error}");
+    ledger
+        .begin_replayed_batch(0, tally_core::limits::TIMESTAMP_NS_MAX)
+        .unwrap();
+}
+
 // Random command sequences over a small universe of ids, so that repeats, conflicts, overdrafts,
 // two-phase resolutions and chains collide often.
 fn arb_account() -> impl Strategy<Value = String> {

@@ -22,8 +22,10 @@ use crate::error::{ApiError, ErrorDetail};
 #[serde(deny_unknown_fields)]
 pub struct CreateAccountRequest {
     /// Account id: 1–128 characters of `[A-Za-z0-9._:-]`.
+    #[schema(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._:-]+$")]
     pub id: String,
     /// Ledger (currency or asset) code: 1–32 characters of the id alphabet.
+    #[schema(min_length = 1, max_length = 32, pattern = "^[A-Za-z0-9._:-]+$")]
     pub ledger: String,
     /// Whether the balance may go below zero.
     #[serde(default)]
@@ -35,10 +37,13 @@ pub struct CreateAccountRequest {
 #[serde(deny_unknown_fields)]
 pub struct DepositRequest {
     /// Transfer id: the idempotency key.
+    #[schema(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._:-]+$")]
     pub id: String,
     /// The account.
+    #[schema(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._:-]+$")]
     pub account: String,
     /// Amount in minor units, at least 1.
+    #[schema(minimum = 1)]
     pub amount: u64,
 }
 
@@ -47,17 +52,23 @@ pub struct DepositRequest {
 #[serde(deny_unknown_fields)]
 pub struct TransferRequest {
     /// Transfer id: the idempotency key.
+    #[schema(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._:-]+$")]
     pub id: String,
     /// The account debited.
+    #[schema(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._:-]+$")]
     pub from: String,
     /// The account credited.
+    #[schema(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._:-]+$")]
     pub to: String,
     /// Amount in minor units, at least 1.
+    #[schema(minimum = 1)]
     pub amount: u64,
     /// Reserve the amount instead of moving it; resolve later with post or void.
     #[serde(default)]
     pub pending: bool,
-    /// For a pending transfer: seconds after which it voids itself (0 or absent: never).
+    /// For a pending transfer: seconds after which it voids itself (0 or absent: never), at
+    /// most 30 days.
+    #[schema(maximum = 2592000)]
     pub timeout_s: Option<u32>,
 }
 
@@ -66,8 +77,10 @@ pub struct TransferRequest {
 #[serde(deny_unknown_fields)]
 pub struct PostRequest {
     /// Id of this post: a new transfer id.
+    #[schema(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._:-]+$")]
     pub id: String,
     /// Amount to move, at most the reserved amount; absent moves all of it.
+    #[schema(minimum = 1)]
     pub amount: Option<u64>,
 }
 
@@ -76,6 +89,7 @@ pub struct PostRequest {
 #[serde(deny_unknown_fields)]
 pub struct VoidRequest {
     /// Id of this void: a new transfer id.
+    #[schema(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._:-]+$")]
     pub id: String,
 }
 
@@ -84,6 +98,7 @@ pub struct VoidRequest {
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
     /// 1 to 8,192 transfers, executed in order.
+    #[schema(min_items = 1, max_items = 8192)]
     pub transfers: Vec<TransferRequest>,
     /// All succeed or none does.
     #[serde(default)]
@@ -211,6 +226,7 @@ pub struct HistoryQuery {
     /// Only entries after this position (the `next` of the previous page).
     pub after: Option<u64>,
     /// Entries per page, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 
@@ -219,6 +235,7 @@ pub struct HistoryQuery {
 #[serde(deny_unknown_fields)]
 pub struct RevocationRequest {
     /// The token's id (`id` in `tally keys inspect`).
+    #[schema(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._:-]+$")]
     pub token_id: String,
 }
 

@@ -118,8 +118,32 @@ impl Modify for BearerAuth {
 pub fn document() -> &'static str {
     static DOCUMENT: OnceLock<String> = OnceLock::new();
     DOCUMENT.get_or_init(|| {
-        ApiDoc::openapi()
-            .to_pretty_json()
-            .expect("the OpenAPI document serializes")
+        let mut document =
+            serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serializes");
+        widen_unsigned(&mut document);
+        serde_json::to_string_pretty(&document).expect("the OpenAPI document serializes")
     })
+}
+
+/// utoipa documents a `u64` as `int64` with a minimum, whose range stops at 2^63 - 1, so that a
+/// client trusting the document would refuse amounts and positions Tally gives and takes. Every
+/// such integer becomes `uint64` with its real maximum, written exactly (utoipa's own maximum is
+/// a float, which cannot hold 2^64 - 1).
+fn widen_unsigned(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(object) => {
+            let unsigned = object.get("format").and_then(|format| format.as_str()) == Some("int64")
+                && object
+                    .get("minimum")
+                    .and_then(|minimum| minimum.as_f64())
+                    .is_some_and(|minimum| minimum >= 0.0);
+            if unsigned {
+                object.insert("format".into(), "uint64".into());
+                object.insert("maximum".into(), u64::MAX.into());
+            }
+            object.values_mut().for_each(widen_unsigned);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(widen_unsigned),
+        _ => {}
+    }
 }

@@ -69,7 +69,7 @@ pub async fn create_account(
 }
 
 /// Look up an account.
-#[utoipa::path(get, path = "/v1/accounts/{id}", tag = "accounts", params(("id" = String, Path, description = "Account id")), responses(
+#[utoipa::path(get, path = "/v1/accounts/{id}", tag = "accounts", params(("id" = String, Path, description = "Account id", min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._:-]+$")), responses(
     (status = 200, description = "The account", body = AccountJson),
     (status = 400, description = "Malformed id", body = ErrorBody),
     (status = 404, description = "No such account", body = ErrorBody),
@@ -92,7 +92,7 @@ pub async fn get_account(
 }
 
 /// An account's history, oldest first.
-#[utoipa::path(get, path = "/v1/accounts/{id}/history", tag = "accounts", params(("id" = String, Path, description = "Account id"), HistoryQuery), responses(
+#[utoipa::path(get, path = "/v1/accounts/{id}/history", tag = "accounts", params(("id" = String, Path, description = "Account id", min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._:-]+$"), HistoryQuery), responses(
     (status = 200, description = "A page of history", body = HistoryJson),
     (status = 400, description = "Malformed id or query", body = ErrorBody),
     (status = 404, description = "No such account", body = ErrorBody),
@@ -186,7 +186,7 @@ pub async fn transfer(
 
 /// Post a pending transfer, wholly or partly.
 #[utoipa::path(post, path = "/v1/transfers/{id}/post", request_body = PostRequest, tag = "transfers",
-    params(("id" = String, Path, description = "The pending transfer's id")), responses(
+    params(("id" = String, Path, description = "The pending transfer's id", min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._:-]+$")), responses(
     (status = 201, description = "Posted", body = TransferJson),
     (status = 200, description = "Posted before by a request with the same body", body = TransferJson),
     (status = 400, description = "Malformed request", body = ErrorBody),
@@ -226,7 +226,7 @@ pub async fn post_pending(
 
 /// Void a pending transfer.
 #[utoipa::path(post, path = "/v1/transfers/{id}/void", request_body = VoidRequest, tag = "transfers",
-    params(("id" = String, Path, description = "The pending transfer's id")), responses(
+    params(("id" = String, Path, description = "The pending transfer's id", min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._:-]+$")), responses(
     (status = 201, description = "Voided", body = TransferJson),
     (status = 200, description = "Voided before by a request with the same body", body = TransferJson),
     (status = 400, description = "Malformed request", body = ErrorBody),
@@ -425,7 +425,7 @@ pub async fn revoke(
 }
 
 /// Look up a transfer by id, with the current status of a pending transfer.
-#[utoipa::path(get, path = "/v1/transfers/{id}", tag = "transfers", params(("id" = String, Path, description = "Transfer id")), responses(
+#[utoipa::path(get, path = "/v1/transfers/{id}", tag = "transfers", params(("id" = String, Path, description = "Transfer id", min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._:-]+$")), responses(
     (status = 200, description = "The transfer", body = TransferJson),
     (status = 400, description = "Malformed id", body = ErrorBody),
     (status = 404, description = "No such transfer (rejected commands create none)", body = ErrorBody),

@@ -158,6 +158,19 @@ impl TestApp {
             .expect("shutdown succeeds");
     }
 
+    /// Answers from now on as a server whose read model failed to open: queries that need it get
+    /// 503, everything else is unchanged.
+    pub async fn fail_read_model(&mut self) {
+        self.state.read = tally_server::ReadSlot::opening(|| {
+            Err(tally_read::ReadError::Io {
+                op: "open",
+                path: "read.redb".into(),
+                source: io::Error::other("the test failed the read model"),
+            })
+        });
+        self.router = tally_server::app(self.state.clone());
+    }
+
     /// Shuts everything down cleanly; call at the end of every test.
     pub async fn finish(mut self) {
         if self.engine.is_some() {

@@ -1,0 +1,898 @@
+//! Every status code the OpenAPI document lists is real: for each operation and status there is
+//! a request in [`PRODUCERS`] that gets exactly that status, and every producer is documented.
+//! Schemathesis checks that answers are documented; this checks the converse.
+
+use std::collections::BTreeSet;
+
+use axum::http::StatusCode;
+use tally_auth::Scope;
+
+use crate::support::{assert_error_body, TestApp};
+
+/// Who sends a producer's request.
+#[derive(Clone, Copy, Debug)]
+enum Caller {
+    Admin,
+    /// No `Authorization` header.
+    Anonymous,
+    /// A valid token with only this scope.
+    Only(Scope),
+}
+
+/// The state of the server a producer's request meets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Server {
+    /// Running, holding [`SETUP`].
+    Running,
+    /// Its read model failed to open.
+    ReadModelFailed,
+    /// Its engine stopped.
+    EngineStopped,
+}
+
+struct Producer {
+    method: &'static str,
+    /// The path as the document writes it.
+    route: &'static str,
+    status: u16,
+    server: Server,
+    caller: Caller,
+    path: &'static str,
+    body: &'static str,
+}
+
+const fn produce(
+    method: &'static str,
+    route: &'static str,
+    status: u16,
+    path: &'static str,
+    body: &'static str,
+) -> Producer {
+    Producer {
+        method,
+        route,
+        status,
+        server: Server::Running,
+        caller: Caller::Admin,
+        path,
+        body,
+    }
+}
+
+const fn by(caller: Caller, producer: Producer) -> Producer {
+    Producer { caller, ..producer }
+}
+
+const fn on(server: Server, producer: Producer) -> Producer {
+    Producer { server, ..producer }
+}
+
+const READ: Caller = Caller::Only(Scope::Read);
+const WRITE: Caller = Caller::Only(Scope::Write);
+
+/// What the running server holds before the producers run, in order.
+const SETUP: [(&str, &str); 7] = [
+    ("/v1/accounts", r#"{"id":"a","ledger":"USD"}"#),
+    ("/v1/accounts", r#"{"id":"b","ledger":"USD"}"#),
+    ("/v1/accounts", r#"{"id":"e","ledger":"EUR"}"#),
+    ("/v1/deposits", r#"{"id":"d1","account":"a","amount":100}"#),
+    (
+        "/v1/transfers",
+        r#"{"id":"p1","from":"a","to":"b","amount":5,"pending":true}"#,
+    ),
+    (
+        "/v1/transfers",
+        r#"{"id":"p2","from":"a","to":"b","amount":5,"pending":true}"#,
+    ),
+    (
+        "/v1/transfers",
+        r#"{"id":"p3","from":"a","to":"b","amount":5,"pending":true}"#,
+    ),
+];
+
+/// A body over the 64 KiB limit of a single command, and one over the 8 MiB limit of a batch.
+const BIG: &str = "BIG";
+const HUGE: &str = "HUGE";
+
+/// Requests that produce each documented status, run in this order within each server state.
+const PRODUCERS: &[Producer] = &[
+    // POST /v1/accounts
+    produce(
+        "POST",
+        "/v1/accounts",
+        201,
+        "/v1/accounts",
+        r#"{"id":"n","ledger":"USD"}"#,
+    ),
+    produce(
+        "POST",
+        "/v1/accounts",
+        200,
+        "/v1/accounts",
+        r#"{"id":"n","ledger":"USD"}"#,
+    ),
+    produce("POST", "/v1/accounts", 400, "/v1/accounts", r#"{"id":"n"}"#),
+    by(
+        Caller::Anonymous,
+        produce(
+            "POST",
+            "/v1/accounts",
+            401,
+            "/v1/accounts",
+            r#"{"id":"x","ledger":"USD"}"#,
+        ),
+    ),
+    by(
+        READ,
+        produce(
+            "POST",
+            "/v1/accounts",
+            403,
+            "/v1/accounts",
+            r#"{"id":"x","ledger":"USD"}"#,
+        ),
+    ),
+    produce(
+        "POST",
+        "/v1/accounts",
+        409,
+        "/v1/accounts",
+        r#"{"id":"n","ledger":"EUR"}"#,
+    ),
+    produce("POST", "/v1/accounts", 413, "/v1/accounts", BIG),
+    on(
+        Server::EngineStopped,
+        produce(
+            "POST",
+            "/v1/accounts",
+            503,
+            "/v1/accounts",
+            r#"{"id":"x","ledger":"USD"}"#,
+        ),
+    ),
+    // GET /v1/accounts/{id}
+    produce("GET", "/v1/accounts/{id}", 200, "/v1/accounts/a", ""),
+    produce("GET", "/v1/accounts/{id}", 400, "/v1/accounts/a%20b", ""),
+    by(
+        Caller::Anonymous,
+        produce("GET", "/v1/accounts/{id}", 401, "/v1/accounts/a", ""),
+    ),
+    by(
+        WRITE,
+        produce("GET", "/v1/accounts/{id}", 403, "/v1/accounts/a", ""),
+    ),
+    produce("GET", "/v1/accounts/{id}", 404, "/v1/accounts/nobody", ""),
+    on(
+        Server::EngineStopped,
+        produce("GET", "/v1/accounts/{id}", 503, "/v1/accounts/a", ""),
+    ),
+    // GET /v1/accounts/{id}/history
+    produce(
+        "GET",
+        "/v1/accounts/{id}/history",
+        200,
+        "/v1/accounts/a/history?limit=2",
+        "",
+    ),
+    produce(
+        "GET",
+        "/v1/accounts/{id}/history",
+        400,
+        "/v1/accounts/a/history?limit=0",
+        "",
+    ),
+    by(
+        Caller::Anonymous,
+        produce(
+            "GET",
+            "/v1/accounts/{id}/history",
+            401,
+            "/v1/accounts/a/history",
+            "",
+        ),
+    ),
+    by(
+        WRITE,
+        produce(
+            "GET",
+            "/v1/accounts/{id}/history",
+            403,
+            "/v1/accounts/a/history",
+            "",
+        ),
+    ),
+    produce(
+        "GET",
+        "/v1/accounts/{id}/history",
+        404,
+        "/v1/accounts/nobody/history",
+        "",
+    ),
+    on(
+        Server::ReadModelFailed,
+        produce(
+            "GET",
+            "/v1/accounts/{id}/history",
+            503,
+            "/v1/accounts/a/history",
+            "",
+        ),
+    ),
+    // POST /v1/deposits
+    produce(
+        "POST",
+        "/v1/deposits",
+        201,
+        "/v1/deposits",
+        r#"{"id":"d2","account":"a","amount":1}"#,
+    ),
+    produce(
+        "POST",
+        "/v1/deposits",
+        200,
+        "/v1/deposits",
+        r#"{"id":"d2","account":"a","amount":1}"#,
+    ),
+    produce(
+        "POST",
+        "/v1/deposits",
+        400,
+        "/v1/deposits",
+        r#"{"id":"d3","account":"a","amount":0}"#,
+    ),
+    by(
+        Caller::Anonymous,
+        produce(
+            "POST",
+            "/v1/deposits",
+            401,
+            "/v1/deposits",
+            r#"{"id":"d3","account":"a","amount":1}"#,
+        ),
+    ),
+    by(
+        READ,
+        produce(
+            "POST",
+            "/v1/deposits",
+            403,
+            "/v1/deposits",
+            r#"{"id":"d3","account":"a","amount":1}"#,
+        ),
+    ),
+    produce(
+        "POST",
+        "/v1/deposits",
+        404,
+        "/v1/deposits",
+        r#"{"id":"d3","account":"nobody","amount":1}"#,
+    ),
+    produce(
+        "POST",
+        "/v1/deposits",
+        409,
+        "/v1/deposits",
+        r#"{"id":"d2","account":"a","amount":2}"#,
+    ),
+    produce("POST", "/v1/deposits", 413, "/v1/deposits", BIG),
+    produce(
+        "POST",
+        "/v1/deposits",
+        422,
+        "/v1/deposits",
+        r#"{"id":"d4","account":"a","amount":18446744073709551615}"#,
+    ),
+    on(
+        Server::EngineStopped,
+        produce(
+            "POST",
+            "/v1/deposits",
+            503,
+            "/v1/deposits",
+            r#"{"id":"d5","account":"a","amount":1}"#,
+        ),
+    ),
+    // POST /v1/withdrawals
+    produce(
+        "POST",
+        "/v1/withdrawals",
+        201,
+        "/v1/withdrawals",
+        r#"{"id":"w1","account":"a","amount":1}"#,
+    ),
+    produce(
+        "POST",
+        "/v1/withdrawals",
+        200,
+        "/v1/withdrawals",
+        r#"{"id":"w1","account":"a","amount":1}"#,
+    ),
+    produce(
+        "POST",
+        "/v1/withdrawals",
+        400,
+        "/v1/withdrawals",
+        r#"{"id":"w2","account":"a"}"#,
+    ),
+    by(
+        Caller::Anonymous,
+        produce(
+            "POST",
+            "/v1/withdrawals",
+            401,
+            "/v1/withdrawals",
+            r#"{"id":"w2","account":"a","amount":1}"#,
+        ),
+    ),
+    by(
+        READ,
+        produce(
+            "POST",
+            "/v1/withdrawals",
+            403,
+            "/v1/withdrawals",
+            r#"{"id":"w2","account":"a","amount":1}"#,
+        ),
+    ),
+    produce(
+        "POST",
+        "/v1/withdrawals",
+        404,
+        "/v1/withdrawals",
+        r#"{"id":"w2","account":"nobody","amount":1}"#,
+    ),
+    produce(
+        "POST",
+        "/v1/withdrawals",
+        409,
+        "/v1/withdrawals",
+        r#"{"id":"w1","account":"a","amount":2}"#,
+    ),
+    produce("POST", "/v1/withdrawals", 413, "/v1/withdrawals", BIG),
+    produce(
+        "POST",
+        "/v1/withdrawals",
+        422,
+        "/v1/withdrawals",
+        r#"{"id":"w3","account":"a","amount":1000}"#,
+    ),
+    on(
+        Server::EngineStopped,
+        produce(
+            "POST",
+            "/v1/withdrawals",
+            503,
+            "/v1/withdrawals",
+            r#"{"id":"w4","account":"a","amount":1}"#,
+        ),
+    ),
+    // POST /v1/transfers
+    produce(
+        "POST",
+        "/v1/transfers",
+        201,
+        "/v1/transfers",
+        r#"{"id":"t1","from":"a","to":"b","amount":1}"#,
+    ),
+    produce(
+        "POST",
+        "/v1/transfers",
+        200,
+        "/v1/transfers",
+        r#"{"id":"t1","from":"a","to":"b","amount":1}"#,
+    ),
+    produce(
+        "POST",
+        "/v1/transfers",
+        400,
+        "/v1/transfers",
+        r#"{"id":"t2","from":"a","to":"a","amount":1}"#,
+    ),
+    by(
+        Caller::Anonymous,
+        produce(
+            "POST",
+            "/v1/transfers",
+            401,
+            "/v1/transfers",
+            r#"{"id":"t2","from":"a","to":"b","amount":1}"#,
+        ),
+    ),
+    by(
+        READ,
+        produce(
+            "POST",
+            "/v1/transfers",
+            403,
+            "/v1/transfers",
+            r#"{"id":"t2","from":"a","to":"b","amount":1}"#,
+        ),
+    ),
+    produce(
+        "POST",
+        "/v1/transfers",
+        404,
+        "/v1/transfers",
+        r#"{"id":"t2","from":"a","to":"nobody","amount":1}"#,
+    ),
+    produce(
+        "POST",
+        "/v1/transfers",
+        409,
+        "/v1/transfers",
+        r#"{"id":"t1","from":"a","to":"b","amount":2}"#,
+    ),
+    produce("POST", "/v1/transfers", 413, "/v1/transfers", BIG),
+    produce(
+        "POST",
+        "/v1/transfers",
+        422,
+        "/v1/transfers",
+        r#"{"id":"t3","from":"a","to":"e","amount":1}"#,
+    ),
+    on(
+        Server::EngineStopped,
+        produce(
+            "POST",
+            "/v1/transfers",
+            503,
+            "/v1/transfers",
+            r#"{"id":"t4","from":"a","to":"b","amount":1}"#,
+        ),
+    ),
+    // POST /v1/transfers/batch
+    produce(
+        "POST",
+        "/v1/transfers/batch",
+        200,
+        "/v1/transfers/batch",
+        r#"{"transfers":[{"id":"b1","from":"a","to":"b","amount":1}]}"#,
+    ),
+    produce(
+        "POST",
+        "/v1/transfers/batch",
+        400,
+        "/v1/transfers/batch",
+        r#"{"transfers":[]}"#,
+    ),
+    by(
+        Caller::Anonymous,
+        produce(
+            "POST",
+            "/v1/transfers/batch",
+            401,
+            "/v1/transfers/batch",
+            r#"{"transfers":[{"id":"b2","from":"a","to":"b","amount":1}]}"#,
+        ),
+    ),
+    by(
+        READ,
+        produce(
+            "POST",
+            "/v1/transfers/batch",
+            403,
+            "/v1/transfers/batch",
+            r#"{"transfers":[{"id":"b2","from":"a","to":"b","amount":1}]}"#,
+        ),
+    ),
+    produce(
+        "POST",
+        "/v1/transfers/batch",
+        413,
+        "/v1/transfers/batch",
+        HUGE,
+    ),
+    on(
+        Server::EngineStopped,
+        produce(
+            "POST",
+            "/v1/transfers/batch",
+            503,
+            "/v1/transfers/batch",
+            r#"{"transfers":[{"id":"b3","from":"a","to":"b","amount":1}]}"#,
+        ),
+    ),
+    // GET /v1/transfers/{id}
+    produce("GET", "/v1/transfers/{id}", 200, "/v1/transfers/d1", ""),
+    produce("GET", "/v1/transfers/{id}", 400, "/v1/transfers/d%2F1", ""),
+    by(
+        Caller::Anonymous,
+        produce("GET", "/v1/transfers/{id}", 401, "/v1/transfers/d1", ""),
+    ),
+    by(
+        WRITE,
+        produce("GET", "/v1/transfers/{id}", 403, "/v1/transfers/d1", ""),
+    ),
+    produce(
+        "GET",
+        "/v1/transfers/{id}",
+        404,
+        "/v1/transfers/nothing",
+        "",
+    ),
+    on(
+        Server::ReadModelFailed,
+        produce("GET", "/v1/transfers/{id}", 503, "/v1/transfers/d1", ""),
+    ),
+    // POST /v1/transfers/{id}/post
+    produce(
+        "POST",
+        "/v1/transfers/{id}/post",
+        201,
+        "/v1/transfers/p1/post",
+        r#"{"id":"x1","amount":2}"#,
+    ),
+    produce(
+        "POST",
+        "/v1/transfers/{id}/post",
+        200,
+        "/v1/transfers/p1/post",
+        r#"{"id":"x1","amount":2}"#,
+    ),
+    produce(
+        "POST",
+        "/v1/transfers/{id}/post",
+        400,
+        "/v1/transfers/p1/post",
+        r#"{"id":"x2","amount":0}"#,
+    ),
+    by(
+        Caller::Anonymous,
+        produce(
+            "POST",
+            "/v1/transfers/{id}/post",
+            401,
+            "/v1/transfers/p2/post",
+            r#"{"id":"x2"}"#,
+        ),
+    ),
+    by(
+        READ,
+        produce(
+            "POST",
+            "/v1/transfers/{id}/post",
+            403,
+            "/v1/transfers/p2/post",
+            r#"{"id":"x2"}"#,
+        ),
+    ),
+    produce(
+        "POST",
+        "/v1/transfers/{id}/post",
+        404,
+        "/v1/transfers/nothing/post",
+        r#"{"id":"x2"}"#,
+    ),
+    produce(
+        "POST",
+        "/v1/transfers/{id}/post",
+        409,
+        "/v1/transfers/p1/post",
+        r#"{"id":"x1","amount":3}"#,
+    ),
+    produce(
+        "POST",
+        "/v1/transfers/{id}/post",
+        413,
+        "/v1/transfers/p2/post",
+        BIG,
+    ),
+    produce(
+        "POST",
+        "/v1/transfers/{id}/post",
+        422,
+        "/v1/transfers/p1/post",
+        r#"{"id":"x3"}"#,
+    ),
+    on(
+        Server::EngineStopped,
+        produce(
+            "POST",
+            "/v1/transfers/{id}/post",
+            503,
+            "/v1/transfers/p2/post",
+            r#"{"id":"x4"}"#,
+        ),
+    ),
+    // POST /v1/transfers/{id}/void
+    produce(
+        "POST",
+        "/v1/transfers/{id}/void",
+        201,
+        "/v1/transfers/p2/void",
+        r#"{"id":"v1"}"#,
+    ),
+    produce(
+        "POST",
+        "/v1/transfers/{id}/void",
+        200,
+        "/v1/transfers/p2/void",
+        r#"{"id":"v1"}"#,
+    ),
+    produce(
+        "POST",
+        "/v1/transfers/{id}/void",
+        400,
+        "/v1/transfers/p3/void",
+        r#"{"id":""}"#,
+    ),
+    by(
+        Caller::Anonymous,
+        produce(
+            "POST",
+            "/v1/transfers/{id}/void",
+            401,
+            "/v1/transfers/p3/void",
+            r#"{"id":"v2"}"#,
+        ),
+    ),
+    by(
+        READ,
+        produce(
+            "POST",
+            "/v1/transfers/{id}/void",
+            403,
+            "/v1/transfers/p3/void",
+            r#"{"id":"v2"}"#,
+        ),
+    ),
+    produce(
+        "POST",
+        "/v1/transfers/{id}/void",
+        404,
+        "/v1/transfers/nothing/void",
+        r#"{"id":"v2"}"#,
+    ),
+    produce(
+        "POST",
+        "/v1/transfers/{id}/void",
+        409,
+        "/v1/transfers/p3/void",
+        r#"{"id":"v1"}"#,
+    ),
+    produce(
+        "POST",
+        "/v1/transfers/{id}/void",
+        413,
+        "/v1/transfers/p3/void",
+        BIG,
+    ),
+    produce(
+        "POST",
+        "/v1/transfers/{id}/void",
+        422,
+        "/v1/transfers/p2/void",
+        r#"{"id":"v3"}"#,
+    ),
+    on(
+        Server::EngineStopped,
+        produce(
+            "POST",
+            "/v1/transfers/{id}/void",
+            503,
+            "/v1/transfers/p3/void",
+            r#"{"id":"v4"}"#,
+        ),
+    ),
+    // POST /v1/revocations
+    produce(
+        "POST",
+        "/v1/revocations",
+        201,
+        "/v1/revocations",
+        r#"{"token_id":"tok-1"}"#,
+    ),
+    produce(
+        "POST",
+        "/v1/revocations",
+        200,
+        "/v1/revocations",
+        r#"{"token_id":"tok-1"}"#,
+    ),
+    produce(
+        "POST",
+        "/v1/revocations",
+        400,
+        "/v1/revocations",
+        r#"{"token_id":"tok 1"}"#,
+    ),
+    by(
+        Caller::Anonymous,
+        produce(
+            "POST",
+            "/v1/revocations",
+            401,
+            "/v1/revocations",
+            r#"{"token_id":"tok-2"}"#,
+        ),
+    ),
+    by(
+        WRITE,
+        produce(
+            "POST",
+            "/v1/revocations",
+            403,
+            "/v1/revocations",
+            r#"{"token_id":"tok-2"}"#,
+        ),
+    ),
+    produce("POST", "/v1/revocations", 413, "/v1/revocations", BIG),
+    on(
+        Server::EngineStopped,
+        produce(
+            "POST",
+            "/v1/revocations",
+            503,
+            "/v1/revocations",
+            r#"{"token_id":"tok-3"}"#,
+        ),
+    ),
+    // Operations
+    by(
+        Caller::Anonymous,
+        produce("GET", "/healthz", 200, "/healthz", ""),
+    ),
+    by(
+        Caller::Anonymous,
+        produce("GET", "/readyz", 200, "/readyz", ""),
+    ),
+    on(
+        Server::EngineStopped,
+        by(
+            Caller::Anonymous,
+            produce("GET", "/readyz", 503, "/readyz", ""),
+        ),
+    ),
+    by(
+        Caller::Only(Scope::Operator),
+        produce("GET", "/metrics", 200, "/metrics", ""),
+    ),
+    by(
+        Caller::Anonymous,
+        produce("GET", "/metrics", 401, "/metrics", ""),
+    ),
+    by(READ, produce("GET", "/metrics", 403, "/metrics", "")),
+    by(
+        Caller::Only(Scope::Operator),
+        produce("GET", "/status", 200, "/status", ""),
+    ),
+    by(
+        Caller::Anonymous,
+        produce("GET", "/status", 401, "/status", ""),
+    ),
+    by(READ, produce("GET", "/status", 403, "/status", "")),
+    by(
+        Caller::Only(Scope::Operator),
+        produce("GET", "/status.json", 200, "/status.json", ""),
+    ),
+    by(
+        Caller::Anonymous,
+        produce("GET", "/status.json", 401, "/status.json", ""),
+    ),
+    by(
+        READ,
+        produce("GET", "/status.json", 403, "/status.json", ""),
+    ),
+    by(
+        Caller::Anonymous,
+        produce("GET", "/v1/openapi.json", 200, "/v1/openapi.json", ""),
+    ),
+];
+
+/// Every `(method, route, status)` the served OpenAPI document lists.
+async fn documented(app: &TestApp) -> BTreeSet<(String, String, u16)> {
+    let (status, document) = app.get("/v1/openapi.json").await;
+    assert_eq!(status, StatusCode::OK);
+    let mut found = BTreeSet::new();
+    for (route, item) in document["paths"].as_object().expect("paths") {
+        for (method, operation) in item.as_object().expect("a path item") {
+            for status in operation["responses"]
+                .as_object()
+                .expect("responses")
+                .keys()
+            {
+                let status = status.parse().expect("a numeric status");
+                found.insert((method.to_uppercase(), route.clone(), status));
+            }
+        }
+    }
+    found
+}
+
+fn body(body: &str) -> String {
+    match body {
+        BIG => format!(
+            r#"{{"id":"{}"}}"#,
+            "x".repeat(tally_server::limits::BODY_BYTES_MAX)
+        ),
+        HUGE => format!(
+            r#"{{"transfers":[],"atomic":{}}}"#,
+            " ".repeat(tally_server::limits::BATCH_BODY_BYTES_MAX)
+        ),
+        other => other.to_string(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_documented_status_is_produced_by_a_request() {
+    let mut app = TestApp::with_auth();
+    let producible: BTreeSet<(String, String, u16)> = PRODUCERS
+        .iter()
+        .map(|producer| {
+            (
+                producer.method.to_string(),
+                producer.route.to_string(),
+                producer.status,
+            )
+        })
+        .collect();
+    let documented = documented(&app).await;
+    let unproduced: Vec<_> = documented.difference(&producible).collect();
+    assert!(
+        unproduced.is_empty(),
+        "documented, but no request in PRODUCERS gets it: {unproduced:?}"
+    );
+    let undocumented: Vec<_> = producible.difference(&documented).collect();
+    assert!(
+        undocumented.is_empty(),
+        "in PRODUCERS, but not documented: {undocumented:?}"
+    );
+
+    for (path, request) in SETUP {
+        app.post_ok(path, request).await;
+    }
+    for server in [
+        Server::Running,
+        Server::ReadModelFailed,
+        Server::EngineStopped,
+    ] {
+        match server {
+            Server::Running => {}
+            Server::ReadModelFailed => app.fail_read_model().await,
+            Server::EngineStopped => app.shutdown_engine().await,
+        }
+        for producer in PRODUCERS
+            .iter()
+            .filter(|producer| producer.server == server)
+        {
+            let authorization = match producer.caller {
+                Caller::Admin => None,
+                Caller::Anonymous => Some(None),
+                Caller::Only(scope) => {
+                    Some(Some(format!("Bearer {}", app.issue(&[scope], &[], &[]))))
+                }
+            };
+            let reply = match &authorization {
+                None => {
+                    app.send(producer.method, producer.path, body(producer.body))
+                        .await
+                }
+                Some(header) => {
+                    app.send_as(
+                        header.as_deref(),
+                        producer.method,
+                        producer.path,
+                        body(producer.body),
+                    )
+                    .await
+                }
+            };
+            assert_eq!(
+                reply.status.as_u16(),
+                producer.status,
+                "{} {} by {:?} on a {:?} server: {}",
+                producer.method,
+                producer.path,
+                producer.caller,
+                server,
+                String::from_utf8_lossy(&reply.body)
+            );
+            // Every failure is an error body, but readiness, which says why it is not ready.
+            let failed = reply.status.is_client_error() || reply.status.is_server_error();
+            if failed && producer.route != "/readyz" {
+                assert_error_body(&reply.json());
+            }
+        }
+    }
+    app.finish().await;
+}
