@@ -118,7 +118,8 @@ pub fn run(data: &[u8]) -> Reached {
     Reached::Accepted
 }
 
-/// An error body is exactly `{"error":{"code","message"}}`, with the code of its status.
+/// An error body is exactly `{"error":{"code","message","request_id"}}`, with the code of its
+/// status.
 fn check_error(status: StatusCode, answer: &Value) {
     let error = &answer["error"];
     assert_eq!(
@@ -128,7 +129,13 @@ fn check_error(status: StatusCode, answer: &Value) {
     );
     assert_eq!(
         error.as_object().map(|object| object.len()),
-        Some(2),
+        Some(3),
+        "{answer}"
+    );
+    assert!(
+        error["request_id"]
+            .as_str()
+            .is_some_and(|id| !id.is_empty()),
         "{answer}"
     );
     assert!(
