@@ -60,11 +60,7 @@ pub fn render(report: &StatusReport) -> String {
 
     page.push_str("<h2>Availability</h2>\n<p class=\"small\">Measured by Tally from its own answers to API requests: a request failed if it got a 5xx or was refused for overload. Time when Tally was not running is not counted; “observed” says how much of each window was.</p>\n<div class=\"windows\">\n");
     for window in &report.availability {
-        let observed = if window.seconds == 0 {
-            0.0
-        } else {
-            100.0 * window.observed_seconds as f64 / window.seconds as f64
-        };
+        let observed = window.observed_percent();
         let _ = writeln!(
             page,
             "<div class=\"window\" id=\"availability-{name}\" data-requests=\"{requests}\" data-failed=\"{failed}\">\

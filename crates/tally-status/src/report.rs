@@ -93,6 +93,16 @@ pub struct WindowFigures {
     pub observed_seconds: u64,
 }
 
+impl WindowFigures {
+    /// The share of the window during which Tally was running, in percent.
+    pub fn observed_percent(&self) -> f64 {
+        if self.seconds == 0 {
+            return 0.0;
+        }
+        100.0 * self.observed_seconds as f64 / self.seconds as f64
+    }
+}
+
 /// A change of a dependency's health.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Incident {

@@ -53,11 +53,7 @@ pub fn render(report: &StatusReport, colour: Colour) -> String {
 
     let _ = writeln!(out, "\n{}", bold(colour, "availability"));
     for window in &report.availability {
-        let observed = if window.seconds == 0 {
-            0.0
-        } else {
-            100.0 * window.observed_seconds as f64 / window.seconds as f64
-        };
+        let observed = window.observed_percent();
         let _ = writeln!(
             out,
             "  {:<4} {:>10}  {} requests, {} failed, observed {observed:.1} %",
