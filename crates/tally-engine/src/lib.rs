@@ -25,6 +25,7 @@
 #![deny(missing_docs)]
 
 mod answer;
+mod clock;
 pub mod limits;
 mod metrics;
 pub mod offline;
@@ -32,6 +33,7 @@ mod pipeline;
 mod replay;
 mod restriction;
 mod snapshotter;
+mod stepper;
 mod verify;
 
 use std::path::PathBuf;
@@ -48,13 +50,15 @@ use tally_log::{
 use tokio::sync::{oneshot, watch};
 
 pub use answer::{AccountView, Answer, Detail, TransferDetail};
+pub use clock::{Clock, SystemClock};
 pub use metrics::EngineMetrics;
 pub use replay::replay_batch;
 pub use restriction::{Restriction, Revocations};
+pub use stepper::{Stepper, Ticket};
 pub use verify::{verify_data_dir, DataDirReport, SnapshotCheck};
 
-use limits::{COMMAND_QUEUE_COMMANDS_MAX, COMMAND_QUEUE_REQUESTS_MAX, STAGED_BATCHES_MAX};
-use pipeline::{Request, Shared, StateThread, WriterThread};
+use limits::{COMMAND_QUEUE_REQUESTS_MAX, STAGED_BATCHES_MAX};
+use pipeline::{Decider, Request, Shared, StateThread, Writer, WriterThread};
 use snapshotter::Snapshotter;
 
 /// Everything that can go wrong in the engine.
@@ -120,6 +124,8 @@ pub struct EngineConfig {
     pub snapshot_interval_events: u64,
     /// Options of the embedded log.
     pub log_options: LogOptions,
+    /// Where batch timestamps come from: the system clock, or a simulated one.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl EngineConfig {
@@ -130,6 +136,7 @@ impl EngineConfig {
             batch_wait: Duration::from_micros(limits::BATCH_WAIT_US_DEFAULT),
             snapshot_interval_events: limits::SNAPSHOT_INTERVAL_EVENTS_DEFAULT,
             log_options: LogOptions::default(),
+            clock: Arc::new(SystemClock),
         }
     }
 }
@@ -202,75 +209,36 @@ impl Engine {
     /// crashes and injects I/O errors.
     pub fn open_in(storage: Arc<dyn Storage>, config: EngineConfig) -> Result<Opened, EngineError> {
         let started = Instant::now();
-        let setup = |context: &str| {
-            let context = format!("{context} in {}", config.data_dir.display());
-            move |error: std::io::Error| EngineError::Setup {
-                context,
-                message: error.to_string(),
-            }
-        };
-        storage
-            .create_dir_all(&config.data_dir)
-            .map_err(setup("cannot create the data directory"))?;
-        let log_dir = config.data_dir.join("log");
-        let (log, log_report) =
-            SegmentedLog::open_in(Arc::clone(&storage), &log_dir, config.log_options.clone())?;
-        let snapshots_dir = config.data_dir.join("snapshots");
-        let store = SnapshotStore::open_in(Arc::clone(&storage), &snapshots_dir)?;
-        let (ledger, snapshot) = recover(&log, &store, &config.data_dir)?;
-        let snapshot_position = snapshot.map(|snapshot| snapshot.position);
-        ledger
-            .check_invariants()
-            .map_err(|violation| EngineError::Replay {
-                error: ReplayError {
-                    position: ledger.next_position(),
-                    reason: violation.to_string(),
-                },
-                dir: config.data_dir.clone(),
-            })?;
-        let replayed_events = ledger.next_position() - snapshot_position.unwrap_or(0);
-
-        let shared = Arc::new(Shared {
-            queued_commands: AtomicUsize::new(0),
-            failed: AtomicBool::new(false),
-            failure: Mutex::new(None),
-            writes_refused: Mutex::new(None),
-            durable_position: AtomicU64::new(log.next_position()),
-            log_bytes: AtomicU64::new(log.size_bytes()),
-            last_snapshot: Mutex::new(snapshot),
-            metrics: EngineMetrics::default(),
-            revocations: Arc::new(Revocations::seeded(ledger.revoked_tokens())),
-        });
-        let feed = LogFeed {
-            reader: log.reader(),
-            durable: log.subscribe(),
-        };
+        let Recovered {
+            decider,
+            writer,
+            log_report,
+            snapshot_position,
+            replayed_events,
+            store,
+            feed,
+        } = Recovered::open(Arc::clone(&storage), &config)?;
+        let shared = Arc::clone(&decider.shared);
+        let setup = |context: &str| setup_error(&config, context);
         let snapshotter = Snapshotter::start(
             SnapshotStore::open_in(storage, &config.data_dir.join("snapshots"))?,
-            log.reader(),
+            writer.log.reader(),
             Arc::clone(&shared),
             config.snapshot_interval_events,
         )
         .map_err(setup("cannot start the snapshot thread"))?;
         let (request_sender, requests) = sync_channel(COMMAND_QUEUE_REQUESTS_MAX);
         let (staged_sender, staged) = sync_channel(STAGED_BATCHES_MAX);
-        let writer = WriterThread {
-            log: Box::new(log) as Box<dyn EventLog>,
-            staged,
-            shared: Arc::clone(&shared),
-        };
+        let writer = WriterThread { writer, staged };
         let writer_thread = std::thread::Builder::new()
             .name("tally-writer".into())
             .spawn(move || writer.run())
             .map_err(setup("cannot start the writer thread"))?;
-        let last_timestamp_ns = ledger.last_timestamp_ns();
         let state = StateThread {
-            ledger,
+            decider,
             requests,
             staged: staged_sender,
-            shared: Arc::clone(&shared),
             batch_wait: config.batch_wait,
-            last_timestamp_ns,
         };
         let state_thread = std::thread::Builder::new()
             .name("tally-state".into())
@@ -329,20 +297,108 @@ impl Engine {
         if handle.shared.failed.load(Ordering::SeqCst) {
             return Err(handle.shared.unavailable());
         }
-        let durable = handle.shared.durable_position.load(Ordering::SeqCst);
-        assert_eq!(
-            ledger.next_position(),
-            durable,
-            "after shutdown every staged batch is durable"
-        );
-        let snapshot_position = handle
-            .shared
-            .last_snapshot()
-            .map_or(0, |snapshot| snapshot.position);
-        if snapshot_position != durable {
-            store.write(durable, &ledger.encode_snapshot())?;
-        }
-        Ok(())
+        write_final_snapshot(&ledger, &handle.shared, &store)
+    }
+}
+
+/// After a clean stop, writes a snapshot of the final state unless the newest one already holds
+/// it, so that the next start replays nothing.
+fn write_final_snapshot(
+    ledger: &Ledger,
+    shared: &Shared,
+    store: &SnapshotStore,
+) -> Result<(), EngineError> {
+    let durable = shared.durable_position.load(Ordering::SeqCst);
+    assert_eq!(
+        ledger.next_position(),
+        durable,
+        "after shutdown every staged batch is durable"
+    );
+    let snapshot_position = shared
+        .last_snapshot()
+        .map_or(0, |snapshot| snapshot.position);
+    if snapshot_position != durable {
+        store.write(durable, &ledger.encode_snapshot())?;
+    }
+    Ok(())
+}
+
+fn setup_error(config: &EngineConfig, context: &str) -> impl FnOnce(std::io::Error) -> EngineError {
+    let context = format!("{context} in {}", config.data_dir.display());
+    move |error: std::io::Error| EngineError::Setup {
+        context,
+        message: error.to_string(),
+    }
+}
+
+/// The engine's parts after recovery, before anything runs them: threads in production, a
+/// [`Stepper`] in simulation.
+struct Recovered {
+    decider: Decider,
+    writer: Writer,
+    log_report: tally_log::RecoveryReport,
+    snapshot_position: Option<u64>,
+    replayed_events: u64,
+    store: SnapshotStore,
+    feed: LogFeed,
+}
+
+impl Recovered {
+    /// Opens the log and snapshots in `config.data_dir` and rebuilds the ledger state from them.
+    fn open(storage: Arc<dyn Storage>, config: &EngineConfig) -> Result<Recovered, EngineError> {
+        storage
+            .create_dir_all(&config.data_dir)
+            .map_err(setup_error(config, "cannot create the data directory"))?;
+        let log_dir = config.data_dir.join("log");
+        let (log, log_report) =
+            SegmentedLog::open_in(Arc::clone(&storage), &log_dir, config.log_options.clone())?;
+        let snapshots_dir = config.data_dir.join("snapshots");
+        let store = SnapshotStore::open_in(storage, &snapshots_dir)?;
+        let (ledger, snapshot) = recover(&log, &store, &config.data_dir)?;
+        let snapshot_position = snapshot.map(|snapshot| snapshot.position);
+        ledger
+            .check_invariants()
+            .map_err(|violation| EngineError::Replay {
+                error: ReplayError {
+                    position: ledger.next_position(),
+                    reason: violation.to_string(),
+                },
+                dir: config.data_dir.clone(),
+            })?;
+        let replayed_events = ledger.next_position() - snapshot_position.unwrap_or(0);
+        let shared = Arc::new(Shared {
+            queued_commands: AtomicUsize::new(0),
+            failed: AtomicBool::new(false),
+            failure: Mutex::new(None),
+            writes_refused: Mutex::new(None),
+            durable_position: AtomicU64::new(log.next_position()),
+            log_bytes: AtomicU64::new(log.size_bytes()),
+            last_snapshot: Mutex::new(snapshot),
+            metrics: EngineMetrics::default(),
+            revocations: Arc::new(Revocations::seeded(ledger.revoked_tokens())),
+        });
+        let feed = LogFeed {
+            reader: log.reader(),
+            durable: log.subscribe(),
+        };
+        let last_timestamp_ns = ledger.last_timestamp_ns();
+        Ok(Recovered {
+            decider: Decider {
+                ledger,
+                shared: Arc::clone(&shared),
+                clock: Arc::clone(&config.clock),
+                last_timestamp_ns,
+            },
+            writer: Writer {
+                log: Box::new(log),
+                shared,
+            },
+            log_report,
+            snapshot_position,
+            replayed_events,
+            store,
+            feed,
+        })
     }
 }
 
@@ -483,34 +539,17 @@ impl EngineHandle {
     }
 
     fn submit(&self, request: Request) -> Result<(), EngineError> {
-        if self.shared.failed.load(Ordering::SeqCst) {
-            return Err(self.shared.unavailable());
-        }
         let weight = request.weight();
-        let queued = self
-            .shared
-            .queued_commands
-            .fetch_add(weight, Ordering::SeqCst);
-        if queued + weight > COMMAND_QUEUE_COMMANDS_MAX {
-            self.shared
-                .queued_commands
-                .fetch_sub(weight, Ordering::SeqCst);
-            self.shared.metrics.overloaded.inc();
-            return Err(EngineError::Overloaded);
-        }
+        self.shared.admit(weight)?;
         match self.requests.try_send(request) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => {
-                self.shared
-                    .queued_commands
-                    .fetch_sub(weight, Ordering::SeqCst);
+                self.shared.unadmit(weight);
                 self.shared.metrics.overloaded.inc();
                 Err(EngineError::Overloaded)
             }
             Err(TrySendError::Disconnected(_)) => {
-                self.shared
-                    .queued_commands
-                    .fetch_sub(weight, Ordering::SeqCst);
+                self.shared.unadmit(weight);
                 Err(self.shared.unavailable())
             }
         }

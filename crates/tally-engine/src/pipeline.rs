@@ -17,14 +17,15 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tally_core::{encode_events, Command, Event, Id, Ledger, Reply};
 use tally_log::{Batch, BatchHeader, EventLog};
 use tokio::sync::oneshot;
 
 use crate::answer::{AccountView, Answer, Detail, TransferDetail};
-use crate::limits::{COMMIT_BATCH_COMMANDS_MAX, IDLE_TICK_MS};
+use crate::clock::Clock;
+use crate::limits::{COMMAND_QUEUE_COMMANDS_MAX, COMMIT_BATCH_COMMANDS_MAX, IDLE_TICK_MS};
 use crate::metrics::EngineMetrics;
 use crate::restriction::{Restriction, Revocations};
 use crate::{EngineError, SnapshotInfo};
@@ -95,6 +96,26 @@ impl Shared {
         EngineError::Unavailable(reason.unwrap_or_else(|| "the engine has stopped".to_string()))
     }
 
+    /// Counts `weight` commands into the queue, or refuses them when the engine has failed or
+    /// the queue is full.
+    pub(crate) fn admit(&self, weight: usize) -> Result<(), EngineError> {
+        if self.failed.load(Ordering::SeqCst) {
+            return Err(self.unavailable());
+        }
+        let queued = self.queued_commands.fetch_add(weight, Ordering::SeqCst);
+        if queued + weight > COMMAND_QUEUE_COMMANDS_MAX {
+            self.unadmit(weight);
+            self.metrics.overloaded.inc();
+            return Err(EngineError::Overloaded);
+        }
+        Ok(())
+    }
+
+    /// Takes back an [`Shared::admit`] whose request never reached the queue.
+    pub(crate) fn unadmit(&self, weight: usize) {
+        self.queued_commands.fetch_sub(weight, Ordering::SeqCst);
+    }
+
     pub(crate) fn last_snapshot(&self) -> Option<SnapshotInfo> {
         *self
             .last_snapshot
@@ -109,7 +130,7 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(snapshot);
     }
 
-    fn fail(&self, reason: String) {
+    pub(crate) fn fail(&self, reason: String) {
         let mut failure = self
             .failure
             .lock()
@@ -130,41 +151,157 @@ pub(crate) struct Staged {
 /// Sends one request's answer, or the error that stopped its batch.
 type Delivery = Box<dyn FnOnce(Result<(), EngineError>) + Send>;
 
-pub(crate) struct StateThread {
+/// The state thread's decisions, apart from how requests arrive: [`crate::Stepper`] drives the
+/// same code one step at a time for deterministic simulation.
+pub(crate) struct Decider {
     pub(crate) ledger: Ledger,
-    pub(crate) requests: Receiver<Request>,
-    pub(crate) staged: SyncSender<Staged>,
     pub(crate) shared: Arc<Shared>,
-    pub(crate) batch_wait: Duration,
+    pub(crate) clock: Arc<dyn Clock>,
     pub(crate) last_timestamp_ns: u64,
 }
 
-impl StateThread {
-    /// Runs until shutdown or until every handle is gone; returns the ledger for a final snapshot.
-    pub(crate) fn run(mut self) -> Ledger {
-        loop {
-            let first = match self.requests.recv_timeout(self.idle_timeout()) {
-                Ok(request) => Some(request),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => break,
-            };
-            if self.shared.failed.load(Ordering::SeqCst) {
-                if let Some(request) = first {
-                    if self.refuse(request) {
-                        break;
-                    }
+/// A batch being decided: its events so far and the answers that wait for it.
+pub(crate) struct OpenBatch {
+    first_position: u64,
+    timestamp_ns: u64,
+    events: Vec<Event>,
+    deliveries: Vec<Delivery>,
+    commands: usize,
+    /// Requests count too, reads included: a steady stream of reads must not keep a batch open
+    /// (and growing) forever.
+    taken: usize,
+}
+
+/// Whether a batch takes more requests after the one just taken.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Taken {
+    More,
+    Full,
+    Shutdown,
+}
+
+impl Decider {
+    /// Starts a batch at the clock's time (after the previous batch's): expires the pending
+    /// transfers that are due.
+    pub(crate) fn begin(&mut self) -> OpenBatch {
+        let timestamp_ns = self.clock.now_ns().max(self.last_timestamp_ns + 1);
+        self.last_timestamp_ns = timestamp_ns;
+        let first_position = self.ledger.next_position();
+        let mut events = Vec::new();
+        self.ledger.begin_batch(timestamp_ns, &mut events);
+        OpenBatch {
+            first_position,
+            timestamp_ns,
+            events,
+            deliveries: Vec::new(),
+            commands: 0,
+            taken: 0,
+        }
+    }
+
+    /// Decides one request into `batch`.
+    pub(crate) fn take(&mut self, batch: &mut OpenBatch, request: Request) -> Taken {
+        let weight = request.weight();
+        self.shared
+            .queued_commands
+            .fetch_sub(weight, Ordering::SeqCst);
+        batch.taken += weight;
+        match request {
+            Request::Shutdown => return Taken::Shutdown,
+            Request::Execute {
+                commands,
+                detail,
+                restriction,
+                reply,
+            } => {
+                let refusal = restriction.and_then(|restriction| {
+                    commands
+                        .iter()
+                        .find_map(|command| restriction.check(&self.ledger, command).err())
+                });
+                if let Some(reason) = refusal {
+                    // Refused whole, before anything is applied; nothing waits on the log.
+                    let _ = reply.send(Err(EngineError::Forbidden(reason)));
+                } else {
+                    batch.commands += commands.iter().map(command_weight).sum::<usize>();
+                    let answers = self.execute(&commands, detail, &mut batch.events);
+                    batch.deliveries.push(deliver(reply, answers));
                 }
-                continue;
             }
-            if !self.run_batch(first) {
-                break;
+            Request::Account {
+                id,
+                restriction,
+                reply,
+            } => {
+                let view = self
+                    .ledger
+                    .account_by_id(&id)
+                    .map(|(_, account)| AccountView::of(&self.ledger, account));
+                let allowed = match (&view, &restriction) {
+                    (Some(view), Some(restriction)) => {
+                        restriction.allows(Some(view.ledger.as_str()), Some(view.id.as_str()))
+                    }
+                    _ => true,
+                };
+                if allowed {
+                    batch.deliveries.push(deliver(reply, view));
+                } else {
+                    let _ = reply.send(Err(EngineError::Forbidden(format!(
+                        "the token may not read account {id:?}"
+                    ))));
+                }
             }
         }
-        self.ledger
+        if batch.taken >= COMMIT_BATCH_COMMANDS_MAX {
+            Taken::Full
+        } else {
+            Taken::More
+        }
+    }
+
+    /// Ends `batch`: the decided batch for the writer, or `None` when it holds nothing to write
+    /// and nobody waits for it.
+    pub(crate) fn seal(&mut self, batch: OpenBatch) -> Option<Staged> {
+        let OpenBatch {
+            first_position,
+            timestamp_ns,
+            events,
+            deliveries,
+            commands,
+            taken: _,
+        } = batch;
+        if events.is_empty() && deliveries.is_empty() {
+            return None;
+        }
+        assert_eq!(
+            first_position + events.len() as u64,
+            self.ledger.next_position()
+        );
+        let revoked = events
+            .iter()
+            .filter_map(|event| match event {
+                Event::TokenRevoked { token_id } => Some(token_id.to_string()),
+                _ => None,
+            })
+            .collect();
+        let batch = (!events.is_empty()).then(|| Batch {
+            header: BatchHeader {
+                first_position,
+                event_count: u32::try_from(events.len()).expect("bounded batch"),
+                timestamp_ns,
+            },
+            body: encode_events(&events),
+        });
+        self.shared.metrics.batch_commands.observe(commands as f64);
+        Some(Staged {
+            batch,
+            deliveries,
+            revoked,
+        })
     }
 
     /// Until the next pending transfer expires, at most an idle tick.
-    fn idle_timeout(&self) -> Duration {
+    pub(crate) fn idle_timeout(&self) -> Duration {
         let tick = Duration::from_millis(IDLE_TICK_MS);
         // A failed engine expires nothing, so an overdue pending transfer must not make it spin.
         if self.shared.failed.load(Ordering::SeqCst) {
@@ -173,13 +310,13 @@ impl StateThread {
         match self.ledger.next_expiry_ns() {
             None => tick,
             Some(expires_at_ns) => {
-                Duration::from_nanos(expires_at_ns.saturating_sub(now_ns())).min(tick)
+                Duration::from_nanos(expires_at_ns.saturating_sub(self.clock.now_ns())).min(tick)
             }
         }
     }
 
     /// Answers a request of a failed engine. Returns true on shutdown.
-    fn refuse(&self, request: Request) -> bool {
+    pub(crate) fn refuse(&self, request: Request) -> bool {
         self.shared
             .queued_commands
             .fetch_sub(request.weight(), Ordering::SeqCst);
@@ -190,99 +327,6 @@ impl StateThread {
             Request::Shutdown => return true,
         }
         false
-    }
-
-    /// Decides one batch, starting with `first` (or with expirations only), and stages it.
-    /// Returns false once the engine should stop.
-    fn run_batch(&mut self, first: Option<Request>) -> bool {
-        let timestamp_ns = now_ns().max(self.last_timestamp_ns + 1);
-        self.last_timestamp_ns = timestamp_ns;
-        let first_position = self.ledger.next_position();
-        let mut events = Vec::new();
-        self.ledger.begin_batch(timestamp_ns, &mut events);
-        let mut deliveries = Vec::new();
-        let mut commands = 0;
-        // Requests count too, reads included: a steady stream of reads must not keep a batch
-        // open (and growing) forever.
-        let mut taken = 0;
-        let mut keep_running = true;
-        let deadline = Instant::now() + self.batch_wait;
-        let mut next = first;
-        while let Some(request) = next.take() {
-            let weight = request.weight();
-            self.shared
-                .queued_commands
-                .fetch_sub(weight, Ordering::SeqCst);
-            taken += weight;
-            match request {
-                Request::Shutdown => {
-                    keep_running = false;
-                    break;
-                }
-                Request::Execute {
-                    commands: batch,
-                    detail,
-                    restriction,
-                    reply,
-                } => {
-                    let refusal = restriction.and_then(|restriction| {
-                        batch
-                            .iter()
-                            .find_map(|command| restriction.check(&self.ledger, command).err())
-                    });
-                    if let Some(reason) = refusal {
-                        // Refused whole, before anything is applied; nothing waits on the log.
-                        let _ = reply.send(Err(EngineError::Forbidden(reason)));
-                    } else {
-                        commands += batch.iter().map(command_weight).sum::<usize>();
-                        let answers = self.execute(&batch, detail, &mut events);
-                        deliveries.push(deliver(reply, answers));
-                    }
-                }
-                Request::Account {
-                    id,
-                    restriction,
-                    reply,
-                } => {
-                    let view = self
-                        .ledger
-                        .account_by_id(&id)
-                        .map(|(_, account)| AccountView::of(&self.ledger, account));
-                    let allowed = match (&view, &restriction) {
-                        (Some(view), Some(restriction)) => {
-                            restriction.allows(Some(view.ledger.as_str()), Some(view.id.as_str()))
-                        }
-                        _ => true,
-                    };
-                    if allowed {
-                        deliveries.push(deliver(reply, view));
-                    } else {
-                        let _ = reply.send(Err(EngineError::Forbidden(format!(
-                            "the token may not read account {id:?}"
-                        ))));
-                    }
-                }
-            }
-            if taken >= COMMIT_BATCH_COMMANDS_MAX {
-                break;
-            }
-            next = match self.requests.try_recv() {
-                Ok(request) => Some(request),
-                Err(TryRecvError::Disconnected) => None,
-                Err(TryRecvError::Empty) => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        None
-                    } else {
-                        self.requests.recv_timeout(left).ok()
-                    }
-                }
-            };
-        }
-        if !events.is_empty() || !deliveries.is_empty() {
-            self.stage(first_position, timestamp_ns, events, deliveries, commands);
-        }
-        keep_running
     }
 
     fn execute(
@@ -329,47 +373,79 @@ impl StateThread {
             Reply::Revoked { created } => Answer::Revoked { created },
         }
     }
+}
 
-    fn stage(
-        &mut self,
-        first_position: u64,
-        timestamp_ns: u64,
-        events: Vec<Event>,
-        deliveries: Vec<Delivery>,
-        commands: usize,
-    ) {
-        assert_eq!(
-            first_position + events.len() as u64,
-            self.ledger.next_position()
-        );
-        let batch = (!events.is_empty()).then(|| Batch {
-            header: BatchHeader {
-                first_position,
-                event_count: u32::try_from(events.len()).expect("bounded batch"),
-                timestamp_ns,
-            },
-            body: encode_events(&events),
-        });
-        let revoked = events
-            .iter()
-            .filter_map(|event| match event {
-                Event::TokenRevoked { token_id } => Some(token_id.to_string()),
-                _ => None,
-            })
-            .collect();
-        self.shared.metrics.batch_commands.observe(commands as f64);
-        // Blocks while the writer is busy and a batch is already staged: backpressure.
-        if self
-            .staged
-            .send(Staged {
-                batch,
-                deliveries,
-                revoked,
-            })
-            .is_err()
-        {
-            self.shared.fail("the log writer has stopped".to_string());
+/// The state thread: takes requests off the bounded queue, gathers them into batches for at most
+/// `batch_wait` after the first, and hands each decided batch to the writer.
+pub(crate) struct StateThread {
+    pub(crate) decider: Decider,
+    pub(crate) requests: Receiver<Request>,
+    pub(crate) staged: SyncSender<Staged>,
+    pub(crate) batch_wait: Duration,
+}
+
+impl StateThread {
+    /// Runs until shutdown or until every handle is gone; returns the ledger for a final snapshot.
+    pub(crate) fn run(mut self) -> Ledger {
+        loop {
+            let first = match self.requests.recv_timeout(self.decider.idle_timeout()) {
+                Ok(request) => Some(request),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            if self.decider.shared.failed.load(Ordering::SeqCst) {
+                if let Some(request) = first {
+                    if self.decider.refuse(request) {
+                        break;
+                    }
+                }
+                continue;
+            }
+            if !self.run_batch(first) {
+                break;
+            }
         }
+        self.decider.ledger
+    }
+
+    /// Decides one batch, starting with `first` (or with expirations only), and stages it.
+    /// Returns false once the engine should stop.
+    fn run_batch(&mut self, first: Option<Request>) -> bool {
+        let mut batch = self.decider.begin();
+        let mut keep_running = true;
+        let deadline = Instant::now() + self.batch_wait;
+        let mut next = first;
+        while let Some(request) = next.take() {
+            match self.decider.take(&mut batch, request) {
+                Taken::More => {}
+                Taken::Full => break,
+                Taken::Shutdown => {
+                    keep_running = false;
+                    break;
+                }
+            }
+            next = match self.requests.try_recv() {
+                Ok(request) => Some(request),
+                Err(TryRecvError::Disconnected) => None,
+                Err(TryRecvError::Empty) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        None
+                    } else {
+                        self.requests.recv_timeout(left).ok()
+                    }
+                }
+            };
+        }
+        if let Some(staged) = self.decider.seal(batch) {
+            // Blocks while the writer is busy and a batch is already staged: backpressure.
+            if self.staged.send(staged).is_err() {
+                self.decider
+                    .shared
+                    .fail("the log writer has stopped".to_string());
+            }
+        }
+        keep_running
     }
 }
 
@@ -383,31 +459,44 @@ fn deliver<T: Send + 'static>(
     })
 }
 
-pub(crate) struct WriterThread {
+/// The writer's work, apart from how batches arrive: the writer thread and [`crate::Stepper`]
+/// run the same code.
+pub(crate) struct Writer {
     pub(crate) log: Box<dyn EventLog>,
-    pub(crate) staged: Receiver<Staged>,
     pub(crate) shared: Arc<Shared>,
+}
+
+pub(crate) struct WriterThread {
+    pub(crate) writer: Writer,
+    pub(crate) staged: Receiver<Staged>,
 }
 
 impl WriterThread {
     pub(crate) fn run(mut self) {
-        while let Ok(Staged {
+        while let Ok(staged) = self.staged.recv() {
+            self.writer.commit(staged);
+        }
+    }
+}
+
+impl Writer {
+    /// Makes `staged` durable (or fails it), then delivers its answers.
+    pub(crate) fn commit(&mut self, staged: Staged) {
+        let Staged {
             batch,
             deliveries,
             revoked,
-        }) = self.staged.recv()
-        {
-            let outcome = match batch {
-                _ if self.shared.failed.load(Ordering::SeqCst) => Err(self.shared.unavailable()),
-                None => Ok(()),
-                Some(batch) => self.append(&batch),
-            };
-            if outcome.is_ok() && !revoked.is_empty() {
-                self.shared.revocations.extend(revoked);
-            }
-            for delivery in deliveries {
-                delivery(outcome.clone());
-            }
+        } = staged;
+        let outcome = match batch {
+            _ if self.shared.failed.load(Ordering::SeqCst) => Err(self.shared.unavailable()),
+            None => Ok(()),
+            Some(batch) => self.append(&batch),
+        };
+        if outcome.is_ok() && !revoked.is_empty() {
+            self.shared.revocations.extend(revoked);
+        }
+        for delivery in deliveries {
+            delivery(outcome.clone());
         }
     }
 
@@ -438,13 +527,4 @@ impl WriterThread {
             }
         }
     }
-}
-
-/// Nanoseconds since the Unix epoch.
-pub(crate) fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| {
-            u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX)
-        })
 }

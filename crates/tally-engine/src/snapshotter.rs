@@ -90,7 +90,7 @@ impl Drop for Snapshotter {
 }
 
 /// Writes a snapshot at the durable end; `None` when stopped midway.
-fn take_snapshot(
+pub(crate) fn take_snapshot(
     store: &SnapshotStore,
     reader: &mut dyn LogReader,
     stop: &AtomicBool,

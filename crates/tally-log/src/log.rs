@@ -220,6 +220,18 @@ impl SegmentedLog {
         }
         let (active, next_position) =
             recover_tail(&*storage, dir, &mut segments, &mut report.repairs)?;
+        // What recovery accepted must be durable before anything built on it is acknowledged.
+        // An earlier process may have died after writing a record or creating a segment but
+        // before its fdatasync or directory fsync succeeded, with the machine still up: the
+        // bytes and the entry are then visible here, yet a power loss would still take them.
+        // (Found by the deterministic simulation; see crates/tally-sim.)
+        active
+            .file
+            .sync_data()
+            .map_err(LogError::io("fdatasync", &active.path))?;
+        storage
+            .sync_dir(dir)
+            .map_err(LogError::io("fsync directory", dir))?;
         report.segment_count = segments.len() as u64;
         report.next_position = next_position;
         assert_eq!(

@@ -118,6 +118,14 @@ impl MemStorage {
         Some(state.inodes[inode].data.clone())
     }
 
+    /// How many bytes of a file the last `sync_data` made durable, or `None` if its directory
+    /// entry is not durable. Not counted as an operation.
+    pub fn synced_len(&self, path: &Path) -> Option<u64> {
+        let state = self.lock();
+        let inode = state.entries_durable.get(path)?;
+        Some(state.inodes[inode].durable.len() as u64)
+    }
+
     /// Replaces a file's bytes, durably, creating it if needed: for tests that damage a disk
     /// image. Not counted as an operation.
     pub fn set_file_bytes(&self, path: &Path, bytes: Vec<u8>) {

@@ -3,6 +3,7 @@
 
 mod bench;
 mod keys;
+mod simulate;
 mod status;
 mod verify;
 
@@ -34,6 +35,9 @@ enum CommandLine {
     Bench(bench::BenchArgs),
     /// Show a running server's status: availability, dependencies, offline jobs, incidents.
     Status(status::StatusArgs),
+    /// Deterministic simulation: the engine against a simulated clock, faulty disk, clients and
+    /// crashes, for many seeds; a failure prints the command that replays it.
+    Simulate(simulate::SimulateArgs),
     /// Keys and tokens: create and rotate the key pair, issue, inspect and revoke tokens.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
@@ -112,11 +116,18 @@ fn main() -> ExitCode {
         CommandLine::Serve(args) => args.log_format,
         _ => LogFormat::Text,
     };
-    init_logging(log_format);
+    // A simulation crashes engines thousands of times a second; their logs would drown its
+    // report, so it logs only what TALLY_LOG asks for.
+    let default_level = match &cli.command {
+        CommandLine::Simulate(_) => "off",
+        _ => "info",
+    };
+    init_logging(log_format, default_level);
     let result = match cli.command {
         CommandLine::Serve(args) => serve(args).map(|()| ExitCode::SUCCESS),
         CommandLine::Verify(args) => verify::run(args),
         CommandLine::Status(args) => status::run(args),
+        CommandLine::Simulate(args) => simulate::run(args),
         CommandLine::Keys(command) => keys::run(command).map(|()| ExitCode::SUCCESS),
         CommandLine::Bench(args) => runtime()
             .and_then(|runtime| runtime.block_on(bench::run(args)))
@@ -138,11 +149,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat, default_level: &str) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TALLY_LOG")
-                .unwrap_or_else(|_| "info".into()),
+                .unwrap_or_else(|_| default_level.into()),
         )
         .with_writer(std::io::stderr);
     match format {
