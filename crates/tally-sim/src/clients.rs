@@ -12,9 +12,7 @@ use std::num::NonZeroU64;
 
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
-use tally_core::{
-    Command, Id, LedgerCode, Outcome, PendingOptions, TransferBody, TransferCommand,
-};
+use tally_core::{Command, Id, LedgerCode, Outcome, PendingOptions, TransferBody, TransferCommand};
 use tally_engine::{Answer, Ticket};
 use tokio::sync::oneshot::error::TryRecvError;
 

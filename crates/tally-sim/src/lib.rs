@@ -269,18 +269,11 @@ impl Sim {
     /// cleanly and checks again.
     fn drain(&mut self) -> Result<(), String> {
         self.disk.set_rates(FaultRates::NONE);
-        if self.stepper.is_none()
-            || self.stepper().failure().is_some()
-            || self.disk.powered_off()
-        {
+        if self.stepper.is_none() || self.stepper().failure().is_some() || self.disk.powered_off() {
             self.crash()?;
         }
         let started = self.step;
-        while self
-            .clients
-            .iter()
-            .any(|client| client.in_flight.is_some())
-        {
+        while self.clients.iter().any(|client| client.in_flight.is_some()) {
             if self.step - started > DRAIN_STEPS_MAX {
                 return Err("clients still wait for answers after the drain".into());
             }
@@ -295,7 +288,9 @@ impl Sim {
             .model
             .sent
             .iter()
-            .filter(|id| !self.model.transfers.contains_key(*id) && !self.model.accounts.contains(*id))
+            .filter(|id| {
+                !self.model.transfers.contains_key(*id) && !self.model.accounts.contains(*id)
+            })
             .collect();
         if let Some(id) = unanswered.first() {
             return Err(format!(
@@ -348,16 +343,16 @@ impl Sim {
                     }
                 }
             }
-            95..98 => self.clock.advance(self.rng.random_range(500_000_000..8_000_000_000)),
-            _ => {
-                match self.stepper().snapshot() {
-                    Ok(position) => {
-                        self.report.snapshots += 1;
-                        self.note(format!("snapshot at {position}"));
-                    }
-                    Err(error) => self.note(format!("snapshot failed: {error}")),
+            95..98 => self
+                .clock
+                .advance(self.rng.random_range(500_000_000..8_000_000_000)),
+            _ => match self.stepper().snapshot() {
+                Ok(position) => {
+                    self.report.snapshots += 1;
+                    self.note(format!("snapshot at {position}"));
                 }
-            }
+                Err(error) => self.note(format!("snapshot failed: {error}")),
+            },
         }
         Ok(())
     }
@@ -394,7 +389,10 @@ impl Sim {
             .is_some_and(|in_flight| in_flight.deadline_ns == 0);
         self.report.requests += 1;
         self.report.retries += u64::from(!first);
-        let ticket = self.stepper.as_mut().map(|stepper| stepper.submit(commands));
+        let ticket = self
+            .stepper
+            .as_mut()
+            .map(|stepper| stepper.submit(commands));
         let in_flight = self.clients[index].in_flight.as_mut().expect("in flight");
         in_flight.deadline_ns = now_ns + timeout_ns;
         if let Some(Ok(ticket)) = ticket {
@@ -428,7 +426,8 @@ impl Sim {
 
     fn digest(&mut self, bytes: &[u8]) {
         for &byte in bytes {
-            self.report.digest = (self.report.digest ^ u64::from(byte)).wrapping_mul(0x100_0000_01b3);
+            self.report.digest =
+                (self.report.digest ^ u64::from(byte)).wrapping_mul(0x100_0000_01b3);
         }
     }
 
@@ -555,7 +554,7 @@ impl Sim {
         // Nor can anything be read back once the power is gone.
         let settled =
             stepper.staged() == 0 && stepper.failure().is_none() && !self.disk.powered_off();
-        if self.step % FULL_CHECK_EVERY == 0 && settled {
+        if self.step.is_multiple_of(FULL_CHECK_EVERY) && settled {
             self.check_acknowledged()?;
             self.full_check()?;
         }
@@ -629,8 +628,9 @@ impl Sim {
 /// Whether a failed start named damaged data (rather than an I/O error).
 fn is_corruption(error: &EngineError) -> bool {
     match error {
-        EngineError::Log(log) => matches!(**log, LogError::Corrupt { .. })
-            || log.to_string().contains("corrupt"),
+        EngineError::Log(log) => {
+            matches!(**log, LogError::Corrupt { .. }) || log.to_string().contains("corrupt")
+        }
         EngineError::Replay { .. } | EngineError::SnapshotAheadOfLog { .. } => true,
         _ => false,
     }

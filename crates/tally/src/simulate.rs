@@ -59,7 +59,10 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
     };
     let deadline = time.map(|time| Instant::now() + time);
     let seeds = args.seeds.unwrap_or(u64::MAX);
-    println!("simulating from seed {first_seed}, {} steps a seed", options.steps);
+    println!(
+        "simulating from seed {first_seed}, {} steps a seed",
+        options.steps
+    );
     let next = AtomicU64::new(0);
     let stop = AtomicBool::new(false);
     let totals = Mutex::new(Totals::default());
@@ -91,7 +94,9 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
             });
         }
     });
-    let totals = totals.into_inner().context("a simulation thread panicked")?;
+    let totals = totals
+        .into_inner()
+        .context("a simulation thread panicked")?;
     println!("{totals}");
     if totals.failures.is_empty() {
         return Ok(ExitCode::SUCCESS);
