@@ -157,11 +157,11 @@ impl Stepper {
         write_final_snapshot(&self.decider.ledger, &shared, &self.store)
     }
 
-    /// Every durable batch of the log, from position 0, read and checked as a consumer reads
+    /// The durable batches of the log from `position` on, read and checked as a consumer reads
     /// them: for a simulator comparing the live state with a replay.
-    pub fn read_log(&mut self) -> Result<Vec<Batch>, EngineError> {
+    pub fn read_log_from(&mut self, position: u64) -> Result<Vec<Batch>, EngineError> {
         let mut batches = Vec::new();
-        for batch in self.snapshot_reader.read_from(0)? {
+        for batch in self.snapshot_reader.read_from(position)? {
             batches.push(batch?);
         }
         Ok(batches)

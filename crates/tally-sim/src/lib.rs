@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use tally_core::{decode_events, Event, Ledger};
+use tally_core::{decode_events, Event, Id, Ledger};
 use tally_engine::{replay_batch, EngineConfig, EngineError, Stepper};
 use tally_log::{LogError, LogOptions, Torn};
 
@@ -37,8 +37,6 @@ use crate::disk::{BitFlip, FaultCounts, FaultRates, SimClock, SimDisk};
 const EPOCH_NS: u64 = 1_767_225_600_000_000_000;
 /// Small segments, so that runs roll segments often.
 const SEGMENT_BYTES: u64 = 8 * 1024;
-/// Steps between full checks (replay from zero) while the run goes on.
-const FULL_CHECK_EVERY: u64 = 64;
 /// Steps the drain at the end may take before the run counts as stuck.
 const DRAIN_STEPS_MAX: u64 = 20_000;
 /// Notable events kept for a failure's report.
@@ -100,8 +98,8 @@ pub struct Report {
     pub snapshots: u64,
     /// Starts refused because a flipped bit was found (then repaired and started again).
     pub corruption_detected: u64,
-    /// Full checks (replay from zero against the live state) passed.
-    pub full_checks: u64,
+    /// Checks that the replayed log equals the live state.
+    pub replay_checks: u64,
     /// Disk faults injected.
     pub faults: FaultCounts,
     /// The log's end position.
@@ -116,7 +114,7 @@ impl fmt::Display for Report {
         write!(
             f,
             "seed={} steps={} requests={} retries={} acknowledged={} crashes={} process_restarts={} \
-             clean_restarts={} snapshots={} full_checks={} position={} faults={} (io_errors={} disk_full={} \
+             clean_restarts={} snapshots={} replay_checks={} position={} faults={} (io_errors={} disk_full={} \
              short_reads={} slow_syncs={} power_cuts={} lost_unsynced={} torn_writes={} \
              bit_flips={} corruption_detected={}) digest={:016x}",
             self.seed,
@@ -128,7 +126,7 @@ impl fmt::Display for Report {
             self.process_restarts,
             self.clean_restarts,
             self.snapshots,
-            self.full_checks,
+            self.replay_checks,
             self.final_position,
             faults.total(),
             faults.io_errors,
@@ -207,6 +205,9 @@ struct Sim {
     model: Model,
     report: Report,
     step: u64,
+    /// The log replayed by the checks, and the command ids it records.
+    replica: Ledger,
+    recorded: BTreeSet<Id>,
     /// The last [`TRACE_LINES`] notable events, for a failure's report.
     trace: VecDeque<String>,
 }
@@ -242,6 +243,8 @@ impl Sim {
                 ..Report::default()
             },
             step: 0,
+            replica: Ledger::new(),
+            recorded: BTreeSet::new(),
             trace: VecDeque::new(),
         }
     }
@@ -281,9 +284,10 @@ impl Sim {
             self.random_step(false)?;
             self.check_step()?;
         }
-        self.full_check()?;
+        while self.stepper().commit() {}
+        self.check_acknowledged()?;
+        self.check_replay(false)?;
         self.clean_restart()?;
-        self.full_check()?;
         let unanswered: Vec<_> = self
             .model
             .sent
@@ -538,7 +542,7 @@ impl Sim {
     /// After a start: the recovered state keeps every promise.
     fn check_recovered(&mut self) -> Result<(), String> {
         self.check_acknowledged()?;
-        self.full_check()
+        self.check_replay(true)
     }
 
     /// The checks made after every step.
@@ -554,9 +558,9 @@ impl Sim {
         // Nor can anything be read back once the power is gone.
         let settled =
             stepper.staged() == 0 && stepper.failure().is_none() && !self.disk.powered_off();
-        if self.step.is_multiple_of(FULL_CHECK_EVERY) && settled {
-            self.check_acknowledged()?;
-            self.full_check()?;
+        self.check_acknowledged()?;
+        if settled {
+            self.check_replay(false)?;
         }
         Ok(())
     }
@@ -584,21 +588,21 @@ impl Sim {
     }
 
     /// Replaying the durable log from position zero gives the live state, and records every
-    /// command id at most once. Only between batches: staged batches are not durable yet.
-    fn full_check(&mut self) -> Result<(), String> {
+    /// command id at most once. After a start the replica replays the whole log again; between
+    /// starts it follows the log's new batches. Only between batches: staged batches are not
+    /// durable yet, and a failed engine holds changes its log refused.
+    fn check_replay(&mut self, from_zero: bool) -> Result<(), String> {
+        if from_zero {
+            self.replica = Ledger::new();
+            self.recorded.clear();
+        }
         let rates = self.disk.set_rates(FaultRates::NONE);
         let stepper = self.stepper.as_mut().expect("the engine runs");
-        if stepper.staged() > 0 {
-            self.disk.set_rates(rates);
-            return Ok(());
-        }
-        let batches = stepper.read_log();
+        let batches = stepper.read_log_from(self.replica.next_position());
         self.disk.set_rates(rates);
         let batches = batches.map_err(|error| format!("reading the log back failed: {error}"))?;
-        let mut replayed = Ledger::new();
-        let mut ids = BTreeSet::new();
         for batch in &batches {
-            replay_batch(&mut replayed, batch)
+            replay_batch(&mut self.replica, batch)
                 .map_err(|error| format!("the log does not replay: {error}"))?;
             let events = decode_events(&batch.body, batch.header.event_count)
                 .map_err(|error| format!("the log does not decode: {error}"))?;
@@ -608,19 +612,20 @@ impl Sim {
                     Event::Rejected { id, .. } => id,
                     _ => continue,
                 };
-                if !ids.insert(id.clone()) {
+                if !self.recorded.insert(id.clone()) {
                     return Err(format!("command {id:?} is recorded twice in the log"));
                 }
             }
         }
-        if replayed != *self.stepper().ledger() {
+        let live = self.stepper.as_ref().expect("the engine runs").ledger();
+        if self.replica != *live {
             return Err(format!(
                 "replaying the log ({} events) does not give the live state ({} events)",
-                replayed.next_position(),
-                self.stepper().ledger().next_position()
+                self.replica.next_position(),
+                live.next_position()
             ));
         }
-        self.report.full_checks += 1;
+        self.report.replay_checks += 1;
         Ok(())
     }
 }
