@@ -208,13 +208,10 @@ impl Engine {
     /// [`Engine::open`] on any storage, such as the log's in-memory storage that simulates
     /// crashes and injects I/O errors.
     pub fn open_in(storage: Arc<dyn Storage>, config: EngineConfig) -> Result<Opened, EngineError> {
-        let started = Instant::now();
         let Recovered {
             decider,
             writer,
-            log_report,
-            snapshot_position,
-            replayed_events,
+            recovery,
             store,
             feed,
         } = Recovered::open(Arc::clone(&storage), &config)?;
@@ -245,12 +242,6 @@ impl Engine {
             .spawn(move || state.run())
             .map_err(setup("cannot start the state thread"))?;
 
-        let recovery = Recovery {
-            log: log_report,
-            snapshot_position,
-            replayed_events,
-            elapsed: started.elapsed(),
-        };
         let engine = Engine {
             handle: EngineHandle {
                 requests: request_sender,
@@ -336,9 +327,7 @@ fn setup_error(config: &EngineConfig, context: &str) -> impl FnOnce(std::io::Err
 struct Recovered {
     decider: Decider,
     writer: Writer,
-    log_report: tally_log::RecoveryReport,
-    snapshot_position: Option<u64>,
-    replayed_events: u64,
+    recovery: Recovery,
     store: SnapshotStore,
     feed: LogFeed,
 }
@@ -346,6 +335,7 @@ struct Recovered {
 impl Recovered {
     /// Opens the log and snapshots in `config.data_dir` and rebuilds the ledger state from them.
     fn open(storage: Arc<dyn Storage>, config: &EngineConfig) -> Result<Recovered, EngineError> {
+        let started = Instant::now();
         storage
             .create_dir_all(&config.data_dir)
             .map_err(setup_error(config, "cannot create the data directory"))?;
@@ -393,9 +383,12 @@ impl Recovered {
                 log: Box::new(log),
                 shared,
             },
-            log_report,
-            snapshot_position,
-            replayed_events,
+            recovery: Recovery {
+                log: log_report,
+                snapshot_position,
+                replayed_events,
+                elapsed: started.elapsed(),
+            },
             store,
             feed,
         })

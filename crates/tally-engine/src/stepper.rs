@@ -46,13 +46,10 @@ impl Stepper {
         storage: Arc<dyn Storage>,
         config: &EngineConfig,
     ) -> Result<(Stepper, Recovery), EngineError> {
-        let started = std::time::Instant::now();
         let Recovered {
             decider,
             writer,
-            log_report,
-            snapshot_position,
-            replayed_events,
+            recovery,
             store,
             feed: _,
         } = Recovered::open(storage, config)?;
@@ -64,12 +61,6 @@ impl Stepper {
             staged: VecDeque::new(),
             store,
             snapshot_reader,
-        };
-        let recovery = Recovery {
-            log: log_report,
-            snapshot_position,
-            replayed_events,
-            elapsed: started.elapsed(),
         };
         Ok((stepper, recovery))
     }

@@ -96,6 +96,38 @@ pub struct FaultCounts {
     pub bit_flips: u64,
 }
 
+impl std::ops::AddAssign for FaultCounts {
+    fn add_assign(&mut self, other: FaultCounts) {
+        self.io_errors += other.io_errors;
+        self.disk_full += other.disk_full;
+        self.short_reads += other.short_reads;
+        self.slow_syncs += other.slow_syncs;
+        self.power_cuts += other.power_cuts;
+        self.lost_unsynced += other.lost_unsynced;
+        self.torn_writes += other.torn_writes;
+        self.bit_flips += other.bit_flips;
+    }
+}
+
+impl std::fmt::Display for FaultCounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "faults={} (io_errors={} disk_full={} short_reads={} slow_syncs={} power_cuts={} \
+             lost_unsynced={} torn_writes={} bit_flips={})",
+            self.total(),
+            self.io_errors,
+            self.disk_full,
+            self.short_reads,
+            self.slow_syncs,
+            self.power_cuts,
+            self.lost_unsynced,
+            self.torn_writes,
+            self.bit_flips,
+        )
+    }
+}
+
 impl FaultCounts {
     /// All faults together.
     pub fn total(&self) -> u64 {

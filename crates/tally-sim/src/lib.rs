@@ -110,13 +110,11 @@ pub struct Report {
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let faults = &self.faults;
         write!(
             f,
             "seed={} steps={} requests={} retries={} acknowledged={} crashes={} process_restarts={} \
-             clean_restarts={} snapshots={} replay_checks={} position={} faults={} (io_errors={} disk_full={} \
-             short_reads={} slow_syncs={} power_cuts={} lost_unsynced={} torn_writes={} \
-             bit_flips={} corruption_detected={}) digest={:016x}",
+             clean_restarts={} snapshots={} replay_checks={} position={} {} corruption_detected={} \
+             digest={:016x}",
             self.seed,
             self.steps,
             self.requests,
@@ -128,17 +126,64 @@ impl fmt::Display for Report {
             self.snapshots,
             self.replay_checks,
             self.final_position,
-            faults.total(),
-            faults.io_errors,
-            faults.disk_full,
-            faults.short_reads,
-            faults.slow_syncs,
-            faults.power_cuts,
-            faults.lost_unsynced,
-            faults.torn_writes,
-            faults.bit_flips,
+            self.faults,
             self.corruption_detected,
             self.digest,
+        )
+    }
+}
+
+/// The sums over many runs, for `tally simulate`'s summary line.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Runs that passed.
+    pub seeds: u64,
+    /// Runs that failed.
+    pub failed: u64,
+    /// The sums of the passed runs' reports (`seed`, `final_position` and `digest` unused).
+    pub totals: Report,
+}
+
+impl Summary {
+    /// Adds a passed run.
+    pub fn add(&mut self, report: &Report) {
+        let totals = &mut self.totals;
+        self.seeds += 1;
+        totals.steps += report.steps;
+        totals.requests += report.requests;
+        totals.retries += report.retries;
+        totals.acknowledged += report.acknowledged;
+        totals.crashes += report.crashes;
+        totals.process_restarts += report.process_restarts;
+        totals.clean_restarts += report.clean_restarts;
+        totals.snapshots += report.snapshots;
+        totals.corruption_detected += report.corruption_detected;
+        totals.replay_checks += report.replay_checks;
+        totals.faults += report.faults;
+    }
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let totals = &self.totals;
+        write!(
+            f,
+            "seeds={} failed={} steps={} requests={} retries={} acknowledged={} crashes={} \
+             process_restarts={} clean_restarts={} snapshots={} replay_checks={} {} \
+             corruption_detected={}",
+            self.seeds,
+            self.failed,
+            totals.steps,
+            totals.requests,
+            totals.retries,
+            totals.acknowledged,
+            totals.crashes,
+            totals.process_restarts,
+            totals.clean_restarts,
+            totals.snapshots,
+            totals.replay_checks,
+            totals.faults,
+            totals.corruption_detected,
         )
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use tally_sim::{Failure, Options, Report};
+use tally_sim::{Failure, Options, Summary};
 
 #[derive(clap::Args)]
 pub struct SimulateArgs {
@@ -84,10 +84,11 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
                         if args.verbose {
                             println!("{report}");
                         }
-                        totals.add(&report);
+                        totals.summary.add(&report);
                     }
                     Err(failure) => {
                         stop.store(true, Ordering::SeqCst);
+                        totals.summary.failed += 1;
                         totals.failures.push(failure);
                     }
                 }
@@ -97,7 +98,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
     let totals = totals
         .into_inner()
         .context("a simulation thread panicked")?;
-    println!("{totals}");
+    println!("{}", totals.summary);
     if totals.failures.is_empty() {
         return Ok(ExitCode::SUCCESS);
     }
@@ -109,69 +110,6 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
 
 #[derive(Default)]
 struct Totals {
-    seeds: u64,
-    steps: u64,
-    acknowledged: u64,
-    retries: u64,
-    crashes: u64,
-    process_restarts: u64,
-    clean_restarts: u64,
-    snapshots: u64,
-    corruption_detected: u64,
-    faults: tally_sim::disk::FaultCounts,
+    summary: Summary,
     failures: Vec<Failure>,
-}
-
-impl Totals {
-    fn add(&mut self, report: &Report) {
-        self.seeds += 1;
-        self.steps += report.steps;
-        self.acknowledged += report.acknowledged;
-        self.retries += report.retries;
-        self.crashes += report.crashes;
-        self.process_restarts += report.process_restarts;
-        self.clean_restarts += report.clean_restarts;
-        self.snapshots += report.snapshots;
-        self.corruption_detected += report.corruption_detected;
-        let (t, r) = (&mut self.faults, &report.faults);
-        t.io_errors += r.io_errors;
-        t.disk_full += r.disk_full;
-        t.short_reads += r.short_reads;
-        t.slow_syncs += r.slow_syncs;
-        t.power_cuts += r.power_cuts;
-        t.lost_unsynced += r.lost_unsynced;
-        t.torn_writes += r.torn_writes;
-        t.bit_flips += r.bit_flips;
-    }
-}
-
-impl std::fmt::Display for Totals {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let faults = &self.faults;
-        write!(
-            f,
-            "seeds={} failed={} steps={} acknowledged={} retries={} crashes={} process_restarts={} \
-             clean_restarts={} snapshots={} faults={} (io_errors={} disk_full={} short_reads={} slow_syncs={} \
-             power_cuts={} lost_unsynced={} torn_writes={} bit_flips={} corruption_detected={})",
-            self.seeds,
-            self.failures.len(),
-            self.steps,
-            self.acknowledged,
-            self.retries,
-            self.crashes,
-            self.process_restarts,
-            self.clean_restarts,
-            self.snapshots,
-            faults.total(),
-            faults.io_errors,
-            faults.disk_full,
-            faults.short_reads,
-            faults.slow_syncs,
-            faults.power_cuts,
-            faults.lost_unsynced,
-            faults.torn_writes,
-            faults.bit_flips,
-            self.corruption_detected,
-        )
-    }
 }
