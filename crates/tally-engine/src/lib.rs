@@ -51,7 +51,7 @@ pub use answer::{AccountView, Answer, Detail, TransferDetail};
 pub use metrics::EngineMetrics;
 pub use replay::replay_batch;
 pub use restriction::{Restriction, Revocations};
-pub use verify::{verify_data_dir, DataDirReport, SnapshotCheck};
+pub use verify::{verify_data_dir, verify_data_dir_reporting, DataDirReport, SnapshotCheck};
 
 use limits::{COMMAND_QUEUE_COMMANDS_MAX, COMMAND_QUEUE_REQUESTS_MAX, STAGED_BATCHES_MAX};
 use pipeline::{Request, Shared, StateThread, WriterThread};
@@ -120,6 +120,8 @@ pub struct EngineConfig {
     pub snapshot_interval_events: u64,
     /// Options of the embedded log.
     pub log_options: LogOptions,
+    /// Where offline work (periodic snapshots) runs.
+    pub offline: tally_offline::OfflineExecutor,
 }
 
 impl EngineConfig {
@@ -130,6 +132,7 @@ impl EngineConfig {
             batch_wait: Duration::from_micros(limits::BATCH_WAIT_US_DEFAULT),
             snapshot_interval_events: limits::SNAPSHOT_INTERVAL_EVENTS_DEFAULT,
             log_options: LogOptions::default(),
+            offline: tally_offline::OfflineExecutor::default(),
         }
     }
 }
@@ -250,6 +253,7 @@ impl Engine {
             log.reader(),
             Arc::clone(&shared),
             config.snapshot_interval_events,
+            &config.offline,
         )
         .map_err(setup("cannot start the snapshot thread"))?;
         let (request_sender, requests) = sync_channel(COMMAND_QUEUE_REQUESTS_MAX);

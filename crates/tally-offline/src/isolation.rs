@@ -97,8 +97,12 @@ pub(crate) struct IdleCgroup {
     join_file: PathBuf,
 }
 
-/// Prefix of the cgroups Tally creates; the process id follows.
+/// Prefix of the cgroups Tally creates; the process id and the executor's number in the process
+/// follow (`tally-offline-<pid>-<n>`), so that two executors of one process never share one.
 const CGROUP_PREFIX: &str = "tally-offline-";
+
+/// Numbers the cgroups of this process.
+static CGROUP_COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl IdleCgroup {
     /// Creates the idle cgroup of this process, or says why it cannot.
@@ -179,12 +183,10 @@ impl Drop for IdleCgroup {
 /// Creates `tally-offline-<pid>` under `parent`, after removing those of processes that are gone.
 fn make_child(parent: &Path) -> Result<PathBuf, String> {
     sweep_stale(parent);
-    let dir = parent.join(format!("{CGROUP_PREFIX}{}", std::process::id()));
-    match fs::create_dir(&dir) {
-        Ok(()) => Ok(dir),
-        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => Ok(dir),
-        Err(error) => Err(format!("cannot create {}: {error}", dir.display())),
-    }
+    let number = CGROUP_COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = parent.join(format!("{CGROUP_PREFIX}{}-{number}", std::process::id()));
+    fs::create_dir(&dir).map_err(|error| format!("cannot create {}: {error}", dir.display()))?;
+    Ok(dir)
 }
 
 /// Keeps the cgroup if it was set up, removes it otherwise.
@@ -211,6 +213,7 @@ fn sweep_stale(parent: &Path) {
         let Some(pid) = name
             .to_str()
             .and_then(|name| name.strip_prefix(CGROUP_PREFIX))
+            .and_then(|rest| rest.split('-').next())
             .and_then(|pid| pid.parse::<u32>().ok())
         else {
             continue;

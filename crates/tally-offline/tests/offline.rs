@@ -25,7 +25,7 @@ fn offline_threads_run_at_sched_idle() {
         .unwrap();
     let (policy, cgroups) = job.join().unwrap();
     assert_eq!(policy, libc::SCHED_IDLE, "the policy read back from the kernel");
-    let in_idle_cgroup = cgroups.contains(&format!("tally-offline-{}", std::process::id()));
+    let in_idle_cgroup = cgroups.contains(&format!("tally-offline-{}-", std::process::id()));
     assert_eq!(
         in_idle_cgroup,
         isolation == Isolation::SchedIdleIdleCgroup,
