@@ -106,9 +106,16 @@ impl fmt::Debug for OfflineExecutor {
     }
 }
 
+/// The process's default executor: one idle cgroup per process, however many engines and read
+/// models a process (a test, say) opens with default settings.
+static PROCESS_DEFAULT: OnceLock<OfflineExecutor> = OnceLock::new();
+
 impl Default for OfflineExecutor {
+    /// The process-wide executor with [`OfflineConfig::default`] (shared, not a new one).
     fn default() -> OfflineExecutor {
-        OfflineExecutor::new(OfflineConfig::default())
+        PROCESS_DEFAULT
+            .get_or_init(|| OfflineExecutor::new(OfflineConfig::default()))
+            .clone()
     }
 }
 

@@ -95,6 +95,8 @@ pub(crate) struct IdleCgroup {
     dir: PathBuf,
     /// The file a thread writes its id into to join: `cgroup.threads` (v2) or `tasks` (v1).
     join_file: PathBuf,
+    /// The same file of the parent, to leave.
+    leave_file: PathBuf,
 }
 
 /// Prefix of the cgroups Tally creates; the process id and the executor's number in the process
@@ -173,6 +175,15 @@ impl IdleCgroup {
 
 impl Drop for IdleCgroup {
     fn drop(&mut self) {
+        // The last offline thread to end may be the one dropping it: it leaves first.
+        let name = self.dir.file_name().and_then(|name| name.to_str()).unwrap_or("");
+        let inside = fs::read_to_string("/proc/thread-self/cgroup")
+            .is_ok_and(|cgroups| cgroups.lines().any(|line| line.ends_with(&format!("/{name}"))));
+        if inside {
+            // SAFETY: gettid has no preconditions.
+            let tid = unsafe { libc::gettid() };
+            let _ = write(&self.leave_file, &tid.to_string());
+        }
         // Fails while a thread is still inside; a later start sweeps it up then.
         if let Err(error) = fs::remove_dir(&self.dir) {
             tracing::debug!(dir = %self.dir.display(), %error, "idle cgroup left for a later start to remove");
@@ -194,6 +205,7 @@ fn finish_child(dir: PathBuf, made: Result<(), String>, join: &str) -> Result<Id
     match made {
         Ok(()) => Ok(IdleCgroup {
             join_file: dir.join(join),
+            leave_file: dir.parent().unwrap_or(&dir).join(join),
             dir,
         }),
         Err(reason) => {
