@@ -91,9 +91,12 @@ impl<T> Job<T> {
 
     /// Waits for the job and returns its outcome; a panic is an error.
     pub fn join(self) -> Result<T, String> {
-        self.thread
-            .join()
-            .unwrap_or_else(|_| Err(format!("the offline job {} panicked", self.progress.shared.name)))
+        self.thread.join().unwrap_or_else(|_| {
+            Err(format!(
+                "the offline job {} panicked",
+                self.progress.shared.name
+            ))
+        })
     }
 }
 
@@ -250,7 +253,9 @@ impl OfflineExecutor {
     }
 
     fn setup(&self) -> &Setup {
-        self.inner.setup.get_or_init(|| setup(self.inner.config.priority))
+        self.inner
+            .setup
+            .get_or_init(|| setup(self.inner.config.priority))
     }
 
     fn lock_jobs(&self) -> std::sync::MutexGuard<'_, Vec<Progress>> {

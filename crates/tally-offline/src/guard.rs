@@ -159,9 +159,9 @@ impl UnitState {
         // or it lost the race to another error, so a short wait here is bounded.
         loop {
             if let Ok(error) = self.error.try_lock() {
-                return error
-                    .clone()
-                    .or_else(|| (self.progress.state() == JobState::Failed).then(|| "the job failed".into()));
+                return error.clone().or_else(|| {
+                    (self.progress.state() == JobState::Failed).then(|| "the job failed".into())
+                });
             }
             std::thread::sleep(JOB_WAIT_POLL);
         }
@@ -301,5 +301,7 @@ impl WatchdogShared {
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // The guarded list holds no invariant a panic could break.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

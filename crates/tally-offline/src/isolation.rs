@@ -176,9 +176,16 @@ impl IdleCgroup {
 impl Drop for IdleCgroup {
     fn drop(&mut self) {
         // The last offline thread to end may be the one dropping it: it leaves first.
-        let name = self.dir.file_name().and_then(|name| name.to_str()).unwrap_or("");
-        let inside = fs::read_to_string("/proc/thread-self/cgroup")
-            .is_ok_and(|cgroups| cgroups.lines().any(|line| line.ends_with(&format!("/{name}"))));
+        let name = self
+            .dir
+            .file_name()
+            .and_then(|name| name.to_str())
+            .unwrap_or("");
+        let inside = fs::read_to_string("/proc/thread-self/cgroup").is_ok_and(|cgroups| {
+            cgroups
+                .lines()
+                .any(|line| line.ends_with(&format!("/{name}")))
+        });
         if inside {
             // SAFETY: gettid has no preconditions.
             let tid = unsafe { libc::gettid() };
@@ -328,7 +335,8 @@ mod tests {
 
     #[test]
     fn a_combined_v1_controller_and_a_namespaced_root_are_understood() {
-        let mountinfo = "31 30 0:27 /outer /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct\n";
+        let mountinfo =
+            "31 30 0:27 /outer /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct\n";
         let membership = "1:cpu,cpuacct:/outer/inner\n";
         assert_eq!(
             v1_cpu_dir(membership, mountinfo),

@@ -19,12 +19,22 @@ fn thread_cgroups() -> String {
 fn offline_threads_run_at_sched_idle() {
     let offline = OfflineExecutor::new(OfflineConfig::with_priority(Priority::Idle));
     let isolation = offline.isolation();
-    assert_ne!(isolation, Isolation::None, "SCHED_IDLE is always allowed on Linux");
+    assert_ne!(
+        isolation,
+        Isolation::None,
+        "SCHED_IDLE is always allowed on Linux"
+    );
     let job = offline
-        .spawn_job("probe", "units", |_| Ok((current_thread_policy(), thread_cgroups())))
+        .spawn_job("probe", "units", |_| {
+            Ok((current_thread_policy(), thread_cgroups()))
+        })
         .unwrap();
     let (policy, cgroups) = job.join().unwrap();
-    assert_eq!(policy, libc::SCHED_IDLE, "the policy read back from the kernel");
+    assert_eq!(
+        policy,
+        libc::SCHED_IDLE,
+        "the policy read back from the kernel"
+    );
     let in_idle_cgroup = cgroups.contains(&format!("tally-offline-{}-", std::process::id()));
     assert_eq!(
         in_idle_cgroup,
@@ -46,7 +56,9 @@ fn normal_priority_leaves_offline_threads_alone() {
     let offline = OfflineExecutor::new(OfflineConfig::with_priority(Priority::Normal));
     assert_eq!(offline.isolation(), Isolation::None);
     let job = offline
-        .spawn_job("probe", "units", |_| Ok((current_thread_policy(), thread_cgroups())))
+        .spawn_job("probe", "units", |_| {
+            Ok((current_thread_policy(), thread_cgroups()))
+        })
         .unwrap();
     let (policy, cgroups) = job.join().unwrap();
     assert_eq!(policy, libc::SCHED_OTHER);
@@ -166,7 +178,10 @@ fn the_guard_hands_a_pinned_job_over_under_a_cpu_hog_on_every_core() {
 
     assert_eq!(offline.boosts(), 1);
     let stalled = handle.handed_over_after().expect("handed over");
-    assert!(stalled >= GUARD_BOUND_DEFAULT, "handed over after {stalled:?}");
+    assert!(
+        stalled >= GUARD_BOUND_DEFAULT,
+        "handed over after {stalled:?}"
+    );
     // The watchdog looks every tick; under the hog it may wait for a time slice or two as well.
     // Generous slack: this checks that the guard acts at the bound, not how fast the machine is.
     assert!(
@@ -257,18 +272,28 @@ fn jobs_report_progress_and_failures_in_metrics() {
         .unwrap();
     done.join().unwrap();
     let failed = offline
-        .spawn_job("read_model_rebuild", "events", |progress| -> Result<(), String> {
-            progress.set_total(10);
-            progress.set_done(3);
-            Err("the disk is full".into())
-        })
+        .spawn_job(
+            "read_model_rebuild",
+            "events",
+            |progress| -> Result<(), String> {
+                progress.set_total(10);
+                progress.set_done(3);
+                Err("the disk is full".into())
+            },
+        )
         .unwrap();
     assert_eq!(failed.join(), Err("the disk is full".to_string()));
 
     let jobs = offline.jobs();
     assert_eq!(jobs.len(), 2);
-    assert_eq!((jobs[0].name, jobs[0].state, jobs[0].done, jobs[0].total), ("verify", JobState::Done, 1000, 1000));
-    assert_eq!((jobs[1].name, jobs[1].state, jobs[1].done), ("read_model_rebuild", JobState::Failed, 3));
+    assert_eq!(
+        (jobs[0].name, jobs[0].state, jobs[0].done, jobs[0].total),
+        ("verify", JobState::Done, 1000, 1000)
+    );
+    assert_eq!(
+        (jobs[1].name, jobs[1].state, jobs[1].done),
+        ("read_model_rebuild", JobState::Failed, 3)
+    );
 
     let mut registry = prometheus_client::registry::Registry::default();
     offline.register_metrics(&mut registry);
@@ -291,9 +316,17 @@ fn jobs_report_progress_and_failures_in_metrics() {
 fn finished_jobs_are_forgotten_beyond_the_limit() {
     let offline = OfflineExecutor::new(OfflineConfig::with_priority(Priority::Normal));
     for _ in 0..3 * tally_offline::limits::JOBS_FINISHED_KEPT {
-        offline.spawn_job("tiny", "units", |_| Ok(())).unwrap().join().unwrap();
+        offline
+            .spawn_job("tiny", "units", |_| Ok(()))
+            .unwrap()
+            .join()
+            .unwrap();
     }
     let jobs = offline.jobs();
-    assert!(jobs.len() <= tally_offline::limits::JOBS_FINISHED_KEPT + 1, "{}", jobs.len());
+    assert!(
+        jobs.len() <= tally_offline::limits::JOBS_FINISHED_KEPT + 1,
+        "{}",
+        jobs.len()
+    );
     assert!(jobs.iter().all(|job| job.state == JobState::Done));
 }

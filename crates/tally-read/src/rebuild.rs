@@ -84,7 +84,13 @@ fn remove_unused(path: &Path) -> Result<(), ReadError> {
         Err(
             error @ (redb::DatabaseError::DatabaseAlreadyOpen
             | redb::DatabaseError::TransactionInProgress),
-        ) => return Err(store_error("open (is a server running on it? stop it first)", path, error)),
+        ) => {
+            return Err(store_error(
+                "open (is a server running on it? stop it first)",
+                path,
+                error,
+            ))
+        }
         // Open or damaged, it is replaced either way.
         Ok(_) | Err(_) => {}
     }

@@ -36,6 +36,9 @@ enum CommandLine {
     Project(project::ProjectArgs),
     /// Load generator: drive transfers through the public HTTP API and report throughput and latency.
     Bench(bench::BenchArgs),
+    /// Co-location benchmark: online latency at a fixed rate alone, and next to a read model
+    /// rebuild and a verify in the same process at idle and at normal priority.
+    BenchOffline(bench::colocation::ColocationArgs),
     /// Show a running server's status: availability, dependencies, offline jobs, incidents.
     Status(status::StatusArgs),
     /// Keys and tokens: create and rotate the key pair, issue, inspect and revoke tokens.
@@ -128,6 +131,7 @@ fn main() -> ExitCode {
         CommandLine::Project(args) => project::run(args).map(|()| ExitCode::SUCCESS),
         CommandLine::Status(args) => status::run(args),
         CommandLine::Keys(command) => keys::run(command).map(|()| ExitCode::SUCCESS),
+        CommandLine::BenchOffline(args) => bench::colocation::run(args).map(|()| ExitCode::SUCCESS),
         CommandLine::Bench(args) => runtime()
             .and_then(|runtime| runtime.block_on(bench::run(args)))
             .map(|()| ExitCode::SUCCESS),

@@ -8,7 +8,7 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use tally_offline::{Job, OfflineExecutor, OfflineConfig, Priority};
+use tally_offline::{Job, OfflineConfig, OfflineExecutor, Priority};
 
 /// How often the bar is redrawn.
 const REDRAW_INTERVAL: Duration = Duration::from_millis(100);

@@ -371,7 +371,11 @@ async fn a_rebuild_from_position_zero_equals_the_live_projection() {
     assert_eq!(status.state, tally_offline::JobState::Done);
 
     let rebuilt = start(&rebuilt_dir.path, &sim.log);
-    assert_eq!(rebuilt.position(), sim.log.end(), "the rebuild's checkpoint is the log's end");
+    assert_eq!(
+        rebuilt.position(),
+        sim.log.end(),
+        "the rebuild's checkpoint is the log's end"
+    );
     assert_eq!(dump(&rebuilt, &accounts, &transfer_ids()), expected);
 }
 
