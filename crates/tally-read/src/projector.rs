@@ -211,9 +211,13 @@ impl Projector {
                 .reader
                 .read_from(position)
                 .map_err(|source| ReadError::Log { position, source })?;
-            while applied < self.options.transaction_events_max
-                && started.elapsed() < self.options.transaction_duration_max
-                && !self.shared.stop.load(Ordering::Acquire)
+            // At least one batch per transaction: opening the transaction and the reader may
+            // use the whole time budget on a starved thread, and a transaction that folds
+            // nothing makes no progress at all.
+            while !self.shared.stop.load(Ordering::Acquire)
+                && (applied == 0
+                    || (applied < self.options.transaction_events_max
+                        && started.elapsed() < self.options.transaction_duration_max))
             {
                 let Some(batch) = batches.next() else { break };
                 let position = self.projection.position();

@@ -182,7 +182,11 @@ async fn snapshots_are_offline_jobs_at_idle_priority() {
         })
     })
     .await;
-    let job = offline.jobs().into_iter().find(|job| job.name == "snapshot").unwrap();
+    let job = offline
+        .jobs()
+        .into_iter()
+        .find(|job| job.name == "snapshot")
+        .unwrap();
     assert_eq!((job.unit, job.done), ("events", job.total));
     assert!(job.total >= INTERVAL, "{job:?}");
     shutdown(opened.engine).await.unwrap();

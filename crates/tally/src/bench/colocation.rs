@@ -66,9 +66,25 @@ pub struct ColocationArgs {
     #[arg(long, value_name = "N", default_value_t = 64)]
     pub connections: usize,
 
+    /// The offline work: both jobs (what the figures in the README use), or one of them alone,
+    /// to tell their effects apart.
+    #[arg(long, value_enum, default_value_t = Work::Both)]
+    pub offline_work: Work,
+
     /// Run only this condition in this process and print its JSON line (used by the parent).
     #[arg(long, value_enum)]
     pub condition: Option<Condition>,
+}
+
+/// Which offline jobs run in the `idle` and `normal` conditions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Work {
+    /// A read model rebuild and a verify, at the same time.
+    Both,
+    /// Only the verify (reads and CPU).
+    Verify,
+    /// Only the rebuild (reads, CPU and writes to a redb file).
+    Rebuild,
 }
 
 /// What runs next to the online load.
@@ -159,6 +175,10 @@ fn child(args: &ColocationArgs, condition: Condition) -> anyhow::Result<Measured
         .args(["--warmup", &args.warmup.to_string()])
         .args(["--accounts", &args.accounts.to_string()])
         .args(["--connections", &args.connections.to_string()])
+        .args([
+            "--offline-work",
+            &format!("{:?}", args.offline_work).to_lowercase(),
+        ])
         .args(["--condition", &condition_name])
         .env(
             "TALLY_LOG",
@@ -276,6 +296,7 @@ async fn measure(
             &offline,
             &args.offline_data,
             data.path(),
+            args.offline_work,
         )?),
     };
     let minimum = Duration::from_secs(args.duration);
@@ -307,11 +328,11 @@ async fn measure(
     })
 }
 
-/// The offline work of one condition: a verify and a rebuild of the offline data directory,
-/// on the server's executor.
+/// The offline work of one condition: a verify and a rebuild of the offline data directory
+/// (or one of them), on the server's executor.
 struct OfflineWork {
-    verify: Job<tally_engine::DataDirReport>,
-    rebuild: Job<u64>,
+    verify: Option<Job<tally_engine::DataDirReport>>,
+    rebuild: Option<Job<u64>>,
     /// Holds the log's lock while the rebuild reads it.
     _log: SegmentedLog,
 }
@@ -321,6 +342,7 @@ impl OfflineWork {
         offline: &OfflineExecutor,
         dir: &std::path::Path,
         scratch: &std::path::Path,
+        work: Work,
     ) -> anyhow::Result<OfflineWork> {
         let (log, _) =
             SegmentedLog::open(&dir.join("log"), LogOptions::default()).with_context(|| {
@@ -329,12 +351,26 @@ impl OfflineWork {
                     dir.display()
                 )
             })?;
-        let (reader, end) = (log.reader(), log.next_position());
-        let target = scratch.join("rebuilt.redb");
-        let rebuild = offline.spawn_job(tally_read::REBUILD_JOB, "events", move |progress| {
-            tally_read::rebuild(&target, reader, end, progress).map_err(|error| error.to_string())
-        })?;
-        let verify = tally_engine::offline::spawn_verify(offline, dir.to_path_buf())?;
+        let rebuild = match work {
+            Work::Both | Work::Rebuild => {
+                let (reader, end) = (log.reader(), log.next_position());
+                let target = scratch.join("rebuilt.redb");
+                Some(
+                    offline.spawn_job(tally_read::REBUILD_JOB, "events", move |progress| {
+                        tally_read::rebuild(&target, reader, end, progress)
+                            .map_err(|error| error.to_string())
+                    })?,
+                )
+            }
+            Work::Verify => None,
+        };
+        let verify = match work {
+            Work::Both | Work::Verify => Some(tally_engine::offline::spawn_verify(
+                offline,
+                dir.to_path_buf(),
+            )?),
+            Work::Rebuild => None,
+        };
         Ok(OfflineWork {
             verify,
             rebuild,
@@ -343,21 +379,34 @@ impl OfflineWork {
     }
 
     fn is_finished(&self) -> bool {
-        self.verify.is_finished() && self.rebuild.is_finished()
+        self.verify.as_ref().is_none_or(Job::is_finished)
+            && self.rebuild.as_ref().is_none_or(Job::is_finished)
     }
 
-    /// Seconds each took, and the events of the log.
+    /// Seconds each took (0 for one not run), and the events of the log (0 without a rebuild).
     fn finish(self) -> anyhow::Result<(f64, f64, u64)> {
-        let verify_s = self.verify.progress().status().elapsed.as_secs_f64();
-        let rebuild_s = self.rebuild.progress().status().elapsed.as_secs_f64();
-        let report = self.verify.join().map_err(anyhow::Error::msg)?;
-        if !report.is_ok() {
-            bail!(
-                "the offline data directory {} does not verify",
-                report.dir.display()
-            );
+        let seconds = |progress: &tally_offline::Progress| progress.status().elapsed.as_secs_f64();
+        let verify_s = self
+            .verify
+            .as_ref()
+            .map_or(0.0, |job| seconds(job.progress()));
+        let rebuild_s = self
+            .rebuild
+            .as_ref()
+            .map_or(0.0, |job| seconds(job.progress()));
+        if let Some(verify) = self.verify {
+            let report = verify.join().map_err(anyhow::Error::msg)?;
+            if !report.is_ok() {
+                bail!(
+                    "the offline data directory {} does not verify",
+                    report.dir.display()
+                );
+            }
         }
-        let events = self.rebuild.join().map_err(anyhow::Error::msg)?;
+        let events = match self.rebuild {
+            Some(rebuild) => rebuild.join().map_err(anyhow::Error::msg)?,
+            None => 0,
+        };
         Ok((verify_s, rebuild_s, events))
     }
 }
