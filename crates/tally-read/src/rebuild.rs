@@ -80,19 +80,17 @@ fn remove_unused(path: &Path) -> Result<(), ReadError> {
     if !path.exists() {
         return Ok(());
     }
-    match redb::Database::open(path) {
-        Err(
-            error @ (redb::DatabaseError::DatabaseAlreadyOpen
-            | redb::DatabaseError::TransactionInProgress),
-        ) => {
-            return Err(store_error(
-                "open (is a server running on it? stop it first)",
-                path,
-                error,
-            ))
-        }
-        // Open or damaged, it is replaced either way.
-        Ok(_) | Err(_) => {}
+    // A file that opens, or is damaged, is replaced either way; only one in use is refused.
+    if let Err(
+        error @ (redb::DatabaseError::DatabaseAlreadyOpen
+        | redb::DatabaseError::TransactionInProgress),
+    ) = redb::Database::open(path)
+    {
+        return Err(store_error(
+            "open (is a server running on it? stop it first)",
+            path,
+            error,
+        ));
     }
     std::fs::remove_file(path).map_err(|source| ReadError::Io {
         op: "remove the read model to rebuild",

@@ -67,6 +67,10 @@ async fn the_online_path_answers_while_an_offline_job_is_stalled() {
             Ok(())
         })
         .unwrap();
+    // Stalled once it has done its first unit (before the hog, which would starve it earlier).
+    while job.progress().status().done < 1 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
     let hog = CpuHog::start();
     for i in 0..40 {
         let body = format!(r#"{{"id":"t{i}","from":"a","to":"b","amount":1}}"#);
