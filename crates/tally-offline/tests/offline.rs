@@ -49,6 +49,16 @@ fn offline_threads_run_at_sched_idle() {
         .spawn_thread("tally-test-service", current_thread_policy)
         .unwrap();
     assert_eq!(service.join().unwrap(), libc::SCHED_IDLE);
+
+    // A follower (a thread requests wait for) is idle too, but never in the idle cgroup.
+    let follower = offline
+        .spawn_follower("tally-test-follower", || {
+            (current_thread_policy(), thread_cgroups())
+        })
+        .unwrap();
+    let (policy, cgroups) = follower.join().unwrap();
+    assert_eq!(policy, libc::SCHED_IDLE);
+    assert!(!cgroups.contains("tally-offline-"), "{cgroups}");
 }
 
 #[test]

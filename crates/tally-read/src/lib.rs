@@ -249,8 +249,9 @@ impl ReadModel {
             projection,
             options,
         };
+        // Queries wait for it (read-your-writes): idle priority, but not the idle cgroup.
         let thread = offline
-            .spawn_thread("tally-projector", move || projector.run())
+            .spawn_follower("tally-projector", move || projector.run())
             .map_err(|source| ReadError::Io {
                 op: "spawn projector thread for",
                 path: path.to_path_buf(),
