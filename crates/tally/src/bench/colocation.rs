@@ -119,6 +119,10 @@ struct Measured {
     rebuild_s: f64,
     /// Events of the offline data directory's log.
     offline_events: u64,
+    /// The machine's 1-minute load average at the start and the end of the window: the machine
+    /// is shared, and other processes' load shows here.
+    loadavg_start: f64,
+    loadavg_end: f64,
 }
 
 /// Runs every condition in a child process and prints the comparison.
@@ -217,6 +221,8 @@ fn print_summary(results: &[Measured]) {
                 "verify_s": r.verify_s,
                 "rebuild_s": r.rebuild_s,
                 "offline_events": r.offline_events,
+                "loadavg_start": r.loadavg_start,
+                "loadavg_end": r.loadavg_end,
             })
         })
         .collect();
@@ -225,7 +231,7 @@ fn print_summary(results: &[Measured]) {
     );
     for (r, row) in results.iter().zip(&rows) {
         eprintln!(
-            "{:<9} {:>7.3} {:>8.3} {:>9.3} {:>9.2} {:>10.2} {:>5.0}% {:>8.1} {:>9.1}",
+            "{:<9} {:>7.3} {:>8.3} {:>9.3} {:>9.2} {:>10.2} {:>5.0}% {:>8.1} {:>9.1}  {:.1}-{:.1}",
             format!("{:?}", r.condition).to_lowercase(),
             r.p50_ms,
             r.p99_ms,
@@ -234,7 +240,9 @@ fn print_summary(results: &[Measured]) {
             row["p999_ratio"].as_f64().unwrap_or(f64::NAN),
             r.cpu_share * 100.0,
             r.verify_s,
-            r.rebuild_s
+            r.rebuild_s,
+            r.loadavg_start,
+            r.loadavg_end
         );
     }
     println!(
@@ -288,6 +296,7 @@ async fn measure(
     let load = Load::new(args, endpoint);
     load.run(Duration::from_secs(args.warmup), None).await?;
 
+    let loadavg_start = loadavg();
     let rusage_before = cpu_seconds();
     let started = Instant::now();
     let offline_work = match condition {
@@ -303,6 +312,7 @@ async fn measure(
     let latencies = load.run(minimum, offline_work.as_ref()).await?;
     let window = started.elapsed();
     let cpu = cpu_seconds() - rusage_before;
+    let loadavg_end = loadavg();
     let (verify_s, rebuild_s, offline_events) = match offline_work {
         Some(work) => work.finish()?,
         None => (0.0, 0.0, 0),
@@ -325,6 +335,8 @@ async fn measure(
         verify_s: round3(verify_s),
         rebuild_s: round3(rebuild_s),
         offline_events,
+        loadavg_start,
+        loadavg_end,
     })
 }
 
@@ -537,6 +549,14 @@ async fn setup_accounts(endpoint: &Endpoint, accounts: u64) -> anyhow::Result<()
         task.await.context("a setup task panicked")??;
     }
     Ok(())
+}
+
+/// The 1-minute load average of the machine; 0 where `/proc/loadavg` cannot be read.
+fn loadavg() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// CPU seconds this process has used, user and system.
