@@ -55,7 +55,7 @@ pub use metrics::EngineMetrics;
 pub use replay::replay_batch;
 pub use restriction::{Restriction, Revocations};
 pub use stepper::{Stepper, Ticket};
-pub use verify::{verify_data_dir, DataDirReport, SnapshotCheck};
+pub use verify::{verify_data_dir, verify_data_dir_reporting, DataDirReport, SnapshotCheck};
 
 use limits::{COMMAND_QUEUE_REQUESTS_MAX, STAGED_BATCHES_MAX};
 use pipeline::{Decider, Request, Shared, StateThread, Writer, WriterThread};
@@ -126,6 +126,8 @@ pub struct EngineConfig {
     pub log_options: LogOptions,
     /// Where batch timestamps come from: the system clock, or a simulated one.
     pub clock: Arc<dyn Clock>,
+    /// Where offline work (periodic snapshots) runs.
+    pub offline: tally_offline::OfflineExecutor,
 }
 
 impl EngineConfig {
@@ -137,6 +139,7 @@ impl EngineConfig {
             snapshot_interval_events: limits::SNAPSHOT_INTERVAL_EVENTS_DEFAULT,
             log_options: LogOptions::default(),
             clock: Arc::new(SystemClock),
+            offline: tally_offline::OfflineExecutor::default(),
         }
     }
 }
@@ -222,6 +225,7 @@ impl Engine {
             writer.log.reader(),
             Arc::clone(&shared),
             config.snapshot_interval_events,
+            &config.offline,
         )
         .map_err(setup("cannot start the snapshot thread"))?;
         let (request_sender, requests) = sync_channel(COMMAND_QUEUE_REQUESTS_MAX);

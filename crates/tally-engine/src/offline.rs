@@ -1,39 +1,35 @@
-//! Threads for offline work (snapshots, verification, replays): started at idle CPU priority so
-//! that they only use time the online path leaves unused.
+//! The engine's offline work, run on the [`OfflineExecutor`] (at `SCHED_IDLE`, in an idle
+//! cgroup where the machine allows it): periodic snapshots (see `snapshotter.rs`) and
+//! verification of a data directory.
+//!
+//! Both only read: sealed log records, snapshot files and the durable prefix of the log. They
+//! never touch the live state or take a lock the state and writer threads use, so an offline
+//! thread the kernel starves delays nothing but itself. Results go back by value, when the job
+//! ends.
 
-use std::thread::JoinHandle;
+use std::path::PathBuf;
 
-/// Spawns `work` on a named thread that asks the kernel for `SCHED_IDLE` first.
-pub fn spawn_offline<T: Send + 'static>(
-    name: &str,
-    work: impl FnOnce() -> T + Send + 'static,
-) -> std::io::Result<JoinHandle<T>> {
-    let name = name.to_string();
-    std::thread::Builder::new()
-        .name(name.clone())
-        .spawn(move || {
-            lower_priority(&name);
-            work()
+use tally_offline::{Job, OfflineExecutor};
+
+use crate::verify::{verify_data_dir_reporting, DataDirReport};
+
+/// Name of the verification job in `/metrics` and on the status page.
+pub const VERIFY_JOB: &str = "verify";
+
+/// Name of a periodic snapshot's job in `/metrics` and on the status page.
+pub const SNAPSHOT_JOB: &str = "snapshot";
+
+/// Starts [`verify_data_dir`](crate::verify_data_dir) on `dir` as an offline job; its progress
+/// counts bytes of log records checked against the size of the log's files.
+pub fn spawn_verify(
+    offline: &OfflineExecutor,
+    dir: PathBuf,
+) -> std::io::Result<Job<DataDirReport>> {
+    offline.spawn_job(VERIFY_JOB, "bytes", move |progress| {
+        verify_data_dir_reporting(&dir, &mut |done, total| {
+            progress.set_total(total);
+            progress.set_done(done);
         })
-}
-
-/// Moves the calling thread to `SCHED_IDLE`, or failing that to nice 19.
-pub fn lower_priority(name: &str) {
-    // SAFETY: plain syscalls on the calling thread with a valid, initialised parameter.
-    let idle = unsafe {
-        let param = libc::sched_param { sched_priority: 0 };
-        libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) == 0
-    };
-    if idle {
-        tracing::debug!(thread = name, "offline thread runs at SCHED_IDLE");
-        return;
-    }
-    // SAFETY: as above; gettid has no preconditions.
-    let niced =
-        unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19) == 0 };
-    tracing::warn!(
-        thread = name,
-        niced,
-        "SCHED_IDLE refused; offline thread runs at nice 19 instead"
-    );
+        .map_err(|error| error.to_string())
+    })
 }

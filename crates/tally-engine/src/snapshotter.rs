@@ -1,8 +1,10 @@
 //! The offline snapshot thread.
 //!
 //! It never touches the live state: it loads the newest snapshot, replays the log after it up to
-//! the durable end, and writes the result as a new snapshot, all on an idle-priority thread. The
-//! writer never waits for it, and a restart after a crash replays at most about one interval.
+//! the durable end, and writes the result as a new snapshot, all on a thread of the offline
+//! executor (idle priority). Each snapshot is a job (`snapshot`, counted in events replayed) in
+//! `/metrics`. The writer never waits for it, and a restart after a crash replays at most about
+//! one interval.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -11,8 +13,9 @@ use std::time::{Duration, SystemTime};
 
 use tally_core::Ledger;
 use tally_log::{LogReader, SnapshotStore};
+use tally_offline::{OfflineExecutor, Progress};
 
-use crate::offline::spawn_offline;
+use crate::offline::SNAPSHOT_JOB;
 use crate::pipeline::Shared;
 use crate::replay::replay_batch;
 use crate::SnapshotInfo;
@@ -31,13 +34,15 @@ impl Snapshotter {
         reader: Box<dyn LogReader>,
         shared: Arc<Shared>,
         interval_events: u64,
+        offline: &OfflineExecutor,
     ) -> std::io::Result<Snapshotter> {
         let stop = Arc::new(AtomicBool::new(false));
         if interval_events == 0 {
             return Ok(Snapshotter { stop, thread: None });
         }
         let stopping = Arc::clone(&stop);
-        let thread = spawn_offline("tally-snapshot", move || {
+        let executor = offline.clone();
+        let thread = offline.spawn_thread("tally-snapshot", move || {
             let mut reader = reader;
             // Where the last attempt, successful or not, started: a failed attempt waits a
             // whole interval before the next, without pretending a snapshot exists.
@@ -51,20 +56,8 @@ impl Snapshotter {
                     continue;
                 }
                 last_attempt = durable;
-                match take_snapshot(&store, reader.as_mut(), &stopping) {
-                    Ok(Some(position)) => {
-                        shared.set_last_snapshot(SnapshotInfo {
-                            position,
-                            written_at: SystemTime::now(),
-                        });
-                        tracing::info!(position, "snapshot written");
-                    }
-                    Ok(None) => {}
-                    Err(error) => {
-                        // Snapshots only shorten restarts; the log still holds everything.
-                        tracing::error!(%error, "snapshot failed; will retry at the next interval");
-                    }
-                }
+                // The outcome is logged and tracked as a job; a failed attempt waits an interval.
+                let _ = snapshot_job(&store, reader.as_mut(), &shared, &executor, &stopping);
             }
         })?;
         Ok(Snapshotter {
@@ -89,16 +82,57 @@ impl Drop for Snapshotter {
     }
 }
 
-/// Writes a snapshot at the durable end; `None` when stopped midway.
-pub(crate) fn take_snapshot(
+/// One snapshot as a tracked offline job, run on the calling thread: the snapshot thread's
+/// periodic work, and [`crate::Stepper::snapshot`]'s. Returns the position written; `None` when
+/// stopped midway, skipped or failed (snapshots only shorten restarts; the log holds everything).
+pub(crate) fn snapshot_job(
+    store: &SnapshotStore,
+    reader: &mut dyn LogReader,
+    shared: &Shared,
+    executor: &OfflineExecutor,
+    stop: &AtomicBool,
+) -> Result<Option<u64>, String> {
+    let durable = shared.durable_position.load(Ordering::SeqCst);
+    let progress = match executor.track(SNAPSHOT_JOB, "events") {
+        Ok(progress) => progress,
+        Err(reason) => {
+            tracing::warn!(%reason, "snapshot skipped until the next interval");
+            return Err(reason);
+        }
+    };
+    let taken = take_snapshot(store, reader, stop, durable, &progress);
+    OfflineExecutor::finish_job(&progress, matches!(taken, Ok(Some(_))));
+    match &taken {
+        Ok(Some(position)) => {
+            shared.set_last_snapshot(SnapshotInfo {
+                position: *position,
+                written_at: SystemTime::now(),
+            });
+            tracing::info!(position, "snapshot written");
+        }
+        Ok(None) => {}
+        Err(error) => {
+            tracing::error!(%error, "snapshot failed; will retry at the next interval");
+        }
+    }
+    taken
+}
+
+/// Writes a snapshot at the durable end (`durable` when called, or later); `None` when stopped
+/// midway.
+fn take_snapshot(
     store: &SnapshotStore,
     reader: &mut dyn LogReader,
     stop: &AtomicBool,
+    durable: u64,
+    progress: &Progress,
 ) -> Result<Option<u64>, String> {
     let mut ledger = match store.latest().map_err(|error| error.to_string())? {
         Some((_, bytes)) => Ledger::decode_snapshot(&bytes).unwrap_or_default(),
         None => Ledger::new(),
     };
+    let start = ledger.next_position();
+    progress.set_total(durable.saturating_sub(start));
     for batch in reader
         .read_from(ledger.next_position())
         .map_err(|error| error.to_string())?
@@ -108,7 +142,10 @@ pub(crate) fn take_snapshot(
         }
         let batch = batch.map_err(|error| error.to_string())?;
         replay_batch(&mut ledger, &batch).map_err(|error| error.to_string())?;
+        progress.set_done(ledger.next_position() - start);
     }
+    // The log may have grown since `durable` was read; the reader went on to its end.
+    progress.set_total(ledger.next_position() - start);
     let position = ledger.next_position();
     store
         .write(position, &ledger.encode_snapshot())

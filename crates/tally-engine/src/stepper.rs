@@ -19,11 +19,8 @@ use tokio::sync::oneshot;
 
 use crate::limits::{COMMAND_QUEUE_REQUESTS_MAX, STAGED_BATCHES_MAX};
 use crate::pipeline::{Decider, Request, Staged, Taken, Writer};
-use crate::snapshotter::take_snapshot;
-use crate::{
-    write_final_snapshot, Answer, Detail, EngineConfig, EngineError, Recovered, Recovery,
-    SnapshotInfo,
-};
+use crate::snapshotter::snapshot_job;
+use crate::{write_final_snapshot, Answer, Detail, EngineConfig, EngineError, Recovered, Recovery};
 
 /// The answer to one submitted request, once its batch is durable (or failed). Poll it with
 /// `try_recv`; a closed channel means the request was lost with its engine (a crash).
@@ -37,6 +34,7 @@ pub struct Stepper {
     staged: VecDeque<Staged>,
     store: SnapshotStore,
     snapshot_reader: Box<dyn LogReader>,
+    offline: tally_offline::OfflineExecutor,
 }
 
 impl Stepper {
@@ -61,6 +59,7 @@ impl Stepper {
             staged: VecDeque::new(),
             store,
             snapshot_reader,
+            offline: config.offline.clone(),
         };
         Ok((stepper, recovery))
     }
@@ -128,13 +127,14 @@ impl Stepper {
     /// the position written, or why it failed (a failed snapshot changes nothing else).
     pub fn snapshot(&mut self) -> Result<u64, String> {
         let never = AtomicBool::new(false);
-        let position = take_snapshot(&self.store, self.snapshot_reader.as_mut(), &never)?
-            .expect("a snapshot that is never stopped finishes");
-        self.decider.shared.set_last_snapshot(SnapshotInfo {
-            position,
-            written_at: std::time::SystemTime::now(),
-        });
-        Ok(position)
+        let position = snapshot_job(
+            &self.store,
+            self.snapshot_reader.as_mut(),
+            &self.decider.shared,
+            &self.offline,
+            &never,
+        )?;
+        Ok(position.expect("a snapshot that is never stopped finishes"))
     }
 
     /// Stops as [`crate::Engine::shutdown`] does: commits everything decided, then writes the

@@ -9,6 +9,24 @@ use tally_log::{verify_dir_with, FsStorage, SnapshotStore, VerifyReport};
 use crate::replay::replay_batch;
 use crate::EngineError;
 
+/// Bytes of a log record besides its body (length, checksum and batch header), as counted for
+/// progress: an estimate, so that a progress bar moves with the bytes read.
+const RECORD_OVERHEAD_BYTES: u64 = 32;
+
+/// The size of the files in `dir`; 0 if it cannot be listed (verification then says why).
+fn files_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|entry| entry.metadata().ok())
+                .filter(|metadata| metadata.is_file())
+                .map(|metadata| metadata.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 /// What verification of a data directory found.
 #[derive(Debug)]
 pub struct DataDirReport {
@@ -67,6 +85,19 @@ impl DataDirReport {
 /// Checks `dir` without changing it: every log record, every event against the ledger rules,
 /// the invariants of the final state, and the newest snapshot against the replayed state.
 pub fn verify_data_dir(dir: &Path) -> Result<DataDirReport, EngineError> {
+    verify_data_dir_reporting(dir, &mut |_, _| {})
+}
+
+/// [`verify_data_dir`], calling `progress(done, total)` as it goes: bytes of log records checked
+/// (counted from their bodies and a fixed overhead, so approximate until the end) and the size
+/// of the log's files.
+pub fn verify_data_dir_reporting(
+    dir: &Path,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<DataDirReport, EngineError> {
+    let log_bytes = files_bytes(&dir.join("log"));
+    let mut checked_bytes: u64 = 0;
+    progress(0, log_bytes);
     let snapshots_dir = dir.join("snapshots");
     let snapshot = if snapshots_dir.is_dir() {
         SnapshotStore::open(&snapshots_dir)?.latest()?
@@ -95,6 +126,8 @@ pub fn verify_data_dir(dir: &Path) -> Result<DataDirReport, EngineError> {
     let mut replay_error = None;
     compare(&ledger, &mut snapshot);
     let log = verify_dir_with(&FsStorage, &dir.join("log"), |batch| {
+        checked_bytes += batch.body.len() as u64 + RECORD_OVERHEAD_BYTES;
+        progress(checked_bytes.min(log_bytes), log_bytes);
         match replay_batch(&mut ledger, batch) {
             Ok(()) => {
                 compare(&ledger, &mut snapshot);
@@ -109,6 +142,7 @@ pub fn verify_data_dir(dir: &Path) -> Result<DataDirReport, EngineError> {
     if let Some((position, _)) = snapshot {
         snapshot_check = SnapshotCheck::Unusable { reason: format!("snapshot at position {position} does not fall on a batch boundary of the valid log") };
     }
+    progress(log_bytes, log_bytes);
     let invariant_error = if replay_error.is_none() {
         ledger.check_invariants().err()
     } else {

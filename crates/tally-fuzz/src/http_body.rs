@@ -194,10 +194,15 @@ impl Fixture {
         .expect("open the status figures");
         let state = AppState {
             engine: engine.handle(),
-            metrics: Arc::new(ServerMetrics::new(&engine.handle(), &read_slot)),
+            metrics: Arc::new(ServerMetrics::new(
+                &engine.handle(),
+                &read_slot,
+                &tally_offline::OfflineExecutor::default(),
+            )),
             read: read_slot,
             auth: tally_server::auth::Auth::Disabled,
             status: Arc::new(status),
+            offline: tally_offline::OfflineExecutor::default(),
         };
         let mut fixture = Fixture {
             runtime,

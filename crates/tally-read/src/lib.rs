@@ -29,8 +29,10 @@
 //! prefix of the log; a crash anywhere resumes from the last committed checkpoint and applies
 //! nothing twice. This makes it safe to skip the fsync on most commits (the file is derived
 //! data: at worst a crash costs re-projecting the last second), and to throw the file away and
-//! rebuild it from position 0 whenever it is damaged or ahead of the log. The projector runs at
-//! `SCHED_IDLE`, so catching up never takes CPU from the online write path.
+//! rebuild it from position 0 whenever it is damaged or ahead of the log. The projector runs on
+//! a thread of the offline executor ([`tally_offline`], `SCHED_IDLE`), so catching up never takes
+//! CPU from the online write path; [`rebuild`] projects a whole log into a new file as an offline
+//! job (`tally project --rebuild`).
 #![deny(missing_docs)]
 
 mod codec;
@@ -38,6 +40,7 @@ mod error;
 pub mod limits;
 mod projection;
 mod projector;
+mod rebuild;
 mod store;
 
 use std::path::Path;
@@ -48,9 +51,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 use tally_log::LogReader;
+use tally_offline::OfflineExecutor;
 use tokio::sync::{watch, Notify};
 
 pub use error::ReadError;
+pub use rebuild::{rebuild, REBUILD_JOB};
 
 use crate::projection::Projection;
 use crate::projector::{Projector, Shared};
@@ -208,6 +213,18 @@ impl ReadModel {
         durable: watch::Receiver<u64>,
         options: ProjectorOptions,
     ) -> Result<ReadModel, ReadError> {
+        ReadModel::start_on(&OfflineExecutor::default(), path, reader, durable, options)
+    }
+
+    /// [`ReadModel::start_with`] with the projector on a thread of `offline`, the process's
+    /// executor for offline work.
+    pub fn start_on(
+        offline: &OfflineExecutor,
+        path: &Path,
+        reader: Box<dyn LogReader>,
+        durable: watch::Receiver<u64>,
+        options: ProjectorOptions,
+    ) -> Result<ReadModel, ReadError> {
         assert!(options.transaction_events_max > 0);
         let log_end = *durable.borrow();
         let (store, checkpoint) = Store::open(path, log_end)?;
@@ -232,9 +249,9 @@ impl ReadModel {
             projection,
             options,
         };
-        let thread = std::thread::Builder::new()
-            .name("tally-projector".into())
-            .spawn(move || projector.run())
+        // Queries wait for it (read-your-writes): idle priority, but not the idle cgroup.
+        let thread = offline
+            .spawn_follower("tally-projector", move || projector.run())
             .map_err(|source| ReadError::Io {
                 op: "spawn projector thread for",
                 path: path.to_path_buf(),

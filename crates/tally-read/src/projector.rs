@@ -78,7 +78,6 @@ impl Shared {
 impl Projector {
     /// The thread's body: runs until stopped or until the log cannot be projected.
     pub fn run(mut self) {
-        lower_priority();
         let shared = Arc::clone(&self.shared);
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.follow()));
         let position = *shared.projected.borrow();
@@ -182,7 +181,7 @@ impl Projector {
 
     /// Folds batches from the checkpoint on into one write transaction and commits it; returns
     /// the number of events applied (0: nothing was committed).
-    fn transaction(&mut self, durable: bool) -> Result<u64, ReadError> {
+    pub fn transaction(&mut self, durable: bool) -> Result<u64, ReadError> {
         let path = self.shared.store.path.clone();
         let mut txn = self
             .shared
@@ -212,9 +211,13 @@ impl Projector {
                 .reader
                 .read_from(position)
                 .map_err(|source| ReadError::Log { position, source })?;
-            while applied < self.options.transaction_events_max
-                && started.elapsed() < self.options.transaction_duration_max
-                && !self.shared.stop.load(Ordering::Acquire)
+            // At least one batch per transaction: opening the transaction and the reader may
+            // use the whole time budget on a starved thread, and a transaction that folds
+            // nothing makes no progress at all.
+            while !self.shared.stop.load(Ordering::Acquire)
+                && (applied == 0
+                    || (applied < self.options.transaction_events_max
+                        && started.elapsed() < self.options.transaction_duration_max))
             {
                 let Some(batch) = batches.next() else { break };
                 let position = self.projection.position();
@@ -260,7 +263,7 @@ impl Projector {
     }
 
     /// Commits the checkpoint durably, which makes every earlier non-durable commit durable too.
-    fn sync(&mut self) -> Result<(), ReadError> {
+    pub fn sync(&mut self) -> Result<(), ReadError> {
         let path = self.shared.store.path.clone();
         let mut txn = self
             .shared
@@ -276,59 +279,5 @@ impl Projector {
         txn.commit()
             .map_err(|source| store_error("commit", &path, source))?;
         Ok(())
-    }
-}
-
-/// Moves the calling thread to the idle scheduling class, so projection only uses CPU the online
-/// write path leaves over; falls back to the lowest nice value where that is refused.
-fn lower_priority() {
-    #[cfg(target_os = "linux")]
-    {
-        let param = libc::sched_param { sched_priority: 0 };
-        // SAFETY: pid 0 names the calling thread and `param` outlives the call.
-        let result = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
-        if result == 0 {
-            tracing::info!("projector thread runs at SCHED_IDLE");
-            return;
-        }
-        let idle_error = std::io::Error::last_os_error();
-        // SAFETY: gettid has no preconditions.
-        let tid = unsafe { libc::syscall(libc::SYS_gettid) };
-        // SAFETY: plain syscall on our own thread id.
-        let result = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19) };
-        if result == 0 {
-            tracing::info!("projector thread runs at nice 19 (SCHED_IDLE refused: {idle_error})");
-        } else {
-            let nice_error = std::io::Error::last_os_error();
-            tracing::info!("projector thread runs at normal priority (SCHED_IDLE refused: {idle_error}; nice 19 refused: {nice_error})");
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    tracing::info!("projector thread runs at normal priority (no SCHED_IDLE on this platform)");
-}
-
-#[cfg(all(test, target_os = "linux"))]
-mod tests {
-    #[test]
-    fn the_projector_thread_runs_at_idle_priority() {
-        let (policy, nice) = std::thread::spawn(|| {
-            super::lower_priority();
-            // SAFETY: plain queries about the calling thread.
-            unsafe {
-                (
-                    libc::sched_getscheduler(0),
-                    libc::getpriority(
-                        libc::PRIO_PROCESS,
-                        libc::syscall(libc::SYS_gettid) as libc::id_t,
-                    ),
-                )
-            }
-        })
-        .join()
-        .unwrap();
-        assert!(
-            policy == libc::SCHED_IDLE || nice == 19,
-            "policy {policy}, nice {nice}"
-        );
     }
 }

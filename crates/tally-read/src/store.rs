@@ -174,7 +174,7 @@ impl Store {
 
     /// Creates an empty store at position 0, durably, so that a crash never leaves a file without
     /// tables behind.
-    fn create(path: &Path) -> Result<(Store, Checkpoint), ReadError> {
+    pub fn create(path: &Path) -> Result<(Store, Checkpoint), ReadError> {
         let db = Database::create(path).map_err(|source| store_error("create", path, source))?;
         let txn = db
             .begin_write()

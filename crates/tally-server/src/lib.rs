@@ -38,7 +38,8 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
 use tally_engine::{Engine, EngineConfig, EngineError, EngineHandle};
-use tally_read::ReadModel;
+use tally_offline::OfflineExecutor;
+use tally_read::{ProjectorOptions, ReadModel};
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -59,6 +60,8 @@ pub struct AppState {
     pub auth: auth::Auth,
     /// Availability, dependency health and incidents for the status page.
     pub status: Arc<status::StatusHub>,
+    /// Where offline work runs; its jobs show on the status page and in `/metrics`.
+    pub offline: OfflineExecutor,
 }
 
 /// The router with every route and layer.
@@ -193,6 +196,15 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let engine_config = config.engine.clone();
     let data_dir = engine_config.data_dir.clone();
+    // Sets up (and logs) the isolation of offline threads before the first one starts.
+    let offline = engine_config.offline.clone();
+    let isolation = offline.isolation();
+    tracing::info!(
+        isolation = isolation.as_str(),
+        priority = ?offline.config().priority,
+        "offline work (snapshots, projection, verification, rebuilds) isolated as {}",
+        isolation.as_str()
+    );
     let opened = tokio::task::spawn_blocking(move || Engine::open(engine_config))
         .await
         .map_err(|error| EngineError::Unavailable(format!("engine start panicked: {error}")))??;
@@ -208,9 +220,18 @@ pub async fn serve(
     }
     let read_path = data_dir.join(tally_read::READ_MODEL_FILE_NAME);
     let feed = opened.feed;
-    let read = ReadSlot::opening(move || ReadModel::start(&read_path, feed.reader, feed.durable));
+    let projector_offline = offline.clone();
+    let read = ReadSlot::opening(move || {
+        ReadModel::start_on(
+            &projector_offline,
+            &read_path,
+            feed.reader,
+            feed.durable,
+            ProjectorOptions::default(),
+        )
+    });
     let engine = opened.engine;
-    let metrics = Arc::new(ServerMetrics::new(&engine.handle(), &read));
+    let metrics = Arc::new(ServerMetrics::new(&engine.handle(), &read, &offline));
     let auth = match config.auth {
         AuthConfig::Disabled => {
             tracing::warn!(listen = %config.listen, "authentication is OFF (--no-auth): anyone who can reach this address can move value");
@@ -245,6 +266,7 @@ pub async fn serve(
         metrics,
         auth,
         status: Arc::new(status),
+        offline,
     };
     // The page has a verdict for every dependency before the first request can ask for it;
     // a read model that opens quickly is not recorded as an incident of every start.

@@ -5,6 +5,8 @@
 //! Three kinds of series:
 //! - counters and histograms updated where the work happens: the engine's (`tally_engine_*`,
 //!   `tally_log_fsync_seconds`) and the HTTP layer's (`tally_http_*`);
+//! - the offline executor's (`tally_offline_*`: isolation in force, starvation guard boosts, job
+//!   progress), read at scrape time by its own collector (see `tally_offline`);
 //! - values read at scrape time through the same accessors a status page uses
 //!   ([`EngineHandle`], [`ReadModel`](tally_read::ReadModel)), so the two never disagree, by a
 //!   collector that leaves out what does not exist yet (no snapshot, a read model still opening);
@@ -32,6 +34,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::TypedMetric;
 use prometheus_client::registry::Registry;
 use tally_engine::EngineHandle;
+use tally_offline::OfflineExecutor;
 
 use crate::{AppState, ReadSlot};
 
@@ -65,10 +68,11 @@ pub struct ServerMetrics {
 
 impl ServerMetrics {
     /// A registry holding the engine's series, the server's, and the values read at scrape
-    /// time from `engine` and `read`.
-    pub fn new(engine: &EngineHandle, read: &ReadSlot) -> ServerMetrics {
+    /// time from `engine`, `read` and `offline` (the isolation and jobs of offline work).
+    pub fn new(engine: &EngineHandle, read: &ReadSlot, offline: &OfflineExecutor) -> ServerMetrics {
         let mut registry = Registry::default();
         engine.metrics().register(&mut registry);
+        offline.register_metrics(&mut registry);
         let requests = Family::<RouteLabels, Counter>::default();
         let request_seconds = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.000_5, 2.0, 14))

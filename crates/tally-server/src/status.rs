@@ -142,7 +142,7 @@ impl StatusHub {
         let keys = keys(app, &self.data_dir, now);
         let evaluation = Evaluation {
             dependencies: vec![log, disk, read_model, keys],
-            jobs: read_job.into_iter().collect(),
+            jobs: read_job.into_iter().chain(offline_jobs(app)).collect(),
         };
         {
             let mut measured = lock(&self.measured);
@@ -283,6 +283,19 @@ impl StatusHub {
         };
         (dependency("read_model", health, reason, details), job)
     }
+}
+
+/// The offline executor's jobs (snapshots, verifications, rebuilds), running or recently
+/// finished, with the isolation they run under.
+fn offline_jobs(app: &AppState) -> impl Iterator<Item = JobStatus> {
+    let isolation = app.offline.isolation().as_str();
+    app.offline.jobs().into_iter().map(move |job| JobStatus {
+        name: format!("{} #{} ({}, {isolation})", job.name, job.id, job.unit),
+        state: job.state.as_str().to_string(),
+        done: job.done,
+        total: job.total,
+        rate_per_second: job.rate_per_second,
+    })
 }
 
 fn log(app: &AppState) -> DependencyStatus {

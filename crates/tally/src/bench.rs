@@ -12,6 +12,7 @@
 //! cores with the server it measures.
 
 pub(crate) mod client;
+pub(crate) mod colocation;
 mod server;
 
 use std::borrow::Cow;

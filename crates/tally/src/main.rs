@@ -3,6 +3,8 @@
 
 mod bench;
 mod keys;
+mod progress;
+mod project;
 mod simulate;
 mod status;
 mod verify;
@@ -31,8 +33,13 @@ enum CommandLine {
     Serve(ServeArgs),
     /// Check every record of a data directory and every ledger invariant, without changing it.
     Verify(verify::VerifyArgs),
+    /// Rebuild the embedded read model of a stopped server's data directory from position zero.
+    Project(project::ProjectArgs),
     /// Load generator: drive transfers through the public HTTP API and report throughput and latency.
     Bench(bench::BenchArgs),
+    /// Co-location benchmark: online latency at a fixed rate alone, and next to a read model
+    /// rebuild and a verify in the same process at idle and at normal priority.
+    BenchOffline(bench::colocation::ColocationArgs),
     /// Show a running server's status: availability, dependencies, offline jobs, incidents.
     Status(status::StatusArgs),
     /// Deterministic simulation: the engine against a simulated clock, faulty disk, clients and
@@ -75,6 +82,11 @@ struct ServeArgs {
     /// log collectors. The level is set with TALLY_LOG (default `info`).
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "TALLY_LOG_FORMAT")]
     log_format: LogFormat,
+    /// Priority of offline work (snapshots, read model projection): `idle` runs it at SCHED_IDLE,
+    /// in an idle cpu cgroup where the machine allows it; `normal` lets it compete with requests,
+    /// for comparison.
+    #[arg(long, value_enum, default_value_t = progress::PriorityArg::Idle, env = "TALLY_OFFLINE_PRIORITY")]
+    offline_priority: progress::PriorityArg,
 }
 
 /// `4096`, `64KiB`, `256MiB`, `2GiB` (also `K`, `M`, `G`, binary multiples) as bytes.
@@ -126,9 +138,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         CommandLine::Serve(args) => serve(args).map(|()| ExitCode::SUCCESS),
         CommandLine::Verify(args) => verify::run(args),
+        CommandLine::Project(args) => project::run(args).map(|()| ExitCode::SUCCESS),
         CommandLine::Status(args) => status::run(args),
         CommandLine::Simulate(args) => simulate::run(args),
         CommandLine::Keys(command) => keys::run(command).map(|()| ExitCode::SUCCESS),
+        CommandLine::BenchOffline(args) => bench::colocation::run(args).map(|()| ExitCode::SUCCESS),
         CommandLine::Bench(args) => runtime()
             .and_then(|runtime| runtime.block_on(bench::run(args)))
             .map(|()| ExitCode::SUCCESS),
@@ -205,6 +219,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     config.engine.batch_wait = Duration::from_micros(args.batch_wait_us);
     config.engine.snapshot_interval_events = args.snapshot_interval_events;
+    config.engine.offline = args.offline_priority.executor();
     runtime()?.block_on(tally_server::serve(config, |address| {
         // Scripts and `tally bench` wait for exactly this line.
         println!("listening on http://{address}");

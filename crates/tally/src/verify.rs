@@ -3,16 +3,23 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use tally_engine::{verify_data_dir, SnapshotCheck};
+use tally_engine::offline::spawn_verify;
+use tally_engine::SnapshotCheck;
 use tally_log::ProblemKind;
+
+use crate::progress::{follow, PriorityArg};
 
 #[derive(clap::Args)]
 pub struct VerifyArgs {
     /// The data directory to check (as given to `tally serve --data-dir`).
     dir: PathBuf,
+    /// Priority of the check: `idle` leaves the CPU to everything else, `normal` competes.
+    #[arg(long, value_enum, default_value_t = PriorityArg::Idle)]
+    offline_priority: PriorityArg,
 }
 
-/// Prints a report on standard output. Exit code 0: sound; 1: problems found.
+/// Prints a report on standard output (and a progress bar on standard error when it is a
+/// terminal). Exit code 0: sound; 1: problems found.
 pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     if !args.dir.join("log").is_dir() {
         anyhow::bail!(
@@ -20,7 +27,9 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             args.dir.display()
         );
     }
-    let report = verify_data_dir(&args.dir)?;
+    let offline = args.offline_priority.executor();
+    let job = spawn_verify(&offline, args.dir.clone())?;
+    let report = follow(job, "verifying").map_err(anyhow::Error::msg)?;
     let log = &report.log;
     println!("data directory {}", report.dir.display());
     println!(

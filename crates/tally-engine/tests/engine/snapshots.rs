@@ -141,3 +141,53 @@ async fn a_corrupt_snapshot_falls_back_to_an_older_one_or_to_the_log() {
     let report = tally_engine::verify_data_dir(dir.path()).unwrap();
     assert!(report.is_ok(), "{report:?}");
 }
+
+/// The scheduling policy of this process's threads named `name`, from `/proc` (field 41 of a
+/// task's `stat`).
+fn policies_of_threads_named(name: &str) -> Vec<i32> {
+    let mut policies = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap();
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        policies.push(after.split(' ').nth(41 - 3).unwrap().parse().unwrap());
+    }
+    policies
+}
+
+/// The snapshot thread runs on the offline executor at `SCHED_IDLE`, and every snapshot is a
+/// job with its progress in events.
+#[tokio::test(flavor = "multi_thread")]
+async fn snapshots_are_offline_jobs_at_idle_priority() {
+    let offline = tally_offline::OfflineExecutor::new(tally_offline::OfflineConfig::default());
+    let config = EngineConfig {
+        snapshot_interval_events: INTERVAL,
+        offline: offline.clone(),
+        ..mem_config()
+    };
+    let opened = open_in(Arc::new(MemStorage::new()), config);
+    let handle = opened.engine.handle();
+    let policies = policies_of_threads_named("tally-snapshot");
+    // SCHED_IDLE is 5.
+    assert_eq!(policies, [5], "the snapshot thread's policy");
+    execute(&handle, &opens()).await;
+    execute(&handle, &deposits("a", 150)).await;
+    eventually("a snapshot job is done", || {
+        offline.jobs().iter().any(|job| {
+            job.name == tally_engine::offline::SNAPSHOT_JOB
+                && job.state == tally_offline::JobState::Done
+        })
+    })
+    .await;
+    let job = offline
+        .jobs()
+        .into_iter()
+        .find(|job| job.name == "snapshot")
+        .unwrap();
+    assert_eq!((job.unit, job.done), ("events", job.total));
+    assert!(job.total >= INTERVAL, "{job:?}");
+    shutdown(opened.engine).await.unwrap();
+}

@@ -338,3 +338,73 @@ async fn an_event_that_cannot_be_folded_aborts_its_whole_transaction() {
     );
     assert_eq!(all_history(&model, "alice", 10).len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_from_position_zero_equals_the_live_projection() {
+    let sim = busy_sim();
+    let accounts = sim.account_ids();
+    let live_dir = dir();
+    let live = project(&live_dir.path, &sim.log).await;
+    let expected = dump(&live, &accounts, &transfer_ids());
+
+    // A file another handle holds is refused, not replaced under it.
+    let offline = tally_offline::OfflineExecutor::default();
+    let progress = offline.track(tally_read::REBUILD_JOB, "events").unwrap();
+    let busy = tally_read::rebuild(&live_dir.path, sim.log.reader(), sim.log.end(), &progress);
+    let error = busy.unwrap_err().to_string();
+    assert!(error.contains("stop it first"), "{error}");
+    live.shutdown();
+
+    // Over a file of garbage, as an offline job.
+    let rebuilt_dir = dir();
+    std::fs::write(&rebuilt_dir.path, b"not a redb file").unwrap();
+    let (path, reader, end) = (rebuilt_dir.path.clone(), sim.log.reader(), sim.log.end());
+    let job = offline
+        .spawn_job(tally_read::REBUILD_JOB, "events", move |progress| {
+            tally_read::rebuild(&path, reader, end, progress).map_err(|error| error.to_string())
+        })
+        .unwrap();
+    let progress = job.progress().clone();
+    assert_eq!(job.join().unwrap(), sim.log.end());
+    let status = progress.status();
+    assert_eq!((status.done, status.total), (sim.log.end(), sim.log.end()));
+    assert_eq!(status.state, tally_offline::JobState::Done);
+
+    let rebuilt = start(&rebuilt_dir.path, &sim.log);
+    assert_eq!(
+        rebuilt.position(),
+        sim.log.end(),
+        "the rebuild's checkpoint is the log's end"
+    );
+    assert_eq!(dump(&rebuilt, &accounts, &transfer_ids()), expected);
+}
+
+/// The scheduling policy of this process's threads named `name`, from `/proc` (field 41 of a
+/// task's `stat`).
+fn policies_of_threads_named(name: &str) -> Vec<i32> {
+    let mut policies = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap();
+        // Fields after the command (in parentheses) start at field 3.
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        let policy = after.split(' ').nth(41 - 3).unwrap();
+        policies.push(policy.parse().unwrap());
+    }
+    policies
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_projector_runs_at_idle_priority() {
+    let sim = busy_sim();
+    let dir = dir();
+    let model = project(&dir.path, &sim.log).await;
+    let policies = policies_of_threads_named("tally-projector");
+    assert!(!policies.is_empty(), "no projector thread found");
+    // SCHED_IDLE is 5.
+    assert!(policies.iter().all(|&policy| policy == 5), "{policies:?}");
+    model.shutdown();
+}

@@ -5,6 +5,7 @@ mod documented;
 mod errors;
 mod malformed;
 mod observability;
+mod offline;
 mod operations;
 mod properties;
 mod semantics;

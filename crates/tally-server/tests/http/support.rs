@@ -129,13 +129,18 @@ impl TestApp {
         let read_slot = tally_server::ReadSlot::ready(read.clone());
         let state = AppState {
             engine: engine.handle(),
-            metrics: Arc::new(ServerMetrics::new(&engine.handle(), &read_slot)),
+            metrics: Arc::new(ServerMetrics::new(
+                &engine.handle(),
+                &read_slot,
+                &tally_offline::OfflineExecutor::default(),
+            )),
             read: read_slot,
             auth: auth(dir.path(), &engine),
             status: Arc::new(
                 StatusHub::open(dir.path(), StatusConfig::default())
                     .expect("open the status figures"),
             ),
+            offline: tally_offline::OfflineExecutor::default(),
         };
         state.status.refresh(&state);
         TestApp {

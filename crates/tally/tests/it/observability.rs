@@ -125,14 +125,29 @@ async fn metrics_pass_promtool_after_real_traffic() {
     traffic(&server.client(), "first").await;
     let status = server.terminate().await;
     assert!(status.success(), "{status}");
-    // The shutdown wrote a snapshot; the restarted server reports it.
-    let server = Server::start(dir.path()).await;
+    // The shutdown wrote a snapshot; the restarted server reports it. A short snapshot
+    // interval makes the second round's traffic start a periodic snapshot: an offline job.
+    let options = ServeOptions {
+        args: &["--snapshot-interval-events", "2"],
+        ..ServeOptions::default()
+    };
+    let server = Server::start_with(dir.path(), options).await;
     let client = server.client();
     traffic(&client, "second").await;
 
-    let scrape = client.get_settled("/metrics").await.unwrap();
-    assert_eq!(scrape.status, 200, "{}", scrape.text);
-    let text = scrape.text;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let scrape = client.get_settled("/metrics").await.unwrap();
+        assert_eq!(scrape.status, 200, "{}", scrape.text);
+        if scrape
+            .text
+            .contains("tally_offline_job_state{name=\"snapshot\"")
+            || std::time::Instant::now() > deadline
+        {
+            break scrape.text;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     for series in [
         "tally_http_requests_total{",
         "tally_http_request_duration_seconds_bucket{",
@@ -149,6 +164,11 @@ async fn metrics_pass_promtool_after_real_traffic() {
         "tally_read_model_lag_seconds ",
         "tally_engine_failed 0",
         r#"method="other",route="/v1/accounts",status="405""#,
+        "tally_offline_isolation{mode=\"sched_idle+idle_cgroup\"} ",
+        "tally_offline_boosts_total 0",
+        "tally_offline_job_units_done{name=\"snapshot\",",
+        "tally_offline_job_units_per_second{name=\"snapshot\",",
+        "tally_offline_job_state{name=\"snapshot\",",
     ] {
         assert!(text.contains(series), "no {series} in:\n{text}");
     }

@@ -258,11 +258,13 @@ impl Server {
     }
 }
 
-/// Runs `tally verify DIR`; on failure, says how it exited and what it printed.
+/// Runs `tally verify DIR`; on failure, says how it exited and what it printed. At normal
+/// priority: tests run side by side on busy cores, where an idle-priority check would only wait.
 pub fn verify_data_dir(data_dir: &Path) -> Result<(), String> {
     let tally = tally_bin();
     let output = std::process::Command::new(&tally)
         .arg("verify")
+        .args(["--offline-priority", "normal"])
         .arg(data_dir)
         .output()
         .unwrap_or_else(|error| panic!("running {tally} verify: {error}"));

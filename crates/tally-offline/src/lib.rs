@@ -1,0 +1,44 @@
+//! Offline work of Tally, isolated from the online path.
+//!
+//! Offline work is everything that does not answer a request: snapshots, `tally verify`, the
+//! read model's projection and rebuilds, replays. It runs on threads started by an
+//! [`OfflineExecutor`], which move themselves to `SCHED_IDLE` as they start and, where the
+//! machine allows it, into a child cpu cgroup with `cpu.idle = 1` (cgroup v2, or v1 on kernels
+//! that have `cpu.idle`). [`OfflineExecutor::isolation`] says which of [`Isolation::None`],
+//! [`Isolation::SchedIdle`] and [`Isolation::SchedIdleIdleCgroup`] is in force.
+//!
+//! ```no_run
+//! use tally_offline::{OfflineConfig, OfflineExecutor};
+//!
+//! let offline = OfflineExecutor::new(OfflineConfig::default());
+//! println!("offline isolation: {}", offline.isolation().as_str());
+//! let job = offline
+//!     .spawn_job("checksum", "bytes", |progress| {
+//!         progress.set_total(1 << 20);
+//!         progress.add(1 << 20);
+//!         Ok(42)
+//!     })
+//!     .expect("a thread");
+//! assert_eq!(job.join(), Ok(42));
+//! ```
+//!
+//! Key design choice: no priority inversion by construction. Offline threads read immutable
+//! data (sealed log records, snapshot files) and hand results over by value; they never take a
+//! lock that a normal-priority thread waits for: progress is atomics, and the job table is only
+//! locked by normal threads. Where a job must hold something that matters to others (a *pin*),
+//! it is split into idempotent units, and the starvation guard ([`OfflineExecutor::spawn_units`])
+//! hands the remaining units to a normal-priority thread when no unit finished for a bound.
+//! Handing over is the only way: an unprivileged thread cannot leave `SCHED_IDLE`.
+#![deny(missing_docs)]
+
+mod executor;
+mod guard;
+mod isolation;
+pub mod limits;
+mod metrics;
+mod progress;
+
+pub use executor::{Job, OfflineConfig, OfflineExecutor};
+pub use guard::{UnitJob, UnitJobHandle};
+pub use isolation::{current_thread_policy, Isolation, Priority};
+pub use progress::{JobState, JobStatus, Progress};

@@ -1,0 +1,35 @@
+//! Every limit of the offline executor in one place, each with the reason it exists.
+
+use std::time::Duration;
+
+/// Default time a job holding a pinned resource may go without finishing a unit before the
+/// starvation guard hands the rest of it to a normal-priority thread. Long enough that a job
+/// merely sharing the CPU is left alone (a unit should take milliseconds), short enough that a
+/// pin does not outlive its purpose by much.
+pub const GUARD_BOUND_DEFAULT: Duration = Duration::from_millis(500);
+
+/// Shortest bound that may be configured: below a few watchdog ticks the guard would hand over
+/// jobs that are only waiting for their next time slice.
+pub const GUARD_BOUND_MIN: Duration = Duration::from_millis(100);
+
+/// How often the watchdog looks at the guarded jobs; a handover happens at most this long after
+/// the bound has passed.
+pub const WATCHDOG_TICK: Duration = Duration::from_millis(50);
+
+/// Offline jobs running at once in one executor. Each is a thread; more than this is a bug in
+/// the caller (jobs are few and long), and refused rather than left to exhaust threads.
+pub const JOBS_RUNNING_MAX: usize = 32;
+
+/// Finished jobs kept for `/metrics` and the status page, newest first; older ones are
+/// forgotten so that the number of series stays bounded.
+pub const JOBS_FINISHED_KEPT: usize = 8;
+
+/// Units of one unit job: each has a completion flag in memory.
+pub const JOB_UNITS_MAX: u64 = 1 << 20;
+
+/// How often a caller waiting for a unit job looks at it. Waiting takes no lock that an idle
+/// thread could hold, so it polls.
+pub const JOB_WAIT_POLL: Duration = Duration::from_millis(5);
+
+const _: () = assert!(GUARD_BOUND_MIN.as_millis() >= 2 * WATCHDOG_TICK.as_millis());
+const _: () = assert!(GUARD_BOUND_DEFAULT.as_millis() >= GUARD_BOUND_MIN.as_millis());

@@ -1,0 +1,342 @@
+//! The offline executor on the real kernel: policies read back, the idle cgroup joined, the
+//! starvation guard under a CPU hog, and the figures `/metrics` shows.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tally_offline::limits::{GUARD_BOUND_DEFAULT, WATCHDOG_TICK};
+use tally_offline::{
+    current_thread_policy, Isolation, JobState, OfflineConfig, OfflineExecutor, Priority, UnitJob,
+};
+
+/// The cgroup line of the calling thread.
+fn thread_cgroups() -> String {
+    std::fs::read_to_string("/proc/thread-self/cgroup").unwrap()
+}
+
+#[test]
+fn offline_threads_run_at_sched_idle() {
+    let offline = OfflineExecutor::new(OfflineConfig::with_priority(Priority::Idle));
+    let isolation = offline.isolation();
+    assert_ne!(
+        isolation,
+        Isolation::None,
+        "SCHED_IDLE is always allowed on Linux"
+    );
+    let job = offline
+        .spawn_job("probe", "units", |_| {
+            Ok((current_thread_policy(), thread_cgroups()))
+        })
+        .unwrap();
+    let (policy, cgroups) = job.join().unwrap();
+    assert_eq!(
+        policy,
+        libc::SCHED_IDLE,
+        "the policy read back from the kernel"
+    );
+    let in_idle_cgroup = cgroups.contains(&format!("tally-offline-{}-", std::process::id()));
+    assert_eq!(
+        in_idle_cgroup,
+        isolation == Isolation::SchedIdleIdleCgroup,
+        "isolation {isolation:?}, cgroups of the offline thread:\n{cgroups}"
+    );
+    // The thread that created the executor is untouched.
+    assert_eq!(current_thread_policy(), libc::SCHED_OTHER);
+    assert!(!thread_cgroups().contains("tally-offline-"));
+
+    let service = offline
+        .spawn_thread("tally-test-service", current_thread_policy)
+        .unwrap();
+    assert_eq!(service.join().unwrap(), libc::SCHED_IDLE);
+
+    // A follower (a thread requests wait for) is idle too, but never in the idle cgroup.
+    let follower = offline
+        .spawn_follower("tally-test-follower", || {
+            (current_thread_policy(), thread_cgroups())
+        })
+        .unwrap();
+    let (policy, cgroups) = follower.join().unwrap();
+    assert_eq!(policy, libc::SCHED_IDLE);
+    assert!(!cgroups.contains("tally-offline-"), "{cgroups}");
+}
+
+#[test]
+fn normal_priority_leaves_offline_threads_alone() {
+    let offline = OfflineExecutor::new(OfflineConfig::with_priority(Priority::Normal));
+    assert_eq!(offline.isolation(), Isolation::None);
+    let job = offline
+        .spawn_job("probe", "units", |_| {
+            Ok((current_thread_policy(), thread_cgroups()))
+        })
+        .unwrap();
+    let (policy, cgroups) = job.join().unwrap();
+    assert_eq!(policy, libc::SCHED_OTHER);
+    assert!(!cgroups.contains("tally-offline-"), "{cgroups}");
+}
+
+/// Threads that spin at normal priority on every core until dropped.
+struct CpuHog {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl CpuHog {
+    fn start() -> CpuHog {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let stop = Arc::new(AtomicBool::new(false));
+        let spinning = Arc::new(AtomicU64::new(0));
+        let threads = (0..2 * cores)
+            .map(|_| {
+                let stop = Arc::clone(&stop);
+                let spinning = Arc::clone(&spinning);
+                std::thread::spawn(move || {
+                    spinning.fetch_add(1, Ordering::SeqCst);
+                    while !stop.load(Ordering::Relaxed) {
+                        std::hint::spin_loop();
+                    }
+                })
+            })
+            .collect();
+        while spinning.load(Ordering::SeqCst) < 2 * cores as u64 {
+            std::thread::yield_now();
+        }
+        CpuHog { stop, threads }
+    }
+}
+
+impl Drop for CpuHog {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            thread.join().unwrap();
+        }
+    }
+}
+
+/// Nanoseconds of CPU the calling thread has used.
+fn thread_cpu_ns() -> u64 {
+    let mut time = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `time` is a valid, writable timespec.
+    assert_eq!(
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut time) },
+        0
+    );
+    time.tv_sec as u64 * 1_000_000_000 + time.tv_nsec as u64
+}
+
+/// Units that each need `cpu` of CPU time (not wall time), and record who committed work.
+struct Burn {
+    units: u64,
+    cpu: Duration,
+    runs_at_idle: AtomicU64,
+    runs_at_normal: AtomicU64,
+}
+
+impl UnitJob for Burn {
+    fn units(&self) -> u64 {
+        self.units
+    }
+
+    fn run(&self, _index: u64) -> Result<(), String> {
+        let start = thread_cpu_ns();
+        while thread_cpu_ns() - start < self.cpu.as_nanos() as u64 {
+            std::hint::spin_loop();
+        }
+        if current_thread_policy() == libc::SCHED_IDLE {
+            self.runs_at_idle.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.runs_at_normal.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
+/// A pin that records when it is released.
+struct Pin(Arc<Mutex<Option<Instant>>>);
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        *self.0.lock().unwrap() = Some(Instant::now());
+    }
+}
+
+#[test]
+fn the_guard_hands_a_pinned_job_over_under_a_cpu_hog_on_every_core() {
+    let offline = OfflineExecutor::new(OfflineConfig::with_priority(Priority::Idle));
+    assert_ne!(offline.isolation(), Isolation::None);
+    let hog = CpuHog::start();
+    let job = Arc::new(Burn {
+        units: 40,
+        cpu: Duration::from_millis(5),
+        runs_at_idle: AtomicU64::new(0),
+        runs_at_normal: AtomicU64::new(0),
+    });
+    let released = Arc::new(Mutex::new(None));
+    let handle = offline
+        .spawn_units(
+            "burn",
+            Arc::clone(&job) as Arc<dyn UnitJob>,
+            Some(Box::new(Pin(Arc::clone(&released)))),
+        )
+        .unwrap();
+    handle.wait().unwrap();
+    drop(hog);
+
+    assert_eq!(offline.boosts(), 1);
+    let stalled = handle.handed_over_after().expect("handed over");
+    assert!(
+        stalled >= GUARD_BOUND_DEFAULT,
+        "handed over after {stalled:?}"
+    );
+    // The watchdog looks every tick; under the hog it may wait for a time slice or two as well.
+    // Generous slack: this checks that the guard acts at the bound, not how fast the machine is.
+    assert!(
+        stalled <= GUARD_BOUND_DEFAULT + 4 * WATCHDOG_TICK + Duration::from_millis(300),
+        "handed over only after {stalled:?}"
+    );
+    assert!(job.runs_at_normal.load(Ordering::Relaxed) > 0);
+    let status = handle.status();
+    assert_eq!(status.state, JobState::Done);
+    assert_eq!((status.done, status.total), (40, 40));
+    // The watchdog releases the pin within a tick or so of the end.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while released.lock().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the pin was never released");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Units that block on the offline thread until told to go on, and run at once elsewhere.
+struct StuckWhenIdle {
+    units: u64,
+    go: Arc<AtomicBool>,
+}
+
+impl UnitJob for StuckWhenIdle {
+    fn units(&self) -> u64 {
+        self.units
+    }
+
+    fn run(&self, _index: u64) -> Result<(), String> {
+        while current_thread_policy() == libc::SCHED_IDLE && !self.go.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_stalled_job_with_a_pin_is_handed_over_and_one_without_is_left_alone() {
+    let offline = OfflineExecutor::new(OfflineConfig {
+        priority: Priority::Idle,
+        guard_bound: Duration::from_millis(200),
+    });
+    let go = Arc::new(AtomicBool::new(false));
+    let unpinned = offline
+        .spawn_units(
+            "unpinned",
+            Arc::new(StuckWhenIdle {
+                units: 3,
+                go: Arc::clone(&go),
+            }),
+            None,
+        )
+        .unwrap();
+    let pinned = offline
+        .spawn_units(
+            "pinned",
+            Arc::new(StuckWhenIdle {
+                units: 3,
+                go: Arc::clone(&go),
+            }),
+            Some(Box::new(())),
+        )
+        .unwrap();
+    pinned.wait().unwrap();
+    assert!(pinned.handed_over_after().is_some());
+    assert_eq!(offline.boosts(), 1);
+    // Well past the bound, the unpinned job still waits for its own thread.
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(unpinned.status().state, JobState::Running);
+    assert_eq!(unpinned.status().done, 0);
+    go.store(true, Ordering::Relaxed);
+    unpinned.wait().unwrap();
+    assert_eq!(unpinned.handed_over_after(), None);
+    assert_eq!(offline.boosts(), 1);
+}
+
+#[test]
+fn jobs_report_progress_and_failures_in_metrics() {
+    let offline = OfflineExecutor::new(OfflineConfig::with_priority(Priority::Idle));
+    let done = offline
+        .spawn_job("verify", "bytes", |progress| {
+            progress.set_total(1000);
+            progress.add(600);
+            progress.add(400);
+            Ok(())
+        })
+        .unwrap();
+    done.join().unwrap();
+    let failed = offline
+        .spawn_job(
+            "read_model_rebuild",
+            "events",
+            |progress| -> Result<(), String> {
+                progress.set_total(10);
+                progress.set_done(3);
+                Err("the disk is full".into())
+            },
+        )
+        .unwrap();
+    assert_eq!(failed.join(), Err("the disk is full".to_string()));
+
+    let jobs = offline.jobs();
+    assert_eq!(jobs.len(), 2);
+    assert_eq!(
+        (jobs[0].name, jobs[0].state, jobs[0].done, jobs[0].total),
+        ("verify", JobState::Done, 1000, 1000)
+    );
+    assert_eq!(
+        (jobs[1].name, jobs[1].state, jobs[1].done),
+        ("read_model_rebuild", JobState::Failed, 3)
+    );
+
+    let mut registry = prometheus_client::registry::Registry::default();
+    offline.register_metrics(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    let mode = offline.isolation().as_str();
+    for line in [
+        format!("tally_offline_isolation{{mode=\"{mode}\"}} 1"),
+        "tally_offline_boosts_total 0".to_string(),
+        "tally_offline_job_units_done{name=\"verify\",id=\"1\",unit=\"bytes\"} 1000".to_string(),
+        "tally_offline_job_units_expected{name=\"read_model_rebuild\",id=\"2\",unit=\"events\"} 10".to_string(),
+        "tally_offline_job_state{name=\"read_model_rebuild\",id=\"2\",unit=\"events\",state=\"failed\"} 1".to_string(),
+        "tally_offline_job_state{name=\"verify\",id=\"1\",unit=\"bytes\",state=\"running\"} 0".to_string(),
+    ] {
+        assert!(text.contains(&line), "missing {line} in\n{text}");
+    }
+}
+
+#[test]
+fn finished_jobs_are_forgotten_beyond_the_limit() {
+    let offline = OfflineExecutor::new(OfflineConfig::with_priority(Priority::Normal));
+    for _ in 0..3 * tally_offline::limits::JOBS_FINISHED_KEPT {
+        offline
+            .spawn_job("tiny", "units", |_| Ok(()))
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+    let jobs = offline.jobs();
+    assert!(
+        jobs.len() <= tally_offline::limits::JOBS_FINISHED_KEPT + 1,
+        "{}",
+        jobs.len()
+    );
+    assert!(jobs.iter().all(|job| job.state == JobState::Done));
+}

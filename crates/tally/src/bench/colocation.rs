@@ -1,0 +1,576 @@
+//! `tally bench-offline`: what offline work in the same process costs the online path.
+//!
+//! It measures online latency at a fixed rate of single-transfer requests in three conditions:
+//! `alone`; `idle`, with a full read model rebuild and a `verify` of a large data directory
+//! running at the same time on the offline executor at idle priority; and `normal`, the same
+//! with the executor at normal priority. Each condition runs in a fresh child process (this
+//! binary with `--condition`), which serves the HTTP API in-process on a fresh data directory,
+//! drives it from the same process, and runs the offline work on the server's own executor:
+//! online and offline work share one process, as they do in `tally serve`.
+//!
+//! The load is open-loop: request `i` is due at `start + i / rate`, whatever happened to the
+//! ones before, and its latency counts from when it was due, so a stall shows up in every
+//! request it delayed (no coordinated omission). With offline work, the window lasts until the
+//! offline work is done (at least `--duration`), so the figures cover only time under
+//! contention. The child prints one JSON line; the parent prints a table and a JSON summary with
+//! the ratios to `alone`.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use hyper::{Method, StatusCode};
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use tally_log::{EventLog, LogOptions, SegmentedLog};
+use tally_offline::{Job, OfflineConfig, OfflineExecutor, Priority};
+
+use super::client::{Connection, Endpoint};
+use super::percentile;
+
+/// Longest a window with offline work may last: a bigger offline data directory than this
+/// allows is a mistake in the setup, not a measurement.
+const WINDOW_MAX: Duration = Duration::from_secs(600);
+/// Connections used to create and fund the accounts (not measured).
+const SETUP_CONNECTIONS: usize = 16;
+
+/// Options of `tally bench-offline`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ColocationArgs {
+    /// A large data directory (made with `tally bench --data-dir DIR ...`) whose log is verified
+    /// and projected into a fresh read model as the offline work. It is only read.
+    #[arg(long, value_name = "DIR")]
+    pub offline_data: PathBuf,
+
+    /// Single-transfer requests per second, due at fixed intervals.
+    #[arg(long, value_name = "N", default_value_t = 4000)]
+    pub rate: u64,
+
+    /// Seconds of measured load (with offline work: at least this, until it is done).
+    #[arg(long, value_name = "S", default_value_t = 30)]
+    pub duration: u64,
+
+    /// Seconds of unmeasured load before the window.
+    #[arg(long, value_name = "S", default_value_t = 3)]
+    pub warmup: u64,
+
+    /// Accounts the transfers move between.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub accounts: u64,
+
+    /// Connections the requests are spread over; a request waits for a free one.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub connections: usize,
+
+    /// The offline work: both jobs (what the figures in the README use), or one of them alone,
+    /// to tell their effects apart.
+    #[arg(long, value_enum, default_value_t = Work::Both)]
+    pub offline_work: Work,
+
+    /// Run only this condition in this process and print its JSON line (used by the parent).
+    #[arg(long, value_enum)]
+    pub condition: Option<Condition>,
+}
+
+/// Which offline jobs run in the `idle` and `normal` conditions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Work {
+    /// A read model rebuild and a verify, at the same time.
+    Both,
+    /// Only the verify (reads and CPU).
+    Verify,
+    /// Only the rebuild (reads, CPU and writes to a redb file).
+    Rebuild,
+}
+
+/// What runs next to the online load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Condition {
+    /// Nothing.
+    Alone,
+    /// A rebuild and a verify on the offline executor at idle priority.
+    Idle,
+    /// The same at normal priority.
+    Normal,
+}
+
+/// One condition's figures: the child's JSON line.
+#[derive(Debug, Serialize, Deserialize)]
+struct Measured {
+    condition: Condition,
+    isolation: String,
+    rate: u64,
+    requests: u64,
+    failed: u64,
+    window_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    p999_ms: f64,
+    max_ms: f64,
+    /// CPU time of the whole process over the window, as a share of all cores.
+    cpu_share: f64,
+    /// Seconds the offline jobs took (0 alone).
+    verify_s: f64,
+    rebuild_s: f64,
+    /// Events of the offline data directory's log.
+    offline_events: u64,
+    /// The machine's 1-minute load average at the start and the end of the window: the machine
+    /// is shared, and other processes' load shows here.
+    loadavg_start: f64,
+    loadavg_end: f64,
+}
+
+/// Runs every condition in a child process and prints the comparison.
+pub fn run(args: ColocationArgs) -> anyhow::Result<()> {
+    validate(&args)?;
+    if let Some(condition) = args.condition {
+        return run_condition(&args, condition);
+    }
+    let mut results = Vec::new();
+    for condition in [Condition::Alone, Condition::Idle, Condition::Normal] {
+        eprintln!("bench-offline: condition {condition:?}...");
+        let measured = child(&args, condition)?;
+        eprintln!(
+            "bench-offline: {:?}: p50 {:.3} ms, p99 {:.3} ms, p999 {:.3} ms over {} requests in {:.1} s, cpu {:.0}%, offline verify {:.1} s rebuild {:.1} s ({})",
+            measured.condition, measured.p50_ms, measured.p99_ms, measured.p999_ms, measured.requests,
+            measured.window_s, measured.cpu_share * 100.0, measured.verify_s, measured.rebuild_s, measured.isolation
+        );
+        results.push(measured);
+    }
+    print_summary(&results);
+    if let Some(failed) = results.iter().find(|result| result.failed > 0) {
+        bail!(
+            "{} requests failed in condition {:?}",
+            failed.failed,
+            failed.condition
+        );
+    }
+    Ok(())
+}
+
+fn validate(args: &ColocationArgs) -> anyhow::Result<()> {
+    if !args.offline_data.join("log").is_dir() {
+        bail!(
+            "{} holds no log directory: make one first, e.g. `tally bench --data-dir {} --transfers 2000000 --accounts 10000`",
+            args.offline_data.display(),
+            args.offline_data.display()
+        );
+    }
+    if args.rate == 0 || args.duration == 0 || args.connections == 0 || args.accounts < 2 {
+        bail!("--rate, --duration and --connections must be at least 1, --accounts at least 2");
+    }
+    Ok(())
+}
+
+fn child(args: &ColocationArgs, condition: Condition) -> anyhow::Result<Measured> {
+    let exe = std::env::current_exe().context("cannot find this executable to run a condition")?;
+    let condition_name = format!("{condition:?}").to_lowercase();
+    let output = std::process::Command::new(exe)
+        .arg("bench-offline")
+        .arg("--offline-data")
+        .arg(&args.offline_data)
+        .args(["--rate", &args.rate.to_string()])
+        .args(["--duration", &args.duration.to_string()])
+        .args(["--warmup", &args.warmup.to_string()])
+        .args(["--accounts", &args.accounts.to_string()])
+        .args(["--connections", &args.connections.to_string()])
+        .args([
+            "--offline-work",
+            &format!("{:?}", args.offline_work).to_lowercase(),
+        ])
+        .args(["--condition", &condition_name])
+        .env(
+            "TALLY_LOG",
+            std::env::var("TALLY_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .context("cannot run a condition's child process")?;
+    if !output.status.success() {
+        bail!("condition {condition:?} failed ({})", output.status);
+    }
+    let line = String::from_utf8_lossy(&output.stdout);
+    serde_json::from_str(line.trim())
+        .with_context(|| format!("condition {condition:?} printed no result line: {line}"))
+}
+
+fn print_summary(results: &[Measured]) {
+    let alone = results.iter().find(|r| r.condition == Condition::Alone);
+    let ratio = |value: f64, base: Option<f64>| base.filter(|b| *b > 0.0).map(|b| value / b);
+    let rows: Vec<serde_json::Value> = results
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "condition": r.condition,
+                "isolation": r.isolation,
+                "p50_ms": r.p50_ms,
+                "p99_ms": r.p99_ms,
+                "p999_ms": r.p999_ms,
+                "p50_ratio": ratio(r.p50_ms, alone.map(|a| a.p50_ms)),
+                "p99_ratio": ratio(r.p99_ms, alone.map(|a| a.p99_ms)),
+                "p999_ratio": ratio(r.p999_ms, alone.map(|a| a.p999_ms)),
+                "requests": r.requests,
+                "window_s": r.window_s,
+                "cpu_share": r.cpu_share,
+                "verify_s": r.verify_s,
+                "rebuild_s": r.rebuild_s,
+                "offline_events": r.offline_events,
+                "loadavg_start": r.loadavg_start,
+                "loadavg_end": r.loadavg_end,
+            })
+        })
+        .collect();
+    eprintln!(
+        "condition  p50 ms   p99 ms   p999 ms  p99/alone  p999/alone  cpu   verify s  rebuild s"
+    );
+    for (r, row) in results.iter().zip(&rows) {
+        eprintln!(
+            "{:<9} {:>7.3} {:>8.3} {:>9.3} {:>9.2} {:>10.2} {:>5.0}% {:>8.1} {:>9.1}  {:.1}-{:.1}",
+            format!("{:?}", r.condition).to_lowercase(),
+            r.p50_ms,
+            r.p99_ms,
+            r.p999_ms,
+            row["p99_ratio"].as_f64().unwrap_or(f64::NAN),
+            row["p999_ratio"].as_f64().unwrap_or(f64::NAN),
+            r.cpu_share * 100.0,
+            r.verify_s,
+            r.rebuild_s,
+            r.loadavg_start,
+            r.loadavg_end
+        );
+    }
+    println!(
+        "{}",
+        serde_json::json!({ "rate": results.first().map(|r| r.rate), "conditions": rows })
+    );
+}
+
+/// One condition in this process; prints its JSON line and exits without a graceful shutdown
+/// (the data directory is temporary).
+fn run_condition(args: &ColocationArgs, condition: Condition) -> anyhow::Result<()> {
+    let priority = match condition {
+        Condition::Normal => Priority::Normal,
+        Condition::Alone | Condition::Idle => Priority::Idle,
+    };
+    let offline = OfflineExecutor::new(OfflineConfig::with_priority(priority));
+    let runtime = crate::runtime()?;
+    let measured = runtime.block_on(measure(args, condition, offline))?;
+    println!("{}", serde_json::to_string(&measured)?);
+    // The in-process server has no stop signal of its own; the process ends here.
+    std::process::exit(0)
+}
+
+async fn measure(
+    args: &ColocationArgs,
+    condition: Condition,
+    offline: OfflineExecutor,
+) -> anyhow::Result<Measured> {
+    let data = tempfile::tempdir().context("cannot create a temporary data directory")?;
+    let mut config = tally_server::ServeConfig::new(
+        data.path().join("data"),
+        "127.0.0.1:0".parse().expect("a valid address"),
+    );
+    config.auth = tally_server::AuthConfig::Disabled;
+    config.engine.offline = offline.clone();
+    let (listening, address) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let served = tally_server::serve(config, move |address| {
+            let _ = listening.send(address);
+        })
+        .await;
+        if let Err(error) = served {
+            eprintln!("bench-offline: the server stopped: {error}");
+            std::process::exit(2);
+        }
+    });
+    let address = address.await.context("the server did not start")?;
+    let endpoint = Endpoint::parse(&format!("http://{address}"), None).await?;
+    setup_accounts(&endpoint, args.accounts).await?;
+
+    let load = Load::new(args, endpoint);
+    load.run(Duration::from_secs(args.warmup), None).await?;
+
+    let loadavg_start = loadavg();
+    let rusage_before = cpu_seconds();
+    let started = Instant::now();
+    let offline_work = match condition {
+        Condition::Alone => None,
+        Condition::Idle | Condition::Normal => Some(OfflineWork::start(
+            &offline,
+            &args.offline_data,
+            data.path(),
+            args.offline_work,
+        )?),
+    };
+    let minimum = Duration::from_secs(args.duration);
+    let latencies = load.run(minimum, offline_work.as_ref()).await?;
+    let window = started.elapsed();
+    let cpu = cpu_seconds() - rusage_before;
+    let loadavg_end = loadavg();
+    let (verify_s, rebuild_s, offline_events) = match offline_work {
+        Some(work) => work.finish()?,
+        None => (0.0, 0.0, 0),
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let mut sorted = latencies.latencies_ms;
+    sorted.sort_unstable_by(f64::total_cmp);
+    Ok(Measured {
+        condition,
+        isolation: offline.isolation().as_str().to_string(),
+        rate: args.rate,
+        requests: sorted.len() as u64,
+        failed: latencies.failed,
+        window_s: round3(window.as_secs_f64()),
+        p50_ms: round3(percentile(&sorted, 0.50)),
+        p99_ms: round3(percentile(&sorted, 0.99)),
+        p999_ms: round3(percentile(&sorted, 0.999)),
+        max_ms: round3(sorted.last().copied().unwrap_or(0.0)),
+        cpu_share: round3(cpu / window.as_secs_f64() / cores),
+        verify_s: round3(verify_s),
+        rebuild_s: round3(rebuild_s),
+        offline_events,
+        loadavg_start,
+        loadavg_end,
+    })
+}
+
+/// The offline work of one condition: a verify and a rebuild of the offline data directory
+/// (or one of them), on the server's executor.
+struct OfflineWork {
+    verify: Option<Job<tally_engine::DataDirReport>>,
+    rebuild: Option<Job<u64>>,
+    /// Holds the log's lock while the rebuild reads it.
+    _log: SegmentedLog,
+}
+
+impl OfflineWork {
+    fn start(
+        offline: &OfflineExecutor,
+        dir: &std::path::Path,
+        scratch: &std::path::Path,
+        work: Work,
+    ) -> anyhow::Result<OfflineWork> {
+        let (log, _) =
+            SegmentedLog::open(&dir.join("log"), LogOptions::default()).with_context(|| {
+                format!(
+                    "cannot open the log of {} (is a server running on it?)",
+                    dir.display()
+                )
+            })?;
+        let rebuild = match work {
+            Work::Both | Work::Rebuild => {
+                let (reader, end) = (log.reader(), log.next_position());
+                let target = scratch.join("rebuilt.redb");
+                Some(
+                    offline.spawn_job(tally_read::REBUILD_JOB, "events", move |progress| {
+                        tally_read::rebuild(&target, reader, end, progress)
+                            .map_err(|error| error.to_string())
+                    })?,
+                )
+            }
+            Work::Verify => None,
+        };
+        let verify = match work {
+            Work::Both | Work::Verify => Some(tally_engine::offline::spawn_verify(
+                offline,
+                dir.to_path_buf(),
+            )?),
+            Work::Rebuild => None,
+        };
+        Ok(OfflineWork {
+            verify,
+            rebuild,
+            _log: log,
+        })
+    }
+
+    fn is_finished(&self) -> bool {
+        self.verify.as_ref().is_none_or(Job::is_finished)
+            && self.rebuild.as_ref().is_none_or(Job::is_finished)
+    }
+
+    /// Seconds each took (0 for one not run), and the events of the log (0 without a rebuild).
+    fn finish(self) -> anyhow::Result<(f64, f64, u64)> {
+        let seconds = |progress: &tally_offline::Progress| progress.status().elapsed.as_secs_f64();
+        let verify_s = self
+            .verify
+            .as_ref()
+            .map_or(0.0, |job| seconds(job.progress()));
+        let rebuild_s = self
+            .rebuild
+            .as_ref()
+            .map_or(0.0, |job| seconds(job.progress()));
+        if let Some(verify) = self.verify {
+            let report = verify.join().map_err(anyhow::Error::msg)?;
+            if !report.is_ok() {
+                bail!(
+                    "the offline data directory {} does not verify",
+                    report.dir.display()
+                );
+            }
+        }
+        let events = match self.rebuild {
+            Some(rebuild) => rebuild.join().map_err(anyhow::Error::msg)?,
+            None => 0,
+        };
+        Ok((verify_s, rebuild_s, events))
+    }
+}
+
+/// The open-loop online load.
+struct Load {
+    endpoint: Endpoint,
+    rate: u64,
+    accounts: u64,
+    connections: usize,
+    next_id: Arc<AtomicU64>,
+}
+
+#[derive(Default)]
+struct Latencies {
+    latencies_ms: Vec<f64>,
+    failed: u64,
+}
+
+impl Load {
+    fn new(args: &ColocationArgs, endpoint: Endpoint) -> Load {
+        Load {
+            endpoint,
+            rate: args.rate,
+            accounts: args.accounts,
+            connections: args.connections,
+            next_id: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Sends requests at the rate for `minimum`, and on while `offline` is running (up to
+    /// [`WINDOW_MAX`]); returns the latencies, each from when its request was due.
+    async fn run(
+        &self,
+        minimum: Duration,
+        offline: Option<&OfflineWork>,
+    ) -> anyhow::Result<Latencies> {
+        let interval = Duration::from_secs(1) / u32::try_from(self.rate).unwrap_or(u32::MAX);
+        let start = tokio::time::Instant::now();
+        let next_due = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut tasks = Vec::with_capacity(self.connections);
+        for task in 0..self.connections {
+            let mut connection = Connection::new(self.endpoint.clone());
+            let (next_due, stop, next_id) = (next_due.clone(), stop.clone(), self.next_id.clone());
+            let accounts = self.accounts;
+            tasks.push(tokio::spawn(async move {
+                let mut rng = rand::rngs::SmallRng::seed_from_u64(task as u64);
+                let mut measured = Latencies::default();
+                loop {
+                    let index = next_due.fetch_add(1, Ordering::Relaxed);
+                    let due = start + interval * u32::try_from(index).unwrap_or(u32::MAX);
+                    tokio::time::sleep_until(due).await;
+                    if stop.load(Ordering::Relaxed) {
+                        return measured;
+                    }
+                    let from = rng.random_range(0..accounts);
+                    let to = (from + rng.random_range(1..accounts)) % accounts;
+                    let id = next_id.fetch_add(1, Ordering::Relaxed);
+                    let body = format!(
+                        r#"{{"id":"co-t{id}","from":"co-{from}","to":"co-{to}","amount":1}}"#
+                    );
+                    let answer = connection
+                        .send(Method::POST, "/v1/transfers", Bytes::from(body))
+                        .await;
+                    measured
+                        .latencies_ms
+                        .push(due.elapsed().as_secs_f64() * 1000.0);
+                    if !matches!(&answer, Ok(response) if response.status == StatusCode::CREATED) {
+                        measured.failed += 1;
+                    }
+                }
+            }));
+        }
+        tokio::time::sleep(minimum).await;
+        if let Some(offline) = offline {
+            while !offline.is_finished() && start.elapsed() < WINDOW_MAX {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        let mut all = Latencies::default();
+        for task in tasks {
+            let measured = task.await.context("a load task panicked")?;
+            all.latencies_ms.extend(measured.latencies_ms);
+            all.failed += measured.failed;
+        }
+        Ok(all)
+    }
+}
+
+/// Creates and funds `co-0` .. `co-{accounts-1}` (not measured).
+async fn setup_accounts(endpoint: &Endpoint, accounts: u64) -> anyhow::Result<()> {
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..SETUP_CONNECTIONS {
+        let mut connection = Connection::new(endpoint.clone());
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                if index >= accounts {
+                    return anyhow::Ok(());
+                }
+                for (path, body) in [
+                    (
+                        "/v1/accounts",
+                        format!(r#"{{"id":"co-{index}","ledger":"CO"}}"#),
+                    ),
+                    (
+                        "/v1/deposits",
+                        format!(
+                            r#"{{"id":"co-d{index}","account":"co-{index}","amount":1000000000}}"#
+                        ),
+                    ),
+                ] {
+                    let answer = connection
+                        .send(Method::POST, path, Bytes::from(body))
+                        .await?;
+                    if answer.status != StatusCode::CREATED {
+                        bail!("setup: POST {path} answered {}", answer.status);
+                    }
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.context("a setup task panicked")??;
+    }
+    Ok(())
+}
+
+/// The 1-minute load average of the machine; 0 where `/proc/loadavg` cannot be read.
+fn loadavg() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// CPU seconds this process has used, user and system.
+fn cpu_seconds() -> f64 {
+    // SAFETY: `usage` is a valid, writable rusage.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let seconds = |time: libc::timeval| time.tv_sec as f64 + time.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
+fn round3(value: f64) -> f64 {
+    (value * 1000.0).round() / 1000.0
+}
