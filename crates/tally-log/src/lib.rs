@@ -142,4 +142,7 @@ pub trait LogReader: Send {
         &mut self,
         position: u64,
     ) -> Result<Box<dyn Iterator<Item = Result<Batch, LogError>> + '_>, LogError>;
+
+    /// A new, independent reader of the same log, for another consumer.
+    fn another(&self) -> Box<dyn LogReader>;
 }

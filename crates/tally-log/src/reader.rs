@@ -200,6 +200,13 @@ impl CachedSegment {
 }
 
 impl LogReader for SegmentReader {
+    fn another(&self) -> Box<dyn LogReader> {
+        Box::new(SegmentReader::new(
+            Arc::clone(&self.storage),
+            Arc::clone(&self.shared),
+        ))
+    }
+
     fn read_from(
         &mut self,
         position: u64,

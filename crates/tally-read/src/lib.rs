@@ -37,6 +37,7 @@
 
 mod codec;
 mod error;
+mod feed;
 pub mod limits;
 mod projection;
 mod projector;
@@ -55,6 +56,7 @@ use tally_offline::OfflineExecutor;
 use tokio::sync::{watch, Notify};
 
 pub use error::ReadError;
+pub use feed::{FeedBody, FeedEvent, FeedFilter, FeedPage};
 pub use rebuild::{rebuild, REBUILD_JOB};
 
 use crate::projection::Projection;
@@ -73,6 +75,8 @@ pub const READ_MODEL_FILE_NAME: &str = "read.redb";
 pub struct ReadModel {
     shared: Arc<Shared>,
     handle: Arc<ProjectorHandle>,
+    /// Where each feed request gets its own reader of the log.
+    feed_readers: Arc<Mutex<Box<dyn LogReader>>>,
 }
 
 /// A transfer as the read model shows it.
@@ -242,6 +246,7 @@ impl ReadModel {
             caught_up_ns: AtomicU64::new(0),
             opened: (Instant::now(), SystemTime::now()),
         });
+        let feed_readers = Arc::new(Mutex::new(reader.another()));
         let projector = Projector {
             shared: Arc::clone(&shared),
             reader,
@@ -261,7 +266,11 @@ impl ReadModel {
             shared: Arc::clone(&shared),
             thread: Mutex::new(Some(thread)),
         });
-        Ok(ReadModel { shared, handle })
+        Ok(ReadModel {
+            shared,
+            handle,
+            feed_readers,
+        })
     }
 
     /// The transfer `id`; `None` if no transfer has that id (a rejected command has none).
@@ -279,6 +288,35 @@ impl ReadModel {
         limit: u32,
     ) -> Result<Option<HistoryPage>, ReadError> {
         self.shared.store.history(account_id, after, limit)
+    }
+
+    /// Up to `limit` events of the log strictly after position `after` (from the start when
+    /// `None`) that pass `filter`, with account ids and ledgers, up to [`ReadModel::position`];
+    /// `limit` is clamped to `1..=`[`limits::FEED_PAGE_EVENTS_MAX`]. A page scans at most
+    /// [`limits::FEED_SCAN_EVENTS_MAX`] events: continue from its `next`.
+    pub fn events(
+        &self,
+        after: Option<u64>,
+        limit: u32,
+        filter: &FeedFilter,
+    ) -> Result<FeedPage, ReadError> {
+        let mut reader = self
+            .feed_readers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .another();
+        let end = self.position();
+        self.shared
+            .store
+            .events(reader.as_mut(), after, limit, filter, end)
+    }
+
+    /// Waits until [`ReadModel::position`] moves beyond `position`, or `timeout` passes; returns
+    /// whether it did. For followers of the feed.
+    pub async fn wait_beyond(&self, position: u64, timeout: Duration) -> bool {
+        self.wait_for(position.saturating_add(1), timeout)
+            .await
+            .is_ok()
     }
 
     /// The position up to which events are projected: the next position to apply.

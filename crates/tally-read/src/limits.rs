@@ -33,3 +33,10 @@ pub const STORE_FORMAT_VERSION: u64 = 1;
 const _: () = assert!(TRANSACTION_EVENTS_MAX > 0);
 const _: () = assert!(HISTORY_PAGE_ENTRIES_MAX > 0);
 const _: () = assert!(TRANSACTION_DURATION_MAX.as_nanos() < DURABLE_COMMIT_INTERVAL.as_nanos());
+
+/// Events in one page of the event feed at most.
+pub const FEED_PAGE_EVENTS_MAX: u32 = 1000;
+
+/// Events one page of the event feed reads at most, kept or not: a filter that matches little
+/// cannot make one request scan the whole log.
+pub const FEED_SCAN_EVENTS_MAX: u64 = 100_000;

@@ -364,7 +364,12 @@ impl Store {
         Ok(Some(HistoryPage { entries, next }))
     }
 
-    fn corrupt(&self, table: &'static str, key: &str, reason: &'static str) -> ReadError {
+    pub(crate) fn corrupt(
+        &self,
+        table: &'static str,
+        key: &str,
+        reason: &'static str,
+    ) -> ReadError {
         ReadError::Corrupt {
             path: self.path.clone(),
             table,

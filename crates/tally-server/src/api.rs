@@ -12,7 +12,7 @@ use tally_core::{
     Id, LedgerCode, PendingOptions, TransferBody, TransferCommand, TransferKind, TransferReply,
 };
 use tally_engine::{AccountView, TransferDetail};
-use tally_read::{HistoryEntry, HistoryPage, TransferView};
+use tally_read::{FeedBody, FeedEvent, FeedPage, HistoryEntry, HistoryPage, TransferView};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::error::{ApiError, ErrorDetail};
@@ -228,6 +228,178 @@ pub struct HistoryQuery {
     /// Entries per page, 1 to 1000 (default 100).
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
+}
+
+/// Reading the event feed.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct EventsQuery {
+    /// Only events after this position (the `next` of the previous page); from the start if
+    /// absent.
+    pub after: Option<u64>,
+    /// Events per page, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+    /// Only events of this ledger.
+    #[param(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._:-]+$")]
+    pub ledger: Option<String>,
+    /// Only events that name this account.
+    #[param(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._:-]+$")]
+    pub account: Option<String>,
+}
+
+/// Following the event feed.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct EventStreamQuery {
+    /// Only events after this position; from the start if absent. A `Last-Event-ID` header
+    /// (sent by browsers when they reconnect) takes precedence.
+    pub after: Option<u64>,
+    /// End the stream after this many events (for scripts that take a bounded number); without
+    /// it the stream goes on as long as the client stays.
+    #[param(minimum = 1)]
+    pub limit: Option<u32>,
+    /// Only events of this ledger.
+    #[param(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._:-]+$")]
+    pub ledger: Option<String>,
+    /// Only events that name this account.
+    #[param(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._:-]+$")]
+    pub account: Option<String>,
+}
+
+/// A page of the event feed.
+#[derive(Serialize, ToSchema)]
+pub struct EventsJson {
+    /// Events in position order.
+    pub events: Vec<EventJson>,
+    /// The last position this page read, kept or not: pass it as `after` for the next page.
+    /// Null when there was nothing new to read: ask again later with the same `after`.
+    pub next: Option<u64>,
+    /// Events are served below this position (what the read model holds); the log may be ahead.
+    pub end: u64,
+}
+
+/// One event of the log. `type` says which of the optional fields are present.
+#[derive(Serialize, ToSchema)]
+pub struct EventJson {
+    /// Position in the log.
+    pub position: u64,
+    /// When its batch was recorded (RFC 3339).
+    pub timestamp: String,
+    /// `account_created`, `transfer`, `rejected`, `expired` or `token_revoked`.
+    #[serde(rename = "type")]
+    pub event_type: &'static str,
+    /// `account_created`: the account.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    /// `account_created` and `transfer`: the ledger.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ledger: Option<String>,
+    /// `account_created`: whether it may go below zero.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allow_overdraft: Option<bool>,
+    /// `transfer` and `rejected`: the transfer id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transfer_id: Option<String>,
+    /// `transfer`: `deposit`, `withdrawal`, `transfer`, `pending`, `post` or `void`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    /// `transfer`: the account debited; absent for the ledger's external account (a deposit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// `transfer`: the account credited; absent for the ledger's external account (a
+    /// withdrawal).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// `transfer`: amount in minor units.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub amount: Option<u64>,
+    /// `transfer` (post or void) and `expired`: position of the pending transfer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending_position: Option<u64>,
+    /// `rejected`: the error code the command got.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<&'static str>,
+    /// `token_revoked`: the token's id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_id: Option<String>,
+}
+
+impl From<FeedEvent> for EventJson {
+    fn from(event: FeedEvent) -> EventJson {
+        let mut json = EventJson {
+            position: event.position,
+            timestamp: rfc3339(event.timestamp_ns),
+            event_type: "",
+            account: None,
+            ledger: None,
+            allow_overdraft: None,
+            transfer_id: None,
+            kind: None,
+            from: None,
+            to: None,
+            amount: None,
+            pending_position: None,
+            code: None,
+            token_id: None,
+        };
+        match event.body {
+            FeedBody::AccountCreated {
+                account,
+                ledger,
+                allow_overdraft,
+            } => {
+                json.event_type = "account_created";
+                json.account = Some(account);
+                json.ledger = Some(ledger);
+                json.allow_overdraft = Some(allow_overdraft);
+            }
+            FeedBody::Transfer {
+                transfer_id,
+                kind,
+                ledger,
+                from,
+                to,
+                amount,
+                pending_position,
+            } => {
+                json.event_type = "transfer";
+                json.transfer_id = Some(transfer_id);
+                json.kind = Some(kind);
+                json.ledger = Some(ledger);
+                json.from = from;
+                json.to = to;
+                json.amount = Some(amount);
+                json.pending_position = pending_position;
+            }
+            FeedBody::Rejected { transfer_id, code } => {
+                json.event_type = "rejected";
+                json.transfer_id = Some(transfer_id);
+                json.code = Some(code);
+            }
+            FeedBody::Expired { pending_position } => {
+                json.event_type = "expired";
+                json.pending_position = Some(pending_position);
+            }
+            FeedBody::TokenRevoked { token_id } => {
+                json.event_type = "token_revoked";
+                json.token_id = Some(token_id);
+            }
+        }
+        json
+    }
+}
+
+impl From<FeedPage> for EventsJson {
+    fn from(page: FeedPage) -> EventsJson {
+        EventsJson {
+            events: page.events.into_iter().map(EventJson::from).collect(),
+            next: page.next,
+            end: page.end,
+        }
+    }
 }
 
 /// Revokes an access token.

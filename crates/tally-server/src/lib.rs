@@ -20,6 +20,7 @@ pub mod api;
 pub mod auth;
 pub mod error;
 mod extract;
+mod feed;
 pub mod limits;
 mod metrics;
 mod openapi;
@@ -72,6 +73,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/accounts", post(routes::create_account))
         .route("/v1/accounts/{id}", get(routes::get_account))
         .route("/v1/accounts/{id}/history", get(routes::get_history))
+        .route("/v1/events", get(feed::get_events))
+        .route("/v1/events/stream", get(feed::stream_events))
         .route("/v1/deposits", post(routes::deposit))
         .route("/v1/withdrawals", post(routes::withdraw))
         .route("/v1/transfers", post(routes::transfer))

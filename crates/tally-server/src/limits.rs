@@ -17,6 +17,17 @@ pub const HISTORY_PAGE_DEFAULT: u32 = 100;
 /// History entries per page at most.
 pub const HISTORY_PAGE_MAX: u32 = 1000;
 
+/// Events per page of the feed by default.
+pub const EVENTS_PAGE_DEFAULT: u32 = 100;
+
+/// Events per page of the feed at most (a page scans at most `tally_read`'s
+/// `FEED_SCAN_EVENTS_MAX` events, kept or not).
+pub const EVENTS_PAGE_MAX: u32 = 1000;
+
+/// How long an event stream waits for the read model to move before it reads again; keep-alive
+/// comments flow meanwhile.
+pub const EVENT_STREAM_WAIT: Duration = Duration::from_secs(15);
+
 /// Longest a request may take end to end before it is answered 503; far above a fsync.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 

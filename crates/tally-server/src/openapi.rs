@@ -8,7 +8,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::api::*;
 use crate::error::{ErrorBody, ErrorDetail, RequestError};
-use crate::routes;
+use crate::{feed, routes};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -20,6 +20,8 @@ use crate::routes;
         routes::create_account,
         routes::get_account,
         routes::get_history,
+        feed::get_events,
+        feed::stream_events,
         routes::deposit,
         routes::withdraw,
         routes::transfer,
@@ -48,6 +50,8 @@ use crate::routes;
         BatchItem,
         HistoryJson,
         HistoryEntryJson,
+        EventsJson,
+        EventJson,
         HealthJson,
         ErrorBody,
         RequestError,

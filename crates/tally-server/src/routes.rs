@@ -465,7 +465,7 @@ async fn caught_up(app: &AppState) -> Result<ReadModel, ApiError> {
     Ok(read)
 }
 
-fn read_error(error: ReadError) -> ApiError {
+pub(crate) fn read_error(error: ReadError) -> ApiError {
     match error {
         ReadError::Lagging { projected, target } => ApiError::unavailable(format!(
             "the read model is at position {projected} and has not caught up with {target} within {}s; retry shortly",

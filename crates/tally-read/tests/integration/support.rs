@@ -80,6 +80,13 @@ impl FakeLog {
 }
 
 impl LogReader for FakeReader {
+    fn another(&self) -> Box<dyn LogReader> {
+        Box::new(FakeReader {
+            batches: Arc::clone(&self.batches),
+            durable: self.durable.clone(),
+        })
+    }
+
     fn read_from(
         &mut self,
         position: u64,

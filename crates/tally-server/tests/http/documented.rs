@@ -218,6 +218,45 @@ const PRODUCERS: &[Producer] = &[
             "",
         ),
     ),
+    // GET /v1/events
+    produce("GET", "/v1/events", 200, "/v1/events?limit=2", ""),
+    produce("GET", "/v1/events", 400, "/v1/events?limit=0", ""),
+    by(
+        Caller::Anonymous,
+        produce("GET", "/v1/events", 401, "/v1/events", ""),
+    ),
+    by(WRITE, produce("GET", "/v1/events", 403, "/v1/events", "")),
+    on(
+        Server::ReadModelFailed,
+        produce("GET", "/v1/events", 503, "/v1/events", ""),
+    ),
+    // GET /v1/events/stream
+    produce(
+        "GET",
+        "/v1/events/stream",
+        200,
+        "/v1/events/stream?limit=2",
+        "",
+    ),
+    produce(
+        "GET",
+        "/v1/events/stream",
+        400,
+        "/v1/events/stream?limit=0",
+        "",
+    ),
+    by(
+        Caller::Anonymous,
+        produce("GET", "/v1/events/stream", 401, "/v1/events/stream", ""),
+    ),
+    by(
+        WRITE,
+        produce("GET", "/v1/events/stream", 403, "/v1/events/stream", ""),
+    ),
+    on(
+        Server::ReadModelFailed,
+        produce("GET", "/v1/events/stream", 503, "/v1/events/stream", ""),
+    ),
     // POST /v1/deposits
     produce(
         "POST",

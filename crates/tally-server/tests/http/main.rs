@@ -3,6 +3,7 @@
 mod auth;
 mod documented;
 mod errors;
+mod feed;
 mod malformed;
 mod observability;
 mod offline;

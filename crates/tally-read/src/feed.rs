@@ -1,0 +1,299 @@
+//! The event feed: the log read from a position, events rendered with account ids and ledgers.
+//!
+//! The log stores accounts by index; the read model knows which id and ledger each index is.
+//! So the feed serves events up to the read model's position: every account an event names is
+//! known by then. A page scans a bounded number of events, whatever the filter lets through, so
+//! a filter that matches nothing cannot make one request read the whole log; the page's `next`
+//! says where the scan stopped.
+
+use redb::ReadableDatabase;
+use tally_core::{decode_events, Event, TransferEvent, TransferKind};
+use tally_log::LogReader;
+
+use crate::codec::AccountRow;
+use crate::limits::{FEED_PAGE_EVENTS_MAX, FEED_SCAN_EVENTS_MAX};
+use crate::store::{store_error, Store, ACCOUNTS};
+use crate::ReadError;
+
+/// Which events a page keeps.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FeedFilter {
+    /// Only events of this ledger (by code).
+    pub ledger: Option<String>,
+    /// Only events that name this account (by id).
+    pub account: Option<String>,
+}
+
+/// One event as the feed serves it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FeedEvent {
+    /// Its position in the log.
+    pub position: u64,
+    /// Its batch's timestamp, in nanoseconds since the Unix epoch.
+    pub timestamp_ns: u64,
+    /// What happened.
+    pub body: FeedBody,
+}
+
+/// What an event records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FeedBody {
+    /// An account was opened.
+    AccountCreated {
+        /// Its id.
+        account: String,
+        /// Its ledger.
+        ledger: String,
+        /// Whether it may go below zero.
+        allow_overdraft: bool,
+    },
+    /// Value moved, was reserved, posted or released (`kind` says which).
+    Transfer {
+        /// The transfer id.
+        transfer_id: String,
+        /// `deposit`, `withdrawal`, `transfer`, `pending`, `post` or `void`.
+        kind: &'static str,
+        /// The ledger.
+        ledger: String,
+        /// The account debited; `None` for the ledger's external account.
+        from: Option<String>,
+        /// The account credited; `None` for the ledger's external account.
+        to: Option<String>,
+        /// Amount in minor units.
+        amount: u64,
+        /// For a post or void: the position of the pending transfer.
+        pending_position: Option<u64>,
+    },
+    /// A transfer command was refused.
+    Rejected {
+        /// The command's transfer id.
+        transfer_id: String,
+        /// Why (the API's error code).
+        code: &'static str,
+    },
+    /// A pending transfer timed out and released its reservation.
+    Expired {
+        /// The position of the pending transfer.
+        pending_position: u64,
+    },
+    /// An access token was revoked.
+    TokenRevoked {
+        /// The token's id.
+        token_id: String,
+    },
+}
+
+/// A page of the feed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FeedPage {
+    /// The events kept, in position order.
+    pub events: Vec<FeedEvent>,
+    /// The last position scanned: the `after` of the next page. `None` when nothing was scanned
+    /// (nothing new yet): ask again with the same `after`.
+    pub next: Option<u64>,
+    /// The read model's position when the page was read: events below it are served.
+    pub end: u64,
+}
+
+impl Store {
+    /// Up to `limit` events strictly after `after` (from position 0 when `None`) that pass
+    /// `filter`, read through `reader` up to `end` (the read model's position), scanning at most
+    /// [`FEED_SCAN_EVENTS_MAX`] events.
+    pub(crate) fn events(
+        &self,
+        reader: &mut dyn LogReader,
+        after: Option<u64>,
+        limit: u32,
+        filter: &FeedFilter,
+        end: u64,
+    ) -> Result<FeedPage, ReadError> {
+        let limit = limit.clamp(1, FEED_PAGE_EVENTS_MAX) as usize;
+        let from = after.map_or(0, |after| after.saturating_add(1));
+        let mut page = FeedPage {
+            events: Vec::new(),
+            next: None,
+            end,
+        };
+        if from >= end {
+            return Ok(page);
+        }
+        let path = &self.path;
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|source| store_error("begin read transaction", path, source))?;
+        let accounts = txn
+            .open_table(ACCOUNTS)
+            .map_err(|source| store_error("open table", path, source))?;
+        let account = |index: u32| -> Result<AccountRow, ReadError> {
+            let bytes = accounts
+                .get(index)
+                .map_err(|source| store_error("read account", path, source))?
+                .ok_or_else(|| {
+                    self.corrupt(
+                        "accounts",
+                        &index.to_string(),
+                        "an event names a missing account",
+                    )
+                })?;
+            AccountRow::decode(bytes.value())
+                .map_err(|reason| self.corrupt("accounts", &index.to_string(), reason))
+        };
+        let mut scanned = 0u64;
+        let log_error = |source| ReadError::Log {
+            position: from,
+            source,
+        };
+        'batches: for batch in reader.read_from(from).map_err(log_error)? {
+            let batch = batch.map_err(log_error)?;
+            let header = batch.header;
+            let events = decode_events(&batch.body, header.event_count).map_err(|source| {
+                ReadError::Decode {
+                    first_position: header.first_position,
+                    source,
+                }
+            })?;
+            for (offset, event) in events.into_iter().enumerate() {
+                let position = header.first_position + offset as u64;
+                if position < from {
+                    continue;
+                }
+                if position >= end || scanned == FEED_SCAN_EVENTS_MAX || page.events.len() == limit
+                {
+                    break 'batches;
+                }
+                scanned += 1;
+                page.next = Some(position);
+                let body = render(event, &account)?;
+                if filter.keeps(&body) {
+                    page.events.push(FeedEvent {
+                        position,
+                        timestamp_ns: header.timestamp_ns,
+                        body,
+                    });
+                }
+            }
+        }
+        Ok(page)
+    }
+}
+
+fn render(
+    event: Event,
+    account: &dyn Fn(u32) -> Result<AccountRow, ReadError>,
+) -> Result<FeedBody, ReadError> {
+    Ok(match event {
+        Event::AccountCreated {
+            id,
+            ledger,
+            allow_overdraft,
+        } => FeedBody::AccountCreated {
+            account: id.to_string(),
+            ledger: ledger.to_string(),
+            allow_overdraft,
+        },
+        Event::Transfer(TransferEvent {
+            id,
+            kind,
+            debit,
+            credit,
+            amount,
+            ..
+        }) => {
+            let (from, to) = (account(debit)?, account(credit)?);
+            let pending_position = match kind {
+                TransferKind::Post { pending } | TransferKind::Void { pending } => Some(pending),
+                _ => None,
+            };
+            FeedBody::Transfer {
+                transfer_id: id.to_string(),
+                kind: kind.name(),
+                ledger: from.ledger,
+                from: from.id,
+                to: to.id,
+                amount,
+                pending_position,
+            }
+        }
+        Event::Rejected { id, code, .. } => FeedBody::Rejected {
+            transfer_id: id.to_string(),
+            code: code.as_str(),
+        },
+        Event::Expired { pending } => FeedBody::Expired {
+            pending_position: pending,
+        },
+        Event::TokenRevoked { token_id } => FeedBody::TokenRevoked {
+            token_id: token_id.to_string(),
+        },
+    })
+}
+
+impl FeedFilter {
+    /// Whether `body` passes. An event that names no ledger or account (a rejection, an expiry,
+    /// a revocation) passes only a filter without that condition: an expiry is found through
+    /// the pending transfer it names, which a filtered reader has seen.
+    fn keeps(&self, body: &FeedBody) -> bool {
+        let (ledger, accounts): (Option<&str>, [Option<&str>; 2]) = match body {
+            FeedBody::AccountCreated {
+                account, ledger, ..
+            } => (Some(ledger), [Some(account), None]),
+            FeedBody::Transfer {
+                ledger, from, to, ..
+            } => (Some(ledger), [from.as_deref(), to.as_deref()]),
+            FeedBody::Rejected { .. }
+            | FeedBody::Expired { .. }
+            | FeedBody::TokenRevoked { .. } => (None, [None, None]),
+        };
+        let ledger_ok = self
+            .ledger
+            .as_deref()
+            .is_none_or(|wanted| ledger == Some(wanted));
+        let account_ok = self
+            .account
+            .as_deref()
+            .is_none_or(|wanted| accounts.contains(&Some(wanted)));
+        ledger_ok && account_ok
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn transfer(from: Option<&str>, to: Option<&str>) -> FeedBody {
+        FeedBody::Transfer {
+            transfer_id: "t".into(),
+            kind: "transfer",
+            ledger: "EUR".into(),
+            from: from.map(Into::into),
+            to: to.map(Into::into),
+            amount: 1,
+            pending_position: None,
+        }
+    }
+
+    #[test]
+    fn filters_keep_what_they_name() {
+        let none = FeedFilter::default();
+        let eur = FeedFilter {
+            ledger: Some("EUR".into()),
+            account: None,
+        };
+        let alice = FeedFilter {
+            ledger: None,
+            account: Some("alice".into()),
+        };
+        let both = FeedFilter {
+            ledger: Some("USD".into()),
+            account: Some("alice".into()),
+        };
+        let event = transfer(Some("alice"), None);
+        assert!(none.keeps(&event) && eur.keeps(&event) && alice.keeps(&event));
+        assert!(!both.keeps(&event));
+        assert!(!alice.keeps(&transfer(Some("bob"), None)));
+        let expired = FeedBody::Expired {
+            pending_position: 3,
+        };
+        assert!(none.keeps(&expired) && !eur.keeps(&expired) && !alice.keeps(&expired));
+    }
+}

@@ -1,0 +1,204 @@
+//! The event feed over HTTP: pages (`GET /v1/events`) and a server-sent event stream that
+//! follows new events as the read model projects them (`GET /v1/events/stream`).
+//!
+//! Both read through [`ReadModel::events`], on a blocking thread: a page may scan up to
+//! `FEED_SCAN_EVENTS_MAX` events of the log. The stream resumes where a client left off, from
+//! `after` or the standard `Last-Event-ID` header (every event's SSE id is its position), so a
+//! dropped connection loses nothing.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::Json;
+use futures_util::stream::{self, Stream};
+use tally_read::{FeedFilter, FeedPage, ReadModel};
+
+use crate::api::{parse_id, EventJson, EventStreamQuery, EventsJson, EventsQuery};
+use crate::auth::Caller;
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::ApiQuery;
+use crate::limits::{EVENTS_PAGE_DEFAULT, EVENTS_PAGE_MAX, EVENT_STREAM_WAIT, READ_WAIT_MAX};
+use crate::routes::read_error;
+use crate::AppState;
+
+/// A page of the log's events, oldest first, with account ids and ledgers. Waits up to 5 s for
+/// the read model to hold everything acknowledged before the request, then serves what it holds.
+#[utoipa::path(get, path = "/v1/events", tag = "events", params(EventsQuery), responses(
+    (status = 200, description = "A page of events", body = EventsJson),
+    (status = 400, description = "Malformed query", body = ErrorBody),
+    (status = 403, description = "The token is limited to some ledgers or accounts; the feed needs an unrestricted one", body = ErrorBody),
+    (status = 503, description = "The read model is opening or unavailable", body = ErrorBody),
+))]
+pub async fn get_events(
+    State(app): State<AppState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<EventsQuery>,
+) -> Result<Json<EventsJson>, ApiError> {
+    let limit = query.limit.unwrap_or(EVENTS_PAGE_DEFAULT);
+    if !(1..=EVENTS_PAGE_MAX).contains(&limit) {
+        return Err(ApiError::invalid(format!(
+            "limit: must be between 1 and {EVENTS_PAGE_MAX}, found {limit}"
+        )));
+    }
+    let filter = filter(&caller, query.ledger.as_deref(), query.account.as_deref())?;
+    let read = read_model(&app).await?;
+    // A client reads its own writes when the read model keeps up; when it lags more than the
+    // wait, the page serves what it holds (`end` says how far) rather than failing.
+    let _ = read
+        .wait_for(app.engine.durable_position(), READ_WAIT_MAX)
+        .await;
+    let page = page(read, query.after, limit, filter).await?;
+    Ok(Json(page.into()))
+}
+
+/// New events as server-sent events, from `after` (or the `Last-Event-ID` header) on, for as
+/// long as the client stays (or `limit` events); each event's id is its position and its data
+/// the JSON of `GET /v1/events`.
+#[utoipa::path(get, path = "/v1/events/stream", tag = "events", params(EventStreamQuery), responses(
+    (status = 200, description = "A stream of events (text/event-stream), each `id: POSITION`, `event: TYPE`, `data: EVENT JSON`", content_type = "text/event-stream", body = String),
+    (status = 400, description = "Malformed query or Last-Event-ID", body = ErrorBody),
+    (status = 403, description = "The token is limited to some ledgers or accounts; the feed needs an unrestricted one", body = ErrorBody),
+    (status = 503, description = "The read model is opening or unavailable", body = ErrorBody),
+))]
+pub async fn stream_events(
+    State(app): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    ApiQuery(query): ApiQuery<EventStreamQuery>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let last_event_id = headers
+        .get("last-event-id")
+        .map(|value| {
+            value
+                .to_str()
+                .ok()
+                .and_then(|text| text.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    ApiError::invalid("Last-Event-ID: must be an event position (a number)")
+                })
+        })
+        .transpose()?;
+    if query.limit == Some(0) {
+        return Err(ApiError::invalid("limit: must be at least 1"));
+    }
+    let filter = filter(&caller, query.ledger.as_deref(), query.account.as_deref())?;
+    let read = read_model(&app).await?;
+    let follower = Follower {
+        read,
+        after: last_event_id.or(query.after),
+        filter,
+        ready: VecDeque::new(),
+        remaining: query.limit,
+        ended: false,
+    };
+    let events = stream::unfold(follower, |mut follower| async move {
+        let event = follower.next().await?;
+        Some((Ok(event), follower))
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+}
+
+/// One stream's place in the log.
+struct Follower {
+    read: ReadModel,
+    after: Option<u64>,
+    filter: FeedFilter,
+    ready: VecDeque<EventJson>,
+    /// Events still to send when the client asked for a bounded number.
+    remaining: Option<u32>,
+    ended: bool,
+}
+
+impl Follower {
+    /// The next event to send, waiting for the read model to project more when there is none;
+    /// `None` ends the stream (after an error event, when the feed cannot be read).
+    async fn next(&mut self) -> Option<Event> {
+        loop {
+            if self.remaining == Some(0) {
+                return None;
+            }
+            if let Some(json) = self.ready.pop_front() {
+                self.remaining = self.remaining.map(|remaining| remaining - 1);
+                let event = Event::default()
+                    .id(json.position.to_string())
+                    .event(json.event_type);
+                return Some(event.json_data(&json).expect("events serialize"));
+            }
+            if self.ended {
+                return None;
+            }
+            let end = self.read.position();
+            match page(
+                self.read.clone(),
+                self.after,
+                EVENTS_PAGE_MAX,
+                self.filter.clone(),
+            )
+            .await
+            {
+                Ok(page) => {
+                    let scanned = page.next.is_some();
+                    self.after = page.next.or(self.after);
+                    self.ready
+                        .extend(page.events.into_iter().map(EventJson::from));
+                    if !scanned {
+                        // Nothing new: wait for the projection to move (keep-alives flow meanwhile).
+                        self.read
+                            .wait_beyond(end.saturating_sub(1), EVENT_STREAM_WAIT)
+                            .await;
+                    }
+                }
+                Err(error) => {
+                    self.ended = true;
+                    let message = error.message;
+                    return Some(Event::default().event("error").data(message));
+                }
+            }
+        }
+    }
+}
+
+/// The feed filter of a request. A token limited to some ledgers or accounts could learn of
+/// other accounts through the counterparties of its own transfers, so the feed is for
+/// unrestricted tokens only.
+fn filter(
+    caller: &Caller,
+    ledger: Option<&str>,
+    account: Option<&str>,
+) -> Result<FeedFilter, ApiError> {
+    if caller.restriction.is_some() {
+        return Err(ApiError::forbidden(
+            "the event feed needs a token without ledger or account restrictions",
+        ));
+    }
+    let ledger = ledger
+        .map(|ledger| parse_id("ledger", ledger).map(|id| id.to_string()))
+        .transpose()?;
+    let account = account
+        .map(|account| parse_id("account", account).map(|id| id.to_string()))
+        .transpose()?;
+    Ok(FeedFilter { ledger, account })
+}
+
+async fn read_model(app: &AppState) -> Result<ReadModel, ApiError> {
+    app.read
+        .wait(READ_WAIT_MAX)
+        .await
+        .map_err(ApiError::unavailable)
+}
+
+/// Reads one page on a blocking thread.
+async fn page(
+    read: ReadModel,
+    after: Option<u64>,
+    limit: u32,
+    filter: FeedFilter,
+) -> Result<FeedPage, ApiError> {
+    tokio::task::spawn_blocking(move || read.events(after, limit, &filter))
+        .await
+        .map_err(|_| ApiError::unavailable("reading the event feed was cancelled; retry"))?
+        .map_err(read_error)
+}
