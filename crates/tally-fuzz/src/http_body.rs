@@ -203,6 +203,7 @@ impl Fixture {
             auth: tally_server::auth::Auth::Disabled,
             status: Arc::new(status),
             offline: tally_offline::OfflineExecutor::default(),
+            event_streams: tally_server::feed::EventStreams::default(),
         };
         let mut fixture = Fixture {
             runtime,

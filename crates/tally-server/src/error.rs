@@ -95,6 +95,15 @@ impl ApiError {
         }
     }
 
+    /// A 503 `overloaded`: retry later.
+    pub fn overloaded(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "overloaded",
+            message: message.into(),
+        }
+    }
+
     /// A 503 `unavailable`.
     pub fn unavailable(message: impl Into<String>) -> ApiError {
         ApiError {
@@ -139,11 +148,7 @@ impl From<EngineError> for ApiError {
     fn from(error: EngineError) -> ApiError {
         match error {
             EngineError::Forbidden(reason) => ApiError::forbidden(reason),
-            EngineError::Overloaded => ApiError {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                code: "overloaded",
-                message: error.to_string(),
-            },
+            EngineError::Overloaded => ApiError::overloaded(error.to_string()),
             other => ApiError::unavailable(other.to_string()),
         }
     }

@@ -8,6 +8,7 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -15,14 +16,28 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::Json;
 use futures_util::stream::{self, Stream};
 use tally_read::{FeedFilter, FeedPage, ReadModel};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::api::{parse_id, EventJson, EventStreamQuery, EventsJson, EventsQuery};
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::ApiQuery;
-use crate::limits::{EVENTS_PAGE_DEFAULT, EVENTS_PAGE_MAX, EVENT_STREAM_WAIT, READ_WAIT_MAX};
+use crate::limits::{
+    EVENTS_PAGE_DEFAULT, EVENTS_PAGE_MAX, EVENT_STREAMS_MAX, EVENT_STREAM_WAIT, READ_WAIT_MAX,
+};
 use crate::routes::read_error;
 use crate::AppState;
+
+/// The event streams open at once, bounded: a stream outlives its request (the concurrency limit
+/// of the HTTP layer lets go when the answer's headers are sent), so it needs a bound of its own.
+#[derive(Clone, Debug)]
+pub struct EventStreams(Arc<Semaphore>);
+
+impl Default for EventStreams {
+    fn default() -> EventStreams {
+        EventStreams(Arc::new(Semaphore::new(EVENT_STREAMS_MAX)))
+    }
+}
 
 /// A page of the log's events, oldest first, with account ids and ledgers. Waits up to 5 s for
 /// the read model to hold everything acknowledged before the request, then serves what it holds.
@@ -61,7 +76,7 @@ pub async fn get_events(
     (status = 200, description = "A stream of events (text/event-stream), each `id: POSITION`, `event: TYPE`, `data: EVENT JSON`", content_type = "text/event-stream", body = String),
     (status = 400, description = "Malformed query or Last-Event-ID", body = ErrorBody),
     (status = 403, description = "The token is limited to some ledgers or accounts; the feed needs an unrestricted one", body = ErrorBody),
-    (status = 503, description = "The read model is opening or unavailable", body = ErrorBody),
+    (status = 503, description = "The read model is opening or unavailable, or too many streams are open", body = ErrorBody),
 ))]
 pub async fn stream_events(
     State(app): State<AppState>,
@@ -86,7 +101,13 @@ pub async fn stream_events(
     }
     let filter = filter(&caller, query.ledger.as_deref(), query.account.as_deref())?;
     let read = read_model(&app).await?;
+    let permit = Arc::clone(&app.event_streams.0)
+        .try_acquire_owned()
+        .map_err(|_| ApiError::overloaded(format!(
+            "{EVENT_STREAMS_MAX} event streams are open, the most this server keeps; retry later or read pages of /v1/events"
+        )))?;
     let follower = Follower {
+        _permit: permit,
         read,
         after: last_event_id.or(query.after),
         filter,
@@ -103,6 +124,8 @@ pub async fn stream_events(
 
 /// One stream's place in the log.
 struct Follower {
+    /// Its place among the open streams, given back when the stream ends or the client leaves.
+    _permit: OwnedSemaphorePermit,
     read: ReadModel,
     after: Option<u64>,
     filter: FeedFilter,

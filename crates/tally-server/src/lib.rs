@@ -20,7 +20,7 @@ pub mod api;
 pub mod auth;
 pub mod error;
 mod extract;
-mod feed;
+pub mod feed;
 pub mod limits;
 mod metrics;
 mod openapi;
@@ -63,6 +63,8 @@ pub struct AppState {
     pub status: Arc<status::StatusHub>,
     /// Where offline work runs; its jobs show on the status page and in `/metrics`.
     pub offline: OfflineExecutor,
+    /// The open event streams, bounded.
+    pub event_streams: feed::EventStreams,
 }
 
 /// The router with every route and layer.
@@ -270,6 +272,7 @@ pub async fn serve(
         auth,
         status: Arc::new(status),
         offline,
+        event_streams: feed::EventStreams::default(),
     };
     // The page has a verdict for every dependency before the first request can ask for it;
     // a read model that opens quickly is not recorded as an incident of every start.

@@ -28,6 +28,9 @@ pub const EVENTS_PAGE_MAX: u32 = 1000;
 /// comments flow meanwhile.
 pub const EVENT_STREAM_WAIT: Duration = Duration::from_secs(15);
 
+/// Event streams open at once; each holds a task and, while it reads, a page of events.
+pub const EVENT_STREAMS_MAX: usize = 256;
+
 /// Longest a request may take end to end before it is answered 503; far above a fsync.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 

@@ -264,3 +264,25 @@ async fn the_stream_follows_new_events_and_resumes_from_the_last_event_id() {
         .await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_streams_are_bounded() {
+    let app = world().await;
+    let max = tally_server::limits::EVENT_STREAMS_MAX;
+    let mut open = Vec::with_capacity(max);
+    for _ in 0..max {
+        let request = Request::get("/v1/events/stream")
+            .body(Body::empty())
+            .unwrap();
+        let response = app.router.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        open.push(response);
+    }
+    let (status, body) = app.get("/v1/events/stream").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "overloaded", "{body}");
+    // A client that leaves gives its place back.
+    drop(open.pop());
+    let reply = app.send("GET", "/v1/events/stream?limit=1", "").await;
+    assert_eq!(reply.status, StatusCode::OK);
+}

@@ -141,6 +141,7 @@ impl TestApp {
                     .expect("open the status figures"),
             ),
             offline: tally_offline::OfflineExecutor::default(),
+            event_streams: tally_server::feed::EventStreams::default(),
         };
         state.status.refresh(&state);
         TestApp {
