@@ -71,6 +71,12 @@ pub struct ColocationArgs {
     #[arg(long, value_enum, default_value_t = Work::Both)]
     pub offline_work: Work,
 
+    /// Where the rebuild writes its redb file; by default the condition's temporary directory,
+    /// on the same filesystem as the live log. A tmpfs here tells the rebuild's disk writes
+    /// apart from its CPU use.
+    #[arg(long, value_name = "DIR")]
+    pub rebuild_dir: Option<PathBuf>,
+
     /// Run only this condition in this process and print its JSON line (used by the parent).
     #[arg(long, value_enum)]
     pub condition: Option<Condition>,
@@ -304,7 +310,7 @@ async fn measure(
         Condition::Idle | Condition::Normal => Some(OfflineWork::start(
             &offline,
             &args.offline_data,
-            data.path(),
+            args.rebuild_dir.as_deref().unwrap_or(data.path()),
             args.offline_work,
         )?),
     };
@@ -345,6 +351,8 @@ async fn measure(
 struct OfflineWork {
     verify: Option<Job<tally_engine::DataDirReport>>,
     rebuild: Option<Job<u64>>,
+    /// The rebuild's file, removed at the end.
+    target: PathBuf,
     /// Holds the log's lock while the rebuild reads it.
     _log: SegmentedLog,
 }
@@ -363,10 +371,11 @@ impl OfflineWork {
                     dir.display()
                 )
             })?;
+        let target = scratch.join(format!("rebuilt-{}.redb", std::process::id()));
         let rebuild = match work {
             Work::Both | Work::Rebuild => {
                 let (reader, end) = (log.reader(), log.next_position());
-                let target = scratch.join("rebuilt.redb");
+                let target = target.clone();
                 Some(
                     offline.spawn_job(tally_read::REBUILD_JOB, "events", move |progress| {
                         tally_read::rebuild(&target, reader, end, progress)
@@ -386,6 +395,7 @@ impl OfflineWork {
         Ok(OfflineWork {
             verify,
             rebuild,
+            target,
             _log: log,
         })
     }
@@ -419,6 +429,8 @@ impl OfflineWork {
             Some(rebuild) => rebuild.join().map_err(anyhow::Error::msg)?,
             None => 0,
         };
+        // Best effort: a file left in a tmpfs would hold memory until the next boot.
+        let _ = std::fs::remove_file(&self.target);
         Ok((verify_s, rebuild_s, events))
     }
 }
