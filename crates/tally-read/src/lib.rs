@@ -45,15 +45,15 @@ mod rebuild;
 mod store;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 use tally_log::LogReader;
 use tally_offline::OfflineExecutor;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 
 pub use error::ReadError;
 pub use feed::{FeedBody, FeedEvent, FeedFilter, FeedPage};
@@ -235,17 +235,7 @@ impl ReadModel {
         assert!(checkpoint.position <= log_end);
         let projection = Projection::load(&store, checkpoint)?;
         tracing::info!(path = %path.display(), position = checkpoint.position, log_end, "read model opened");
-        let shared = Arc::new(Shared {
-            store,
-            projected: watch::Sender::new(checkpoint.position),
-            status: Mutex::new(ProjectorStatus::Running),
-            finished: AtomicBool::new(false),
-            stop: AtomicBool::new(false),
-            wake: Notify::new(),
-            durable: durable.clone(),
-            caught_up_ns: AtomicU64::new(0),
-            opened: (Instant::now(), SystemTime::now()),
-        });
+        let shared = Arc::new(Shared::new(store, checkpoint.position, durable.clone()));
         let feed_readers = Arc::new(Mutex::new(reader.another()));
         let projector = Projector {
             shared: Arc::clone(&shared),

@@ -40,6 +40,24 @@ pub(crate) struct Shared {
     pub opened: (Instant, SystemTime),
 }
 
+impl Shared {
+    /// The shared state of a projection of `store` that holds everything before `position`,
+    /// following a log whose durable end `durable` tells.
+    pub(crate) fn new(store: Store, position: u64, durable: watch::Receiver<u64>) -> Shared {
+        Shared {
+            store,
+            projected: watch::Sender::new(position),
+            status: Mutex::new(ProjectorStatus::Running),
+            finished: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            wake: Notify::new(),
+            durable,
+            caught_up_ns: AtomicU64::new(0),
+            opened: (Instant::now(), SystemTime::now()),
+        }
+    }
+}
+
 pub(crate) struct Projector {
     pub shared: Arc<Shared>,
     pub reader: Box<dyn LogReader>,

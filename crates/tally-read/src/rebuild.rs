@@ -7,18 +7,16 @@
 //! to the end it was given) and writes only its own file: nothing the online path waits for.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
+use std::sync::Arc;
 
 use tally_log::LogReader;
 use tally_offline::Progress;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 
 use crate::projection::Projection;
 use crate::projector::{Projector, Shared};
 use crate::store::{store_error, Store};
-use crate::{ProjectorOptions, ProjectorStatus, ReadError};
+use crate::{ProjectorOptions, ReadError};
 
 /// Name of the rebuild job in `/metrics` and on the status page.
 pub const REBUILD_JOB: &str = "read_model_rebuild";
@@ -38,17 +36,7 @@ pub fn rebuild(
     let (store, checkpoint) = Store::create(path)?;
     let projection = Projection::load(&store, checkpoint)?;
     let (_, durable) = watch::channel(log_end);
-    let shared = Arc::new(Shared {
-        store,
-        projected: watch::Sender::new(checkpoint.position),
-        status: Mutex::new(ProjectorStatus::Running),
-        finished: AtomicBool::new(false),
-        stop: AtomicBool::new(false),
-        wake: Notify::new(),
-        durable: durable.clone(),
-        caught_up_ns: AtomicU64::new(0),
-        opened: (Instant::now(), SystemTime::now()),
-    });
+    let shared = Arc::new(Shared::new(store, checkpoint.position, durable.clone()));
     let mut projector = Projector {
         shared,
         reader,
