@@ -45,7 +45,7 @@ mod rebuild;
 mod store;
 
 use std::path::Path;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
@@ -77,6 +77,8 @@ pub struct ReadModel {
     handle: Arc<ProjectorHandle>,
     /// Where each feed request gets its own reader of the log.
     feed_readers: Arc<Mutex<Box<dyn LogReader>>>,
+    /// Feed pages read so far, by every clone.
+    feed_pages: Arc<AtomicU64>,
 }
 
 /// A transfer as the read model shows it.
@@ -260,6 +262,7 @@ impl ReadModel {
             shared,
             handle,
             feed_readers,
+            feed_pages: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -296,13 +299,19 @@ impl ReadModel {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .another();
         let end = self.position();
+        self.feed_pages.fetch_add(1, Ordering::Relaxed);
         self.shared
             .store
             .events(reader.as_mut(), after, limit, filter, end)
     }
 
-    /// Waits until [`ReadModel::position`] moves beyond `position`, or `timeout` passes; returns
-    /// whether it did. For followers of the feed.
+    /// Pages of the event feed read so far (streams read one whenever the projection moves).
+    pub fn feed_pages_read(&self) -> u64 {
+        self.feed_pages.load(Ordering::Relaxed)
+    }
+
+    /// Waits until [`ReadModel::position`] moves beyond `position` (the event at `position` is
+    /// projected), or `timeout` passes; returns whether it did. For followers of the feed.
     pub async fn wait_beyond(&self, position: u64, timeout: Duration) -> bool {
         self.wait_for(position.saturating_add(1), timeout)
             .await

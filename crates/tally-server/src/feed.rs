@@ -153,7 +153,6 @@ impl Follower {
             if self.ended {
                 return None;
             }
-            let end = self.read.position();
             match page(
                 self.read.clone(),
                 self.after,
@@ -168,10 +167,10 @@ impl Follower {
                     self.ready
                         .extend(page.events.into_iter().map(EventJson::from));
                     if !scanned {
-                        // Nothing new: wait for the projection to move (keep-alives flow meanwhile).
-                        self.read
-                            .wait_beyond(end.saturating_sub(1), EVENT_STREAM_WAIT)
-                            .await;
+                        // Nothing new: wait until the projection holds the next event (the read
+                        // model's position passes it); keep-alives flow meanwhile.
+                        let next = self.after.map_or(0, |after| after + 1);
+                        self.read.wait_beyond(next, EVENT_STREAM_WAIT).await;
                     }
                 }
                 Err(error) => {

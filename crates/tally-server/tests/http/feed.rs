@@ -286,3 +286,25 @@ async fn open_streams_are_bounded() {
     let reply = app.send("GET", "/v1/events/stream?limit=1", "").await;
     assert_eq!(reply.status, StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_stream_waits_instead_of_reading_again() {
+    let app = world().await;
+    let read = app.state.read.wait(Duration::from_secs(5)).await.unwrap();
+    let (_, page) = app.get("/v1/events").await;
+    let last = page["next"].as_u64().unwrap();
+    let request = Request::get(format!("/v1/events/stream?after={last}"))
+        .body(Body::empty())
+        .unwrap();
+    let response = app.router.clone().oneshot(request).await.unwrap();
+    let mut body = response.into_body();
+    // Polling the body runs the stream; it finds nothing new and must then wait.
+    let _ = tokio::time::timeout(Duration::from_millis(500), body.frame()).await;
+    let before = read.feed_pages_read();
+    let _ = tokio::time::timeout(Duration::from_millis(500), body.frame()).await;
+    assert!(
+        read.feed_pages_read() - before <= 1,
+        "an idle stream read {} pages in 0.5 s",
+        read.feed_pages_read() - before
+    );
+}
