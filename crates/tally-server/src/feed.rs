@@ -169,7 +169,7 @@ impl Follower {
                     if !scanned {
                         // Nothing new: wait until the projection holds the next event (the read
                         // model's position passes it); keep-alives flow meanwhile.
-                        let next = self.after.map_or(0, |after| after + 1);
+                        let next = self.after.map_or(0, |after| after.saturating_add(1));
                         self.read.wait_beyond(next, EVENT_STREAM_WAIT).await;
                     }
                 }

@@ -308,3 +308,21 @@ async fn an_idle_stream_waits_instead_of_reading_again() {
         read.feed_pages_read() - before
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_largest_position_is_an_empty_feed_not_a_crash() {
+    let app = world().await;
+    let max = u64::MAX;
+    let (status, page) = app.get(&format!("/v1/events?after={max}")).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!((&page["events"], &page["next"]), (&json!([]), &Value::Null));
+    let request = Request::get(format!("/v1/events/stream?after={max}"))
+        .body(Body::empty())
+        .unwrap();
+    let response = app.router.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    // Nothing comes after the last position: the stream waits (no event, no error).
+    let mut body = response.into_body();
+    let frame = tokio::time::timeout(Duration::from_millis(500), body.frame()).await;
+    assert!(frame.is_err(), "the stream sent {frame:?}");
+}
