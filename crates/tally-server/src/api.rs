@@ -247,6 +247,10 @@ pub struct EventsQuery {
     /// Only events that name this account.
     #[param(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._:-]+$")]
     pub account: Option<String>,
+    /// Long-poll: when nothing after `after` is projected yet, wait up to this many
+    /// milliseconds (at most 30000) for the next event before answering with an empty page.
+    #[param(minimum = 0, maximum = 30000)]
+    pub wait_ms: Option<u64>,
 }
 
 /// Following the event feed.

@@ -9,6 +9,7 @@
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -23,7 +24,8 @@ use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::ApiQuery;
 use crate::limits::{
-    EVENTS_PAGE_DEFAULT, EVENTS_PAGE_MAX, EVENT_STREAMS_MAX, EVENT_STREAM_WAIT, READ_WAIT_MAX,
+    EVENTS_PAGE_DEFAULT, EVENTS_PAGE_MAX, EVENTS_PAGE_WAIT_MAX, EVENT_STREAMS_MAX,
+    EVENT_STREAM_WAIT, READ_WAIT_MAX,
 };
 use crate::routes::read_error;
 use crate::AppState;
@@ -58,6 +60,14 @@ pub async fn get_events(
             "limit: must be between 1 and {EVENTS_PAGE_MAX}, found {limit}"
         )));
     }
+    let wait = Duration::from_millis(query.wait_ms.unwrap_or(0));
+    if wait > EVENTS_PAGE_WAIT_MAX {
+        return Err(ApiError::invalid(format!(
+            "wait_ms: must be at most {}, found {}",
+            EVENTS_PAGE_WAIT_MAX.as_millis(),
+            wait.as_millis()
+        )));
+    }
     let filter = filter(&caller, query.ledger.as_deref(), query.account.as_deref())?;
     let read = read_model(&app).await?;
     // A client reads its own writes when the read model keeps up; when it lags more than the
@@ -65,7 +75,15 @@ pub async fn get_events(
     let _ = read
         .wait_for(app.engine.durable_position(), READ_WAIT_MAX)
         .await;
-    let page = page(read, query.after, limit, filter).await?;
+    let mut page = page(read.clone(), query.after, limit, filter.clone()).await?;
+    if page.next.is_none() && !wait.is_zero() {
+        // Nothing new: a long-polling follower hears of the next event as soon as it is
+        // projected, without asking again and again.
+        let next = query.after.map_or(0, |after| after.saturating_add(1));
+        if read.wait_beyond(next, wait).await {
+            page = self::page(read, query.after, limit, filter).await?;
+        }
+    }
     Ok(Json(page.into()))
 }
 

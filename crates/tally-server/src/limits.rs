@@ -24,6 +24,9 @@ pub const EVENTS_PAGE_DEFAULT: u32 = 100;
 /// `FEED_SCAN_EVENTS_MAX` events, kept or not).
 pub const EVENTS_PAGE_MAX: u32 = 1000;
 
+/// The longest a page of the feed long-polls (`wait_ms`) for the next event.
+pub const EVENTS_PAGE_WAIT_MAX: Duration = Duration::from_secs(30);
+
 /// How long an event stream waits for the read model to move before it reads again; keep-alive
 /// comments flow meanwhile.
 pub const EVENT_STREAM_WAIT: Duration = Duration::from_secs(15);

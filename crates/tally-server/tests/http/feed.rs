@@ -148,6 +148,7 @@ async fn bad_queries_and_restricted_tokens_are_refused() {
         "after=-1",
         "ledger=no%20spaces",
         "account=",
+        "wait_ms=30001",
         "x=1",
     ] {
         let (status, body) = app.get(&format!("/v1/events?{query}")).await;
@@ -325,4 +326,45 @@ async fn the_largest_position_is_an_empty_feed_not_a_crash() {
     let mut body = response.into_body();
     let frame = tokio::time::timeout(Duration::from_millis(500), body.frame()).await;
     assert!(frame.is_err(), "the stream sent {frame:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_answers_when_the_next_event_is_projected() {
+    let app = world().await;
+    let (_, page) = app.get("/v1/events").await;
+    let last = page["next"].as_u64().unwrap();
+    // Nothing after the last event: without `wait_ms` the page is empty at once.
+    let (_, empty) = app.get(&format!("/v1/events?after={last}")).await;
+    assert_eq!(empty["events"], json!([]));
+    let poll = {
+        let router = app.router.clone();
+        tokio::spawn(async move {
+            let request = Request::get(format!("/v1/events?after={last}&wait_ms=10000"))
+                .body(Body::empty())
+                .unwrap();
+            let response = router.oneshot(request).await.unwrap();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            serde_json::from_slice::<Value>(&body).unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !poll.is_finished(),
+        "the long poll answered before there was an event"
+    );
+    app.deposit("late", "b", 7).await;
+    let page = tokio::time::timeout(Duration::from_secs(5), poll)
+        .await
+        .expect("the long poll answers once the event is projected")
+        .unwrap();
+    assert_eq!(
+        summary(page["events"].as_array().unwrap()),
+        ["transfer:late"]
+    );
+    // With nothing to wait for, a short wait ends with an empty page.
+    let next = page["next"].as_u64().unwrap();
+    let (status, empty) = app
+        .get(&format!("/v1/events?after={next}&wait_ms=50"))
+        .await;
+    assert_eq!((status, &empty["events"]), (StatusCode::OK, &json!([])));
 }
