@@ -11,7 +11,6 @@
 //! into small borrowed structs, so the client stays cheap enough to share two
 //! cores with the server it measures.
 
-pub(crate) mod client;
 pub(crate) mod colocation;
 mod server;
 
@@ -28,8 +27,8 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::Deserialize;
 
-use self::client::{Connection, Endpoint, Response};
 use self::server::Server;
+use tally_project::http::{Connection, Endpoint, Response};
 
 /// Transfers per batch request the server accepts (`POST /v1/transfers/batch`).
 const BATCH_TRANSFERS_MAX: u64 = 8192;

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use hyper::Method;
 use tally_auth::{IssueRequest, KeyRing, Scope};
 
-use crate::bench::client::{Connection, Endpoint};
+use tally_project::http::{Connection, Endpoint};
 
 #[derive(clap::Subcommand)]
 pub enum KeysCommand {

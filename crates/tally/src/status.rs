@@ -10,7 +10,7 @@ use hyper::Method;
 use tally_status::text::{render, Colour};
 use tally_status::{Health, StatusReport};
 
-use crate::bench::client::{Connection, Endpoint};
+use tally_project::http::{Connection, Endpoint};
 
 /// How long to wait for the server's answer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);

@@ -29,8 +29,8 @@ use serde::{Deserialize, Serialize};
 use tally_log::{EventLog, LogOptions, SegmentedLog};
 use tally_offline::{Job, OfflineConfig, OfflineExecutor, Priority};
 
-use super::client::{Connection, Endpoint};
 use super::percentile;
+use tally_project::http::{Connection, Endpoint};
 
 /// Longest a window with offline work may last: a bigger offline data directory than this
 /// allows is a mistake in the setup, not a measurement.

@@ -1,9 +1,10 @@
-//! A minimal HTTP/1.1 client for the load generator: one keep-alive
-//! connection, one request at a time.
+//! A minimal HTTP/1.1 client of Tally's API: one keep-alive connection, one request at a time.
+//! The projector reads the event feed with it; the `tally` binary's load generator and
+//! commands use it too.
 //!
-//! It is hyper's connection API used directly rather than a pooled client,
-//! because each bench task owns exactly one connection and the pool would only
-//! add locking and bookkeeping to every request.
+//! It is hyper's connection API used directly rather than a pooled client, because each user
+//! owns exactly one connection and the pool would only add locking and bookkeeping to every
+//! request.
 
 use std::net::SocketAddr;
 
@@ -50,7 +51,7 @@ impl Endpoint {
         let authorization = match token {
             Some(token) => Some(
                 HeaderValue::from_str(&format!("Bearer {token}"))
-                    .context("TALLY_TOKEN is not a valid header value")?,
+                    .context("the token is not a valid header value")?,
             ),
             None => None,
         };

@@ -1,0 +1,604 @@
+//! The fold: events of the feed into the rows of the read model, without I/O.
+//!
+//! A member of a group owns some partitions (a partition is a set of ledgers, see
+//! [`partition_of`]); it alone writes their rows while its leases hold, so the rows it has read
+//! or written are an authoritative cache. Before a page is folded, [`Fold::missing`] names the
+//! rows the page needs that the cache lacks; the store loads them ([`Fold::load`]); then
+//! [`Fold::apply`] folds the page and returns what changed, for the store to write in one atomic
+//! commit with the checkpoints. Every row is written whole (never incremented), so writing the
+//! same change twice leaves the same state; the checkpoint is what makes each event count once.
+//!
+//! The rules mirror `tally_core::Ledger` and the embedded read model (`tally_read`): an account's
+//! version grows by one per event that touches it, creation included; a pending transfer
+//! reserves, a post moves its amount and releases the reservation, a void or an expiry releases.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use anyhow::{anyhow, bail, Context};
+use serde::Deserialize;
+
+/// One event of the feed (`GET /v1/events`), as the server renders it.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct FeedEvent {
+    /// Its position in the log.
+    pub position: u64,
+    /// Its batch's time, RFC 3339 in UTC.
+    pub timestamp: String,
+    /// `account_created`, `transfer`, `rejected`, `expired` or `token_revoked`.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub account: Option<String>,
+    pub ledger: Option<String>,
+    pub allow_overdraft: Option<bool>,
+    pub transfer_id: Option<String>,
+    /// For a transfer: `deposit`, `withdrawal`, `transfer`, `pending`, `post` or `void`.
+    pub kind: Option<String>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub amount: Option<u64>,
+    pub pending_position: Option<u64>,
+}
+
+/// A named account's row: what `GET /v1/accounts/{id}` answers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AccountRow {
+    pub ledger: String,
+    pub allow_overdraft: bool,
+    pub balance: i128,
+    pub debits: u64,
+    pub credits: u64,
+    pub debits_pending: u64,
+    pub credits_pending: u64,
+    pub version: u64,
+}
+
+/// A pending transfer not yet posted, voided or expired, by position.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingRow {
+    pub ledger: String,
+    pub transfer_id: String,
+    /// `None` for the ledger's external account.
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub amount: u64,
+}
+
+/// A ledger's totals. A transfer *counts* when it posts value: a deposit, a withdrawal, a
+/// transfer or a post (with its posted amount); pending transfers, voids and expiries do not.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LedgerRow {
+    /// Named accounts opened in the ledger.
+    pub accounts: u64,
+    /// Counted transfers.
+    pub transfers: u64,
+    /// Sum of the counted transfers' amounts.
+    pub volume: u128,
+    pub deposited: u128,
+    pub withdrawn: u128,
+    /// Pending transfers open now, and the sum of their reservations.
+    pub pending: u64,
+    pub pending_amount: u128,
+}
+
+/// Counted transfers of a ledger on one UTC day.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DayRow {
+    pub transfers: u64,
+    pub volume: u128,
+}
+
+/// Rows of the read model, as loaded or written. `None`: the store holds no such row.
+#[derive(Debug, Default)]
+pub struct Rows {
+    pub accounts: HashMap<String, Option<AccountRow>>,
+    pub pendings: HashMap<u64, Option<PendingRow>>,
+    pub ledgers: HashMap<String, Option<LedgerRow>>,
+    pub days: HashMap<(String, String), Option<DayRow>>,
+}
+
+impl Rows {
+    fn len(&self) -> usize {
+        self.accounts.len() + self.pendings.len() + self.ledgers.len() + self.days.len()
+    }
+}
+
+/// The keys of rows a page needs and the cache lacks.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Missing {
+    pub accounts: BTreeSet<String>,
+    pub pendings: BTreeSet<u64>,
+    pub ledgers: BTreeSet<String>,
+    pub days: BTreeSet<(String, String)>,
+}
+
+impl Missing {
+    pub fn is_empty(&self) -> bool {
+        self.accounts.is_empty()
+            && self.pendings.is_empty()
+            && self.ledgers.is_empty()
+            && self.days.is_empty()
+    }
+}
+
+/// What a page changed: the rows to write whole (their values are in [`Fold::rows`]), history
+/// entries to add, pending rows to write or delete.
+#[derive(Debug, Default)]
+pub struct Changes {
+    pub accounts: BTreeSet<String>,
+    /// Account id → (position, entry JSON).
+    pub history: BTreeMap<String, Vec<(u64, String)>>,
+    /// Position → the row to write, or `None` to delete it.
+    pub pendings: BTreeMap<u64, Option<PendingRow>>,
+    pub ledgers: BTreeSet<String>,
+    pub days: BTreeSet<(String, String)>,
+    /// Events of the page applied to owned partitions.
+    pub applied: u64,
+}
+
+/// The partitions a member owns, each with its checkpoint: the next position it applies.
+pub struct Ownership<'a> {
+    pub partitions: u32,
+    pub checkpoints: &'a BTreeMap<u32, u64>,
+}
+
+impl Ownership<'_> {
+    /// Whether the event at `position` of `ledger` is this member's to apply.
+    fn applies(&self, ledger: &str, position: u64) -> bool {
+        self.checkpoints
+            .get(&partition_of(ledger, self.partitions))
+            .is_some_and(|checkpoint| *checkpoint <= position)
+    }
+}
+
+/// The partition of a ledger. Part of the stored format: a group's partitions are fixed when
+/// it is created, and this function must never change.
+pub fn partition_of(ledger: &str, partitions: u32) -> u32 {
+    assert!(partitions > 0);
+    (xxhash_rust::xxh3::xxh3_64(ledger.as_bytes()) % u64::from(partitions)) as u32
+}
+
+/// The member's cache of rows and the fold over it.
+#[derive(Debug, Default)]
+pub struct Fold {
+    pub rows: Rows,
+}
+
+/// The cache is dropped after a commit once it holds more rows than this: everything in it is
+/// also in the store, so dropping costs reloads, never correctness.
+pub const CACHED_ROWS_MAX: usize = 500_000;
+
+impl Fold {
+    /// Forgets every cached row: after a lease changed hands or a commit's outcome is unknown.
+    pub fn clear(&mut self) {
+        self.rows = Rows::default();
+    }
+
+    /// Drops the cache when it grew past [`CACHED_ROWS_MAX`].
+    pub fn bound(&mut self) {
+        if self.rows.len() > CACHED_ROWS_MAX {
+            self.clear();
+        }
+    }
+
+    /// The rows `events` need that the cache lacks. Pending transfers are looked up for every
+    /// post, void and expiry (an expiry names no ledger: its pending row says whose it is).
+    pub fn missing(&self, events: &[FeedEvent], owned: &Ownership<'_>) -> Missing {
+        let mut missing = Missing::default();
+        let mut created = BTreeSet::new();
+        for event in events {
+            let mut pending = |position: Option<u64>| {
+                if let Some(position) = position {
+                    if !self.rows.pendings.contains_key(&position) {
+                        missing.pendings.insert(position);
+                    }
+                }
+            };
+            if event.event_type == "expired" {
+                // Whose it is, only the pending row can tell.
+                pending(event.pending_position);
+                continue;
+            }
+            let Some(ledger) = event.ledger.as_deref() else {
+                continue;
+            };
+            if !owned.applies(ledger, event.position) {
+                continue;
+            }
+            pending(event.pending_position);
+            if !self.rows.ledgers.contains_key(ledger) {
+                missing.ledgers.insert(ledger.to_owned());
+            }
+            if event.event_type == "account_created" {
+                if let Some(account) = &event.account {
+                    created.insert(account.clone());
+                }
+                continue;
+            }
+            for account in [&event.from, &event.to].into_iter().flatten() {
+                if !self.rows.accounts.contains_key(account) && !created.contains(account) {
+                    missing.accounts.insert(account.clone());
+                }
+            }
+            let day = (ledger.to_owned(), day_of(&event.timestamp).to_owned());
+            if !self.rows.days.contains_key(&day) {
+                missing.days.insert(day);
+            }
+        }
+        missing
+    }
+
+    /// Adds rows the store loaded for [`Fold::missing`].
+    pub fn load(&mut self, rows: Rows) {
+        self.rows.accounts.extend(rows.accounts);
+        self.rows.pendings.extend(rows.pendings);
+        self.rows.ledgers.extend(rows.ledgers);
+        self.rows.days.extend(rows.days);
+    }
+
+    /// Folds `events` (after [`Fold::missing`] and [`Fold::load`]) into the cache. An event that
+    /// contradicts the rows (an unknown account, a second creation, an unknown pending transfer)
+    /// is an error: the feed or the store is not what this projection wrote.
+    pub fn apply(
+        &mut self,
+        events: &[FeedEvent],
+        owned: &Ownership<'_>,
+    ) -> anyhow::Result<Changes> {
+        let mut changes = Changes::default();
+        for event in events {
+            self.apply_one(event, owned, &mut changes)
+                .with_context(|| format!("event at position {}", event.position))?;
+        }
+        Ok(changes)
+    }
+
+    fn apply_one(
+        &mut self,
+        event: &FeedEvent,
+        owned: &Ownership<'_>,
+        changes: &mut Changes,
+    ) -> anyhow::Result<()> {
+        let ledger = match (event.event_type.as_str(), &event.ledger) {
+            ("account_created" | "transfer", Some(ledger)) => ledger.clone(),
+            ("account_created" | "transfer", None) => bail!("the event names no ledger"),
+            ("expired", _) => {
+                let pending = field(event.pending_position, "pending_position")?;
+                // An expiry of another partition's pending transfer: that row is not ours, and
+                // may not even be written yet by its owner.
+                match self.rows.pendings.get(&pending) {
+                    Some(Some(row)) => row.ledger.clone(),
+                    Some(None) => return Ok(()),
+                    None => bail!("pending transfer at {pending} was not loaded"),
+                }
+            }
+            // Refusals and token revocations change no read model.
+            _ => return Ok(()),
+        };
+        if !owned.applies(&ledger, event.position) {
+            return Ok(());
+        }
+        changes.applied += 1;
+        match event.event_type.as_str() {
+            "account_created" => self.account_created(event, &ledger, changes),
+            "transfer" => self.transfer(event, &ledger, changes),
+            _ => self.expired(event, changes),
+        }
+    }
+
+    fn account_created(
+        &mut self,
+        event: &FeedEvent,
+        ledger: &str,
+        changes: &mut Changes,
+    ) -> anyhow::Result<()> {
+        let account = field(event.account.clone(), "account")?;
+        if let Some(Some(_)) = self.rows.accounts.get(&account) {
+            bail!("account {account} is created twice");
+        }
+        self.rows.accounts.insert(
+            account.clone(),
+            Some(AccountRow {
+                ledger: ledger.to_owned(),
+                allow_overdraft: field(event.allow_overdraft, "allow_overdraft")?,
+                version: 1,
+                ..AccountRow::default()
+            }),
+        );
+        changes.accounts.insert(account);
+        self.ledger(ledger)?.accounts += 1;
+        changes.ledgers.insert(ledger.to_owned());
+        Ok(())
+    }
+
+    fn transfer(
+        &mut self,
+        event: &FeedEvent,
+        ledger: &str,
+        changes: &mut Changes,
+    ) -> anyhow::Result<()> {
+        let kind = field(event.kind.clone(), "kind")?;
+        let amount = field(event.amount, "amount")?;
+        let transfer_id = field(event.transfer_id.clone(), "transfer_id")?;
+        let (from, to) = (event.from.clone(), event.to.clone());
+        match kind.as_str() {
+            "deposit" | "withdrawal" | "transfer" => {
+                self.moved(event, (&from, &to), amount, &transfer_id, &kind, changes)?;
+                let totals = self.ledger(ledger)?;
+                match kind.as_str() {
+                    "deposit" => totals.deposited += u128::from(amount),
+                    "withdrawal" => totals.withdrawn += u128::from(amount),
+                    _ => {}
+                }
+                self.count(ledger, &event.timestamp, amount, changes)?;
+            }
+            "pending" => {
+                for (account, side) in [(&from, Side::Debit), (&to, Side::Credit)] {
+                    self.touch(
+                        account,
+                        event,
+                        &transfer_id,
+                        &kind,
+                        side,
+                        amount,
+                        changes,
+                        |row| reserve(row, side, amount),
+                    )?;
+                }
+                self.rows.pendings.insert(
+                    event.position,
+                    Some(PendingRow {
+                        ledger: ledger.to_owned(),
+                        transfer_id: transfer_id.clone(),
+                        from,
+                        to,
+                        amount,
+                    }),
+                );
+                changes
+                    .pendings
+                    .insert(event.position, self.rows.pendings[&event.position].clone());
+                let totals = self.ledger(ledger)?;
+                totals.pending += 1;
+                totals.pending_amount += u128::from(amount);
+            }
+            "post" | "void" => {
+                let pending = self.take_pending(event, changes)?;
+                if pending.from != from || pending.to != to || amount > pending.amount {
+                    bail!(
+                        "{kind} {transfer_id} does not match its pending transfer {}",
+                        pending.transfer_id
+                    );
+                }
+                let posted = if kind == "post" { amount } else { 0 };
+                for (account, side) in [(&from, Side::Debit), (&to, Side::Credit)] {
+                    self.touch(
+                        account,
+                        event,
+                        &transfer_id,
+                        &kind,
+                        side,
+                        amount,
+                        changes,
+                        |row| {
+                            release(row, side, pending.amount)?;
+                            post(row, side, posted)
+                        },
+                    )?;
+                }
+                let totals = self.ledger(ledger)?;
+                totals.pending -= 1;
+                totals.pending_amount -= u128::from(pending.amount);
+                if kind == "post" {
+                    self.count(ledger, &event.timestamp, amount, changes)?;
+                }
+            }
+            other => bail!("unknown transfer kind {other:?}"),
+        }
+        changes.ledgers.insert(ledger.to_owned());
+        Ok(())
+    }
+
+    fn expired(&mut self, event: &FeedEvent, changes: &mut Changes) -> anyhow::Result<()> {
+        let pending = self.take_pending(event, changes)?;
+        for (account, side) in [(&pending.from, Side::Debit), (&pending.to, Side::Credit)] {
+            self.touch(
+                account,
+                event,
+                &pending.transfer_id,
+                "expire",
+                side,
+                pending.amount,
+                changes,
+                |row| release(row, side, pending.amount),
+            )?;
+        }
+        let totals = self.ledger(&pending.ledger)?;
+        totals.pending -= 1;
+        totals.pending_amount -= u128::from(pending.amount);
+        changes.ledgers.insert(pending.ledger);
+        Ok(())
+    }
+
+    /// A deposit, withdrawal or transfer: `amount` moves from `from` to `to`.
+    fn moved(
+        &mut self,
+        event: &FeedEvent,
+        (from, to): (&Option<String>, &Option<String>),
+        amount: u64,
+        transfer_id: &str,
+        kind: &str,
+        changes: &mut Changes,
+    ) -> anyhow::Result<()> {
+        for (account, side) in [(from, Side::Debit), (to, Side::Credit)] {
+            self.touch(
+                account,
+                event,
+                transfer_id,
+                kind,
+                side,
+                amount,
+                changes,
+                |row| post(row, side, amount),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Changes a named account (the external account, `None`, has no row) by `change` and
+    /// records the history entry.
+    #[allow(clippy::too_many_arguments)]
+    fn touch(
+        &mut self,
+        account: &Option<String>,
+        event: &FeedEvent,
+        transfer_id: &str,
+        kind: &str,
+        side: Side,
+        amount: u64,
+        changes: &mut Changes,
+        change: impl FnOnce(&mut AccountRow) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let Some(account) = account else {
+            return Ok(());
+        };
+        let row = self
+            .rows
+            .accounts
+            .get_mut(account)
+            .ok_or_else(|| anyhow!("account {account} was not loaded"))?
+            .as_mut()
+            .ok_or_else(|| anyhow!("the event names account {account}, which was never created"))?;
+        change(row)?;
+        row.version += 1;
+        let entry = serde_json::json!({
+            "position": event.position,
+            "transfer_id": transfer_id,
+            "kind": kind,
+            "side": side.name(),
+            "amount": amount,
+            "balance_after": row.balance,
+            "timestamp": event.timestamp,
+        });
+        changes.accounts.insert(account.clone());
+        changes
+            .history
+            .entry(account.clone())
+            .or_default()
+            .push((event.position, entry.to_string()));
+        Ok(())
+    }
+
+    fn take_pending(
+        &mut self,
+        event: &FeedEvent,
+        changes: &mut Changes,
+    ) -> anyhow::Result<PendingRow> {
+        let position = field(event.pending_position, "pending_position")?;
+        let row = self
+            .rows
+            .pendings
+            .insert(position, None)
+            .flatten()
+            .ok_or_else(|| anyhow!("position {position} is not an open pending transfer"))?;
+        changes.pendings.insert(position, None);
+        Ok(row)
+    }
+
+    /// Counts a transfer that posted `amount` in the ledger's totals and its day.
+    fn count(
+        &mut self,
+        ledger: &str,
+        timestamp: &str,
+        amount: u64,
+        changes: &mut Changes,
+    ) -> anyhow::Result<()> {
+        let totals = self.ledger(ledger)?;
+        totals.transfers += 1;
+        totals.volume += u128::from(amount);
+        let key = (ledger.to_owned(), day_of(timestamp).to_owned());
+        let day = self
+            .rows
+            .days
+            .get_mut(&key)
+            .ok_or_else(|| anyhow!("day {} of {ledger} was not loaded", key.1))?
+            .get_or_insert_with(DayRow::default);
+        day.transfers += 1;
+        day.volume += u128::from(amount);
+        changes.days.insert(key);
+        Ok(())
+    }
+
+    fn ledger(&mut self, ledger: &str) -> anyhow::Result<&mut LedgerRow> {
+        Ok(self
+            .rows
+            .ledgers
+            .get_mut(ledger)
+            .ok_or_else(|| anyhow!("ledger {ledger} was not loaded"))?
+            .get_or_insert_with(LedgerRow::default))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Side {
+    Debit,
+    Credit,
+}
+
+impl Side {
+    fn name(self) -> &'static str {
+        match self {
+            Side::Debit => "debit",
+            Side::Credit => "credit",
+        }
+    }
+}
+
+fn reserve(row: &mut AccountRow, side: Side, amount: u64) -> anyhow::Result<()> {
+    let slot = match side {
+        Side::Debit => &mut row.debits_pending,
+        Side::Credit => &mut row.credits_pending,
+    };
+    *slot = slot
+        .checked_add(amount)
+        .context("pending amount overflows u64")?;
+    Ok(())
+}
+
+fn release(row: &mut AccountRow, side: Side, amount: u64) -> anyhow::Result<()> {
+    let slot = match side {
+        Side::Debit => &mut row.debits_pending,
+        Side::Credit => &mut row.credits_pending,
+    };
+    *slot = slot
+        .checked_sub(amount)
+        .context("releases more than the account has pending")?;
+    Ok(())
+}
+
+fn post(row: &mut AccountRow, side: Side, amount: u64) -> anyhow::Result<()> {
+    match side {
+        Side::Debit => {
+            row.debits = row
+                .debits
+                .checked_add(amount)
+                .context("debits overflow u64")?;
+            row.balance -= i128::from(amount);
+        }
+        Side::Credit => {
+            row.credits = row
+                .credits
+                .checked_add(amount)
+                .context("credits overflow u64")?;
+            row.balance += i128::from(amount);
+        }
+    }
+    Ok(())
+}
+
+fn field<T>(value: Option<T>, name: &str) -> anyhow::Result<T> {
+    value.ok_or_else(|| anyhow!("the event has no {name}"))
+}
+
+/// The UTC day (`YYYY-MM-DD`) of an RFC 3339 timestamp in UTC, as the server renders them.
+pub fn day_of(timestamp: &str) -> &str {
+    timestamp.get(..10).unwrap_or(timestamp)
+}

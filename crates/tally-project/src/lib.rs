@@ -1,0 +1,421 @@
+//! `tally project`: Tally's read models kept in Redis for many readers, fed by the event feed of
+//! a running server, by a group of processes that share the work.
+//!
+//! Why a separate process: the embedded read model inside `tally serve` answers the API; a Redis
+//! copy serves other readers (dashboards, other services) at whatever rate they need without
+//! touching the ledger's machine, and several projectors keep it current when one of them dies.
+//!
+//! How it loses nothing and applies nothing twice:
+//! - the ledgers are split into a fixed number of partitions ([`fold::partition_of`]); each
+//!   partition has a checkpoint (the next log position it applies) and a lease, both in Redis;
+//! - a member applies a page of events to the partitions it holds and writes the rows and the
+//!   new checkpoints in one Lua script that first checks its leases ([`store`]); a crash before
+//!   the script changes nothing, a crash after it loses nothing, and a member whose lease moved
+//!   on writes nothing;
+//! - every row is written whole, so the only thing that decides whether an event counted is the
+//!   checkpoint written with it.
+//!
+//! Members heartbeat into the group; partition `p` belongs to the `p mod n`-th live member by
+//! name, so when one joins or leaves the others give up or take partitions at their next tick
+//! ([`group`]).
+
+pub mod fold;
+pub mod group;
+pub mod http;
+pub mod metrics;
+pub mod source;
+pub mod store;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{anyhow, bail, Context};
+
+use crate::fold::{Fold, Ownership};
+use crate::group::Member;
+use crate::metrics::Metrics;
+use crate::source::{Source, SourceError, PAGE_EVENTS_MAX};
+use crate::store::{Committed, Keys, RedisStore};
+
+/// Partitions of a new group unless `--partitions` says otherwise: enough to spread over a
+/// handful of members, few enough that each commit fences them all cheaply.
+pub const DEFAULT_PARTITIONS: u32 = 16;
+
+/// Partitions of a group at most (each is a lease to renew and a checkpoint per commit).
+pub const PARTITIONS_MAX: u32 = 1024;
+
+/// How a projector runs.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// `redis://host:port[/db]`.
+    pub store: String,
+    /// The server whose feed it reads, `http://host:port`.
+    pub source: String,
+    pub token: Option<String>,
+    pub group: String,
+    pub prefix: String,
+    /// The partition count of a new group (an existing group keeps its own).
+    pub partitions: Option<u32>,
+    /// How long a lease and a heartbeat last; members renew them five times per lease.
+    pub lease: Duration,
+    /// Events per page of the feed (and so per commit), at most 1000.
+    pub page_events: u32,
+    pub metrics_listen: Option<SocketAddr>,
+    /// Delete every key of the prefix, project the feed from position zero up to its end at
+    /// the start, then stop.
+    pub rebuild: bool,
+    /// A test hook: abort the process at a commit (see [`FaultPoint`]).
+    pub fault: Option<FaultPoint>,
+}
+
+impl Options {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if !(1..=PAGE_EVENTS_MAX).contains(&self.page_events) {
+            bail!("--page-events must be between 1 and {PAGE_EVENTS_MAX}");
+        }
+        if let Some(partitions) = self.partitions {
+            if !(1..=PARTITIONS_MAX).contains(&partitions) {
+                bail!("--partitions must be between 1 and {PARTITIONS_MAX}");
+            }
+        }
+        if self.lease < Duration::from_millis(500) || self.lease > Duration::from_secs(600) {
+            bail!("--lease must be between 500ms and 10m");
+        }
+        let valid = |text: &str| {
+            !text.is_empty()
+                && text.len() <= 64
+                && text
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._:-".contains(c))
+        };
+        if !valid(&self.group) {
+            bail!("--group must be 1 to 64 letters, digits or . _ : -");
+        }
+        if !valid(&self.prefix) {
+            bail!("--prefix must be 1 to 64 letters, digits or . _ : -");
+        }
+        Ok(())
+    }
+}
+
+/// Where a test makes the projector abort (as a crash would): just before its `n`-th commit is
+/// sent, or just after Redis acknowledged it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FaultPoint {
+    pub after: bool,
+    pub commit: u64,
+}
+
+impl FromStr for FaultPoint {
+    type Err = anyhow::Error;
+
+    fn from_str(text: &str) -> anyhow::Result<FaultPoint> {
+        let (when, commit) = text
+            .split_once(':')
+            .ok_or_else(|| anyhow!("expected before-commit:N or after-commit:N"))?;
+        let after = match when {
+            "before-commit" => false,
+            "after-commit" => true,
+            other => bail!("unknown fault point {other:?}: expected before-commit or after-commit"),
+        };
+        let commit = commit.parse().context("the commit number")?;
+        Ok(FaultPoint { after, commit })
+    }
+}
+
+impl fmt::Display for FaultPoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let when = if self.after { "after" } else { "before" };
+        write!(f, "{when}-commit:{}", self.commit)
+    }
+}
+
+/// What a projector did, when it stops.
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub events: u64,
+    pub commits: u64,
+    pub elapsed: Duration,
+    /// The feed position every partition reached (for a rebuild).
+    pub position: Option<u64>,
+}
+
+/// The longest pause between retries of a failing feed or store.
+const RETRY_DELAY_MAX: Duration = Duration::from_secs(2);
+
+/// Runs a member of the group until `shutdown` completes (or, for a rebuild, until every
+/// partition reached the feed's end); gives its leases up on the way out.
+pub async fn run(
+    options: Options,
+    metrics: Metrics,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<Summary> {
+    options.validate()?;
+    let started = Instant::now();
+    let keys = Keys::new(&options.prefix, &options.group);
+    let mut store = RedisStore::connect(&options.store, keys).await?;
+    let mut source = Source::new(&options.source, options.token.as_deref()).await?;
+    let stop_at = if options.rebuild {
+        let deleted = store.delete_everything().await?;
+        let end = source.end().await?;
+        tracing::info!(
+            deleted,
+            end,
+            "rebuild: deleted the prefix's keys; projecting the feed from 0"
+        );
+        metrics.rebuild_total.set(end as i64);
+        Some(end)
+    } else {
+        None
+    };
+    let partitions = store
+        .group_partitions(DEFAULT_PARTITIONS, options.partitions)
+        .await?;
+    if let Some(listen) = options.metrics_listen {
+        let address = metrics.serve(listen).await?;
+        println!("metrics on http://{address}/metrics");
+    }
+    let mut member = Member::new(partitions, options.lease);
+    tracing::info!(member = member.id(), partitions, group = %options.group, "projector started");
+    let mut projector = Projector {
+        options,
+        metrics,
+        store,
+        source,
+        fold: Fold::default(),
+        summary: Summary::default(),
+        next_tick: Instant::now(),
+    };
+    tokio::pin!(shutdown);
+    let result = projector.follow(&mut member, stop_at, &mut shutdown).await;
+    member.leave(&mut projector.store).await;
+    projector.summary.elapsed = started.elapsed();
+    projector.summary.position = stop_at;
+    result.map(|()| projector.summary)
+}
+
+struct Projector {
+    options: Options,
+    metrics: Metrics,
+    store: RedisStore,
+    source: Source,
+    fold: Fold,
+    summary: Summary,
+    next_tick: Instant,
+}
+
+impl Projector {
+    async fn follow(
+        &mut self,
+        member: &mut Member,
+        stop_at: Option<u64>,
+        shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+    ) -> anyhow::Result<()> {
+        let mut retry = Duration::ZERO;
+        loop {
+            if !retry.is_zero() {
+                tokio::select! {
+                    () = tokio::time::sleep(retry) => {}
+                    () = shutdown.as_mut() => return Ok(()),
+                }
+            }
+            if Instant::now() >= self.next_tick {
+                if let Err(error) = member
+                    .tick(&mut self.store, &mut self.fold, &self.metrics)
+                    .await
+                {
+                    tracing::warn!("cannot reach the group in Redis: {error:#}");
+                }
+                self.next_tick = Instant::now() + member.tick_interval();
+            }
+            if let Some(stop) = stop_at {
+                let done = member.owned().len() as u32 == member.partitions()
+                    && member.owned().values().all(|lease| lease.position >= stop);
+                if done {
+                    return Ok(());
+                }
+            }
+            let Some(from) = member.owned().values().map(|lease| lease.position).min() else {
+                tokio::select! {
+                    () = tokio::time::sleep_until(self.next_tick.into()) => {}
+                    () = shutdown.as_mut() => return Ok(()),
+                }
+                continue;
+            };
+            let wait = self
+                .next_tick
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_secs(1));
+            let page = tokio::select! {
+                page = self.source.page(from, self.options.page_events, wait) => page,
+                () = shutdown.as_mut() => return Ok(()),
+            };
+            let page = match page {
+                Ok(page) => page,
+                Err(SourceError::Fatal(error)) => return Err(error),
+                Err(SourceError::Transient(error)) => {
+                    retry = next_retry(retry);
+                    tracing::warn!("cannot read the feed (retrying in {retry:?}): {error:#}");
+                    continue;
+                }
+            };
+            self.metrics
+                .lag_events
+                .set(page.end.saturating_sub(from) as i64);
+            let Some(first) = page.events.first() else {
+                self.metrics.lag_seconds.set(0.0);
+                retry = Duration::ZERO;
+                continue;
+            };
+            let age = SystemTime::now()
+                .duration_since(source::timestamp(&first.timestamp)?)
+                .unwrap_or_default();
+            self.metrics.lag_seconds.set(age.as_secs_f64());
+            match self.apply(member, &page.events).await {
+                Ok(()) => retry = Duration::ZERO,
+                Err(Failure::Fatal(error)) => return Err(error),
+                Err(Failure::Transient(error)) => {
+                    // The commit's outcome is unknown: what Redis holds decides, so the cache
+                    // goes, and the leases are read again for their checkpoints.
+                    self.fold.clear();
+                    member
+                        .forget_positions(&mut self.store, &self.metrics)
+                        .await;
+                    retry = next_retry(retry);
+                    tracing::warn!("cannot write to Redis (retrying in {retry:?}): {error:#}");
+                }
+            }
+            if let Some(stop) = stop_at {
+                let done = member
+                    .owned()
+                    .values()
+                    .map(|lease| lease.position)
+                    .min()
+                    .unwrap_or(0);
+                self.metrics.rebuild_done.set(done.min(stop) as i64);
+            }
+        }
+    }
+
+    /// Folds a page into the owned partitions and commits it with their checkpoints.
+    async fn apply(
+        &mut self,
+        member: &mut Member,
+        events: &[fold::FeedEvent],
+    ) -> Result<(), Failure> {
+        let last = events.last().expect("a page with events");
+        let end = last.position + 1;
+        let checkpoints: BTreeMap<u32, u64> = member
+            .owned()
+            .iter()
+            .map(|(partition, lease)| (*partition, lease.position))
+            .collect();
+        let ownership = Ownership {
+            partitions: member.partitions(),
+            checkpoints: &checkpoints,
+        };
+        let missing = self.fold.missing(events, &ownership);
+        if !missing.is_empty() {
+            let rows = self
+                .store
+                .load(&missing)
+                .await
+                .map_err(Failure::from_redis)?;
+            self.fold.load(rows);
+        }
+        let changes = self
+            .fold
+            .apply(events, &ownership)
+            .context("the feed contradicts the read model in Redis")
+            .map_err(Failure::Fatal)?;
+        // Only partitions the page moves are fenced: one acquired further on is not behind.
+        let fences = member
+            .owned()
+            .iter()
+            .filter(|(_, lease)| lease.position < end)
+            .map(|(partition, lease)| (*partition, (*lease, end)))
+            .collect();
+        self.fault(false);
+        let committed = self
+            .store
+            .commit(
+                member.id(),
+                self.options.lease,
+                &fences,
+                &last.timestamp,
+                &changes,
+                &self.fold.rows,
+            )
+            .await
+            .map_err(Failure::from_redis)?;
+        self.fault(true);
+        match committed {
+            Committed::Written => {
+                member.advance(&fences, &self.metrics);
+                self.summary.commits += 1;
+                self.summary.events += changes.applied;
+                self.metrics.commits.inc();
+                self.metrics.events.inc_by(changes.applied);
+                let now = SystemTime::now();
+                for event in events {
+                    if let Ok(at) = source::timestamp(&event.timestamp) {
+                        let delay = now.duration_since(at).unwrap_or_default();
+                        self.metrics.delay.observe(delay.as_secs_f64());
+                    }
+                }
+                self.fold.bound();
+            }
+            Committed::Fenced(partition) => {
+                tracing::warn!(partition, "lost the lease of partition {partition} to another member; its rows are theirs now");
+                self.metrics.fenced.inc();
+                self.fold.clear();
+                member.lose(partition, &self.metrics);
+            }
+        }
+        Ok(())
+    }
+
+    fn fault(&self, after: bool) {
+        if let Some(point) = self.options.fault {
+            if point.after == after && point.commit == self.summary.commits + 1 {
+                eprintln!("tally project: fault point {point} reached; aborting");
+                std::process::abort();
+            }
+        }
+    }
+}
+
+enum Failure {
+    /// Redis unreachable or slow: retry.
+    Transient(anyhow::Error),
+    /// Retrying cannot help.
+    Fatal(anyhow::Error),
+}
+
+impl Failure {
+    fn from_redis(error: anyhow::Error) -> Failure {
+        let transient = error
+            .downcast_ref::<redis::RedisError>()
+            .is_some_and(|error| {
+                error.is_io_error()
+                    || error.is_timeout()
+                    || error.is_connection_dropped()
+                    || error.is_connection_refusal()
+            });
+        if transient {
+            Failure::Transient(error)
+        } else {
+            Failure::Fatal(error.context(
+                "Redis refused a write of the projector; keys under the prefix may have been \
+                 changed by something else: rebuild with `tally project --rebuild`",
+            ))
+        }
+    }
+}
+
+fn next_retry(retry: Duration) -> Duration {
+    (retry * 2).clamp(Duration::from_millis(100), RETRY_DELAY_MAX)
+}
