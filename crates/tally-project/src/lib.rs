@@ -101,35 +101,47 @@ impl Options {
     }
 }
 
-/// Where a test makes the projector abort (as a crash would): just before its `n`-th commit is
-/// sent, or just after Redis acknowledged it.
+/// Where a test makes the projector misbehave at its `commit`-th commit: abort (as a crash
+/// would) just before it is sent or just after Redis acknowledged it, or stall before sending it
+/// for twice the lease, as a paused process would, so that its leases lapse.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FaultPoint {
-    pub after: bool,
+    pub fault: Fault,
     pub commit: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    AbortBefore,
+    AbortAfter,
+    StallBefore,
 }
 
 impl FromStr for FaultPoint {
     type Err = anyhow::Error;
 
     fn from_str(text: &str) -> anyhow::Result<FaultPoint> {
-        let (when, commit) = text
-            .split_once(':')
-            .ok_or_else(|| anyhow!("expected before-commit:N or after-commit:N"))?;
-        let after = match when {
-            "before-commit" => false,
-            "after-commit" => true,
-            other => bail!("unknown fault point {other:?}: expected before-commit or after-commit"),
+        let expected = "expected before-commit:N, after-commit:N or stall-before-commit:N";
+        let (when, commit) = text.split_once(':').ok_or_else(|| anyhow!("{expected}"))?;
+        let fault = match when {
+            "before-commit" => Fault::AbortBefore,
+            "after-commit" => Fault::AbortAfter,
+            "stall-before-commit" => Fault::StallBefore,
+            other => bail!("unknown fault point {other:?}: {expected}"),
         };
         let commit = commit.parse().context("the commit number")?;
-        Ok(FaultPoint { after, commit })
+        Ok(FaultPoint { fault, commit })
     }
 }
 
 impl fmt::Display for FaultPoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let when = if self.after { "after" } else { "before" };
-        write!(f, "{when}-commit:{}", self.commit)
+        let when = match self.fault {
+            Fault::AbortBefore => "before-commit",
+            Fault::AbortAfter => "after-commit",
+            Fault::StallBefore => "stall-before-commit",
+        };
+        write!(f, "{when}:{}", self.commit)
     }
 }
 
@@ -338,7 +350,7 @@ impl Projector {
             .filter(|(_, lease)| lease.position < end)
             .map(|(partition, lease)| (*partition, (*lease, end)))
             .collect();
-        self.fault(false);
+        self.fault(true).await;
         let committed = self
             .store
             .commit(
@@ -351,7 +363,7 @@ impl Projector {
             )
             .await
             .map_err(Failure::from_redis)?;
-        self.fault(true);
+        self.fault(false).await;
         match committed {
             Committed::Written => {
                 member.advance(&fences, &self.metrics);
@@ -378,12 +390,27 @@ impl Projector {
         Ok(())
     }
 
-    fn fault(&self, after: bool) {
-        if let Some(point) = self.options.fault {
-            if point.after == after && point.commit == self.summary.commits + 1 {
+    /// Fires the test's fault point, once.
+    async fn fault(&mut self, before: bool) {
+        let Some(point) = self.options.fault else {
+            return;
+        };
+        if point.commit != self.summary.commits + 1 {
+            return;
+        }
+        if point.fault == Fault::StallBefore {
+            self.options.fault = None;
+        }
+        match (point.fault, before) {
+            (Fault::AbortBefore, true) | (Fault::AbortAfter, false) => {
                 eprintln!("tally project: fault point {point} reached; aborting");
                 std::process::abort();
             }
+            (Fault::StallBefore, true) => {
+                eprintln!("tally project: fault point {point} reached; stalling");
+                tokio::time::sleep(self.options.lease * 2).await;
+            }
+            _ => {}
         }
     }
 }

@@ -6,4 +6,5 @@ mod auth;
 mod crash;
 mod crash_loop;
 mod observability;
+mod projector;
 mod status;
