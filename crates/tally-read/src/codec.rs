@@ -1,8 +1,9 @@
 //! The stored rows and their compact binary encoding.
 //!
-//! Rows are LEB128 varints, little-endian `i128` balances and length-prefixed strings, like the
-//! event encoding of `tally-core`. Decoding never trusts its input: a damaged file yields an error,
-//! never a panic. The layout is versioned as a whole by [`crate::limits::STORE_FORMAT_VERSION`].
+//! Rows are LEB128 varints, little-endian `i128` balances and `u128` sums, and length-prefixed
+//! strings, like the event encoding of `tally-core`. Decoding never trusts its input: a damaged
+//! file yields an error, never a panic. The layout is versioned as a whole by
+//! [`crate::limits::STORE_FORMAT_VERSION`].
 
 /// An account as the projection knows it: enough to render transfers and compute balances.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,6 +45,25 @@ pub(crate) struct HistoryRow {
     pub amount: u64,
     pub balance_after: i128,
     pub timestamp_ns: u64,
+}
+
+/// A ledger's figures (see [`crate::LedgerTotals`] for what each counts).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct TotalsRow {
+    pub accounts: u64,
+    pub transfers: u64,
+    pub volume: u128,
+    pub deposited: u128,
+    pub withdrawn: u128,
+    pub pending: u64,
+    pub pending_amount: u128,
+}
+
+/// A ledger's figures of one UTC day: what posted value, counted as in [`TotalsRow`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct DayRow {
+    pub transfers: u64,
+    pub volume: u128,
 }
 
 /// What an event did, as stored; the transfer kinds of `tally-core` plus expiry.
@@ -236,6 +256,54 @@ impl HistoryRow {
     }
 }
 
+impl TotalsRow {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(96);
+        put_varint(&mut out, self.accounts);
+        put_varint(&mut out, self.transfers);
+        out.extend_from_slice(&self.volume.to_le_bytes());
+        out.extend_from_slice(&self.deposited.to_le_bytes());
+        out.extend_from_slice(&self.withdrawn.to_le_bytes());
+        put_varint(&mut out, self.pending);
+        out.extend_from_slice(&self.pending_amount.to_le_bytes());
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<TotalsRow, &'static str> {
+        let mut reader = Reader { bytes, offset: 0 };
+        let row = TotalsRow {
+            accounts: reader.varint()?,
+            transfers: reader.varint()?,
+            volume: reader.u128()?,
+            deposited: reader.u128()?,
+            withdrawn: reader.u128()?,
+            pending: reader.varint()?,
+            pending_amount: reader.u128()?,
+        };
+        reader.finish()?;
+        Ok(row)
+    }
+}
+
+impl DayRow {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(24);
+        put_varint(&mut out, self.transfers);
+        out.extend_from_slice(&self.volume.to_le_bytes());
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<DayRow, &'static str> {
+        let mut reader = Reader { bytes, offset: 0 };
+        let row = DayRow {
+            transfers: reader.varint()?,
+            volume: reader.u128()?,
+        };
+        reader.finish()?;
+        Ok(row)
+    }
+}
+
 fn put_varint(out: &mut Vec<u8>, mut value: u64) {
     while value >= 0x80 {
         out.push((value as u8) | 0x80);
@@ -307,6 +375,12 @@ impl<'a> Reader<'a> {
 
     fn i128(&mut self) -> Result<i128, &'static str> {
         Ok(i128::from_le_bytes(
+            self.take(16)?.try_into().expect("took 16 bytes"),
+        ))
+    }
+
+    fn u128(&mut self) -> Result<u128, &'static str> {
+        Ok(u128::from_le_bytes(
             self.take(16)?.try_into().expect("took 16 bytes"),
         ))
     }
@@ -383,6 +457,26 @@ mod tests {
             timestamp_ns: u64::MAX,
         };
         assert_eq!(HistoryRow::decode(&history.encode()).unwrap(), history);
+        assert_eq!(TotalsRow::decode(&totals().encode()).unwrap(), totals());
+        let default = TotalsRow::default();
+        assert_eq!(TotalsRow::decode(&default.encode()).unwrap(), default);
+        let day = DayRow {
+            transfers: u64::MAX,
+            volume: u128::MAX - 1,
+        };
+        assert_eq!(DayRow::decode(&day.encode()).unwrap(), day);
+    }
+
+    fn totals() -> TotalsRow {
+        TotalsRow {
+            accounts: 3,
+            transfers: u64::MAX,
+            volume: u128::MAX,
+            deposited: 1 << 70,
+            withdrawn: 5,
+            pending: 1 << 40,
+            pending_amount: 7,
+        }
     }
 
     #[test]
@@ -397,5 +491,23 @@ mod tests {
         let mut padded = bytes.clone();
         padded.push(0);
         assert!(TransferRow::decode(&padded).is_err());
+
+        let bytes = totals().encode();
+        for cut in 0..bytes.len() {
+            assert!(
+                TotalsRow::decode(&bytes[..cut]).is_err(),
+                "totals cut at {cut}"
+            );
+        }
+        let mut padded = bytes.clone();
+        padded.push(0);
+        assert!(TotalsRow::decode(&padded).is_err());
+        let bytes = DayRow::default().encode();
+        for cut in 0..bytes.len() {
+            assert!(DayRow::decode(&bytes[..cut]).is_err(), "day cut at {cut}");
+        }
+        let mut padded = bytes.clone();
+        padded.push(0);
+        assert!(DayRow::decode(&padded).is_err());
     }
 }

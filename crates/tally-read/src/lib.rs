@@ -1,6 +1,6 @@
 //! The embedded read model of Tally: a projection of the event log into a redb file that answers
-//! the queries the engine's in-memory state does not, namely a transfer by id and an account's
-//! history.
+//! the queries the engine's in-memory state does not, namely a transfer by id, an account's
+//! history, and each ledger's totals and daily summary.
 //!
 //! [`ReadModel::start`] opens (or creates) the file and starts the `tally-projector` thread, which
 //! follows the log from the stored checkpoint; the returned [`ReadModel`] is a cheap `Clone` for
@@ -36,6 +36,7 @@
 #![deny(missing_docs)]
 
 mod codec;
+mod day;
 mod error;
 mod feed;
 pub mod limits;
@@ -55,6 +56,7 @@ use tally_log::LogReader;
 use tally_offline::OfflineExecutor;
 use tokio::sync::watch;
 
+pub use day::Day;
 pub use error::ReadError;
 pub use feed::{FeedBody, FeedEvent, FeedFilter, FeedPage};
 pub use rebuild::{rebuild, REBUILD_JOB};
@@ -139,6 +141,54 @@ pub struct HistoryEntry {
     pub balance_after: i128,
     /// The timestamp of the event's batch.
     pub timestamp_ns: u64,
+}
+
+/// A ledger's figures, as [`ReadModel::ledger_totals`] reports them.
+///
+/// Value counts once, when it is posted: deposits, withdrawals, transfers and posts of pending
+/// transfers (with the amount posted). Pending transfers, voids and expiries post nothing; the
+/// pending transfers still open are counted apart. The balances of the ledger's accounts sum to
+/// `deposited - withdrawn`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerTotals {
+    /// The ledger code.
+    pub ledger: String,
+    /// Accounts opened in the ledger (its external account is not one).
+    pub accounts: u64,
+    /// Deposits, withdrawals, transfers and posts.
+    pub transfers: u64,
+    /// The sum of their amounts (a post's is the amount it posted).
+    pub volume: u128,
+    /// The sum of the deposits' amounts.
+    pub deposited: u128,
+    /// The sum of the withdrawals' amounts.
+    pub withdrawn: u128,
+    /// Pending transfers open: neither posted, voided nor expired.
+    pub pending: u64,
+    /// The sum of the amounts they reserve.
+    pub pending_amount: u128,
+}
+
+/// One page of a ledger's daily summary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DailyPage {
+    /// Days with a counted event, oldest first.
+    pub days: Vec<DaySummary>,
+    /// The first day of the next page (pass it as `from`); `None` when this page holds the last
+    /// day of the range.
+    pub next: Option<Day>,
+}
+
+/// A ledger's figures of one UTC day, counted as [`LedgerTotals::transfers`] and
+/// [`LedgerTotals::volume`] are, by the day of each event's batch timestamp.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaySummary {
+    /// The day.
+    pub day: Day,
+    /// Deposits, withdrawals, transfers and posts of that day.
+    pub transfers: u64,
+    /// The sum of their amounts.
+    pub volume: u128,
 }
 
 /// Where the projector stands.
@@ -281,6 +331,26 @@ impl ReadModel {
         limit: u32,
     ) -> Result<Option<HistoryPage>, ReadError> {
         self.shared.store.history(account_id, after, limit)
+    }
+
+    /// The figures of the ledger `code`; `None` if no account of it is projected (as of
+    /// [`ReadModel::position`]).
+    pub fn ledger_totals(&self, code: &str) -> Result<Option<LedgerTotals>, ReadError> {
+        self.shared.store.ledger_totals(code)
+    }
+
+    /// Up to `limit` days of the ledger `code` that have a counted event, oldest first, from
+    /// `from` to `to` (both inclusive; unbounded when `None`); `limit` is clamped to
+    /// `1..=`[`limits::DAILY_PAGE_DAYS_MAX`]. `None` if no account of the ledger is projected
+    /// (as of [`ReadModel::position`]).
+    pub fn ledger_days(
+        &self,
+        code: &str,
+        from: Option<Day>,
+        to: Option<Day>,
+        limit: u32,
+    ) -> Result<Option<DailyPage>, ReadError> {
+        self.shared.store.ledger_days(code, from, to, limit)
     }
 
     /// Up to `limit` events of the log strictly after position `after` (from the start when

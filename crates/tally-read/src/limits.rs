@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
-/// Events folded into one write transaction at most; bounds the memory of the account cache and
-/// the work lost when the process dies before the transaction commits.
+/// Events folded into one write transaction at most; bounds the memory of the fold's caches
+/// (accounts, ledger totals and days, each cleared at every commit) and the work lost when the
+/// process dies before the transaction commits.
 pub const TRANSACTION_EVENTS_MAX: u64 = 50_000;
 
 /// Wall time one write transaction may keep folding; bounds how stale queries get under load,
@@ -27,11 +28,18 @@ pub const READ_RETRY_DELAY: Duration = Duration::from_millis(10);
 /// [`Lag::duration`](crate::Lag::duration) can overstate the lag after a quiet period.
 pub const CAUGHT_UP_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Days in one page of a ledger's daily summary at most: a year, leap or not. Bounds the work and
+/// the answer size of one query.
+pub const DAILY_PAGE_DAYS_MAX: u32 = 366;
+
 /// Version of the stored tables and rows. A file with another version is rebuilt from the log.
-pub const STORE_FORMAT_VERSION: u64 = 1;
+///
+/// History: 1, transfers, history and balances; 2, plus the ledger totals and daily summaries.
+pub const STORE_FORMAT_VERSION: u64 = 2;
 
 const _: () = assert!(TRANSACTION_EVENTS_MAX > 0);
 const _: () = assert!(HISTORY_PAGE_ENTRIES_MAX > 0);
+const _: () = assert!(DAILY_PAGE_DAYS_MAX > 0);
 const _: () = assert!(TRANSACTION_DURATION_MAX.as_nanos() < DURABLE_COMMIT_INTERVAL.as_nanos());
 
 /// Events in one page of the event feed at most.

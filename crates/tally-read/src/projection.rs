@@ -1,9 +1,10 @@
 //! The fold: log events into table rows.
 //!
 //! [`Projection`] replicates exactly what it needs of the ledger state machine (account index
-//! assignment, posted balances, pending transfers by position) and nothing else; it is the part a
-//! later projection framework with other stores reuses. It does not decide transaction
-//! boundaries: the projector does, and calls [`Projection::flush`] before each commit.
+//! assignment, posted balances, pending transfers by position) and nothing else, and counts each
+//! ledger's figures, in all and per UTC day; it is the part a later projection framework with
+//! other stores reuses. It does not decide transaction boundaries: the projector does, and calls
+//! [`Projection::flush`] before each commit.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -12,9 +13,11 @@ use redb::ReadableTable;
 use tally_core::{decode_events, Event, TransferEvent, TransferKind};
 use tally_log::Batch;
 
-use crate::codec::{AccountRow, EntryKind, HistoryRow, Side, Status, TransferRow};
+use crate::codec::{
+    AccountRow, DayRow, EntryKind, HistoryRow, Side, Status, TotalsRow, TransferRow,
+};
 use crate::store::{store_error, Checkpoint, Store, Tables, META_ACCOUNT_COUNT, META_POSITION};
-use crate::ReadError;
+use crate::{Day, ReadError};
 
 /// The in-memory side of the fold, valid only together with the tables it was loaded from.
 pub(crate) struct Projection {
@@ -28,6 +31,27 @@ pub(crate) struct Projection {
     /// Accounts read or written in the current transaction, written back by `flush`. Cleared on
     /// every flush, so its size is bounded by twice the events of one transaction.
     accounts: HashMap<u32, AccountRow>,
+    /// Ledger totals read or written in the current transaction, by ledger code, written back by
+    /// `flush`. Cleared on every flush, so its size is bounded by the events of one transaction.
+    totals: HashMap<String, TotalsRow>,
+    /// Daily figures read or written in the current transaction, by ledger code and then day
+    /// (days since 1970-01-01), written back by `flush`. Cleared on every flush, so its size is
+    /// bounded by the events of one transaction.
+    days: HashMap<String, HashMap<u32, DayRow>>,
+}
+
+/// What one event changes in its ledger's figures.
+#[derive(Clone, Copy, Debug)]
+enum Change {
+    /// An account was opened (the external account is not one).
+    Account,
+    /// Value was posted: a deposit, withdrawal, transfer or post, counted once with the amount
+    /// it moved. Counted in the day of its batch too.
+    Posted { kind: EntryKind, amount: u64 },
+    /// A pending transfer reserved `amount`.
+    Reserved(u64),
+    /// A pending transfer that reserved `amount` was posted, voided or expired.
+    Released(u64),
 }
 
 impl Projection {
@@ -39,6 +63,8 @@ impl Projection {
             account_count: checkpoint.account_count,
             ledgers: store.ledgers()?.into_iter().collect(),
             accounts: HashMap::new(),
+            totals: HashMap::new(),
+            days: HashMap::new(),
         })
     }
 
@@ -89,8 +115,8 @@ impl Projection {
         Ok(())
     }
 
-    /// Writes the cached accounts and the checkpoint into `tables`, ending the transaction's part
-    /// of the fold.
+    /// Writes the cached accounts, ledger totals and days and the checkpoint into `tables`,
+    /// ending the transaction's part of the fold.
     pub fn flush(&mut self, tables: &mut Tables<'_>) -> Result<(), ReadError> {
         let err = |source| store_error("write account", &self.path, source);
         for (index, row) in self.accounts.drain() {
@@ -98,6 +124,22 @@ impl Projection {
                 .accounts
                 .insert(index, row.encode().as_slice())
                 .map_err(err)?;
+        }
+        let err = |source| store_error("write ledger totals", &self.path, source);
+        for (code, row) in self.totals.drain() {
+            tables
+                .ledger_totals
+                .insert(code.as_str(), row.encode().as_slice())
+                .map_err(err)?;
+        }
+        let err = |source| store_error("write ledger day", &self.path, source);
+        for (code, days) in self.days.drain() {
+            for (day, row) in days {
+                tables
+                    .ledger_days
+                    .insert((code.as_str(), day), row.encode().as_slice())
+                    .map_err(err)?;
+            }
         }
         let err = |source| store_error("write checkpoint", &self.path, source);
         tables
@@ -148,6 +190,8 @@ impl Projection {
         }
         drop(exists);
         if !self.ledgers.contains_key(ledger) {
+            // The ledger's figures start with its first account.
+            self.totals.insert(ledger.to_owned(), TotalsRow::default());
             let external = self.next_account_index()?;
             self.accounts.insert(
                 external,
@@ -176,7 +220,7 @@ impl Projection {
             .account_ids
             .insert(id, index)
             .map_err(|source| store_error("write account id", &self.path, source))?;
-        Ok(())
+        self.count(tables, ledger, Change::Account, 0)
     }
 
     fn next_account_index(&mut self) -> Result<u32, ReadError> {
@@ -213,16 +257,17 @@ impl Projection {
             posted_amount: None,
             resolved_by: None,
         };
-        // Only posted movements change balances; reservations and releases do not.
-        let moves = match transfer.kind {
-            TransferKind::Deposit => true,
+        // Only posted movements change balances; reservations and releases do not, but change
+        // the ledger's open pending transfers.
+        let (moves, reservation) = match transfer.kind {
+            TransferKind::Deposit => (true, None),
             TransferKind::Withdrawal => {
                 row.kind = EntryKind::Withdrawal;
-                true
+                (true, None)
             }
             TransferKind::Transfer => {
                 row.kind = EntryKind::Transfer;
-                true
+                (true, None)
             }
             TransferKind::Pending { expires_at_ns } => {
                 row.kind = EntryKind::Pending;
@@ -232,17 +277,21 @@ impl Projection {
                     .pendings
                     .insert(self.position, id)
                     .map_err(|source| store_error("write pending", &self.path, source))?;
-                false
+                (false, Some(Change::Reserved(amount)))
             }
             TransferKind::Post { pending } => {
                 row.kind = EntryKind::Post;
-                row.pending_id = Some(self.resolve(tables, pending, transfer, Status::Posted)?);
-                true
+                let (pending_id, reserved) =
+                    self.resolve(tables, pending, transfer, Status::Posted)?;
+                row.pending_id = Some(pending_id);
+                (true, Some(Change::Released(reserved)))
             }
             TransferKind::Void { pending } => {
                 row.kind = EntryKind::Void;
-                row.pending_id = Some(self.resolve(tables, pending, transfer, Status::Voided)?);
-                false
+                let (pending_id, reserved) =
+                    self.resolve(tables, pending, transfer, Status::Voided)?;
+                row.pending_id = Some(pending_id);
+                (false, Some(Change::Released(reserved)))
             }
         };
         let previous = tables
@@ -274,18 +323,30 @@ impl Projection {
             amount,
             timestamp_ns,
         )?;
+        // Both accounts are of one ledger (the core refuses anything else).
+        let ledger = self.account(tables, debit)?.ledger.clone();
+        if moves {
+            let posted = Change::Posted {
+                kind: row.kind,
+                amount,
+            };
+            self.count(tables, &ledger, posted, timestamp_ns)?;
+        }
+        if let Some(change) = reservation {
+            self.count(tables, &ledger, change, timestamp_ns)?;
+        }
         Ok(())
     }
 
     /// Moves the pending transfer at `pending` to `status` on behalf of the post or void
-    /// `transfer`; returns the pending transfer's id.
+    /// `transfer`; returns the pending transfer's id and the amount it reserved.
     fn resolve(
         &mut self,
         tables: &mut Tables<'_>,
         pending: u64,
         transfer: &TransferEvent,
         status: Status,
-    ) -> Result<String, ReadError> {
+    ) -> Result<(String, u64), ReadError> {
         let (pending_id, mut row) = self.take_pending(tables, pending)?;
         let matches = row.debit == transfer.debit
             && row.credit == transfer.credit
@@ -302,7 +363,7 @@ impl Projection {
             row.posted_amount = Some(transfer.amount);
         }
         self.put_transfer(tables, &pending_id, &row)?;
-        Ok(pending_id)
+        Ok((pending_id, row.amount))
     }
 
     fn apply_expired(
@@ -334,7 +395,8 @@ impl Projection {
             row.amount,
             timestamp_ns,
         )?;
-        Ok(())
+        let ledger = self.account(tables, row.debit)?.ledger.clone();
+        self.count(tables, &ledger, Change::Released(row.amount), timestamp_ns)
     }
 
     /// Removes the unresolved pending transfer at `pending` from the pending index (it resolves at
@@ -454,10 +516,166 @@ impl Projection {
         Ok(self.accounts.get_mut(&index).expect("just cached"))
     }
 
+    /// Counts `change` in the figures of `ledger`, and a posting in those of its batch's day
+    /// (`timestamp_ns`) too.
+    fn count(
+        &mut self,
+        tables: &mut Tables<'_>,
+        ledger: &str,
+        change: Change,
+        timestamp_ns: u64,
+    ) -> Result<(), ReadError> {
+        let totals = self.ledger_totals(tables, ledger)?;
+        count_in_totals(totals, change).map_err(|reason| ReadError::Corrupt {
+            path: self.path.clone(),
+            table: "ledger_totals",
+            key: ledger.to_owned(),
+            reason,
+        })?;
+        let Change::Posted { amount, .. } = change else {
+            return Ok(());
+        };
+        let day = Day::of_timestamp_ns(timestamp_ns)
+            .since_epoch()
+            .expect("a timestamp falls on or after 1970-01-01");
+        let row = self.ledger_day(tables, ledger, day)?;
+        let counted = row
+            .transfers
+            .checked_add(1)
+            .zip(row.volume.checked_add(u128::from(amount)));
+        let Some((transfers, volume)) = counted else {
+            return Err(ReadError::Corrupt {
+                path: self.path.clone(),
+                table: "ledger_days",
+                key: format!("({ledger}, {day})"),
+                reason: "a figure overflows",
+            });
+        };
+        (row.transfers, row.volume) = (transfers, volume);
+        Ok(())
+    }
+
+    /// The totals of `ledger`, read into the cache on first use in this transaction.
+    fn ledger_totals(
+        &mut self,
+        tables: &mut Tables<'_>,
+        ledger: &str,
+    ) -> Result<&mut TotalsRow, ReadError> {
+        if !self.totals.contains_key(ledger) {
+            let bytes = tables
+                .ledger_totals
+                .get(ledger)
+                .map_err(|source| store_error("read ledger totals", &self.path, source))?;
+            let corrupt = |reason| ReadError::Corrupt {
+                path: self.path.clone(),
+                table: "ledger_totals",
+                key: ledger.to_owned(),
+                reason,
+            };
+            let row = TotalsRow::decode(
+                bytes
+                    .ok_or_else(|| corrupt("ledger totals missing"))?
+                    .value(),
+            )
+            .map_err(corrupt)?;
+            self.totals.insert(ledger.to_owned(), row);
+        }
+        Ok(self.totals.get_mut(ledger).expect("just cached"))
+    }
+
+    /// The figures of `ledger` on `day` (days since 1970-01-01), read into the cache on first use
+    /// in this transaction; zero for a day without a row yet.
+    fn ledger_day(
+        &mut self,
+        tables: &mut Tables<'_>,
+        ledger: &str,
+        day: u32,
+    ) -> Result<&mut DayRow, ReadError> {
+        let cached = self
+            .days
+            .get(ledger)
+            .is_some_and(|days| days.contains_key(&day));
+        if !cached {
+            let bytes = tables
+                .ledger_days
+                .get((ledger, day))
+                .map_err(|source| store_error("read ledger day", &self.path, source))?;
+            let row = match bytes {
+                None => DayRow::default(),
+                Some(bytes) => {
+                    DayRow::decode(bytes.value()).map_err(|reason| ReadError::Corrupt {
+                        path: self.path.clone(),
+                        table: "ledger_days",
+                        key: format!("({ledger}, {day})"),
+                        reason,
+                    })?
+                }
+            };
+            match self.days.get_mut(ledger) {
+                Some(days) => {
+                    days.insert(day, row);
+                }
+                None => {
+                    self.days
+                        .insert(ledger.to_owned(), HashMap::from([(day, row)]));
+                }
+            }
+        }
+        Ok(self
+            .days
+            .get_mut(ledger)
+            .and_then(|days| days.get_mut(&day))
+            .expect("just cached"))
+    }
+
     fn invalid(&self, reason: String) -> ReadError {
         ReadError::InvalidEvent {
             position: self.position,
             reason,
         }
     }
+}
+
+/// Counts `change` in a ledger's totals; fails (the stored row must be damaged) if a figure
+/// would overflow or a release finds no open pending transfer to close.
+fn count_in_totals(totals: &mut TotalsRow, change: Change) -> Result<(), &'static str> {
+    const OVERFLOW: &str = "a figure overflows";
+    match change {
+        Change::Account => totals.accounts = totals.accounts.checked_add(1).ok_or(OVERFLOW)?,
+        Change::Posted { kind, amount } => {
+            let amount = u128::from(amount);
+            totals.transfers = totals.transfers.checked_add(1).ok_or(OVERFLOW)?;
+            totals.volume = totals.volume.checked_add(amount).ok_or(OVERFLOW)?;
+            match kind {
+                EntryKind::Deposit => {
+                    totals.deposited = totals.deposited.checked_add(amount).ok_or(OVERFLOW)?;
+                }
+                EntryKind::Withdrawal => {
+                    totals.withdrawn = totals.withdrawn.checked_add(amount).ok_or(OVERFLOW)?;
+                }
+                EntryKind::Transfer | EntryKind::Post => {}
+                EntryKind::Pending | EntryKind::Void | EntryKind::Expire => {
+                    unreachable!("{kind:?} posts no value")
+                }
+            }
+        }
+        Change::Reserved(amount) => {
+            totals.pending = totals.pending.checked_add(1).ok_or(OVERFLOW)?;
+            totals.pending_amount = totals
+                .pending_amount
+                .checked_add(u128::from(amount))
+                .ok_or(OVERFLOW)?;
+        }
+        Change::Released(amount) => {
+            totals.pending = totals
+                .pending
+                .checked_sub(1)
+                .ok_or("a pending transfer closes with none open")?;
+            totals.pending_amount = totals
+                .pending_amount
+                .checked_sub(u128::from(amount))
+                .ok_or("a pending transfer releases more than is reserved")?;
+        }
+    }
+    Ok(())
 }

@@ -7,9 +7,11 @@ use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableDatabase, TableDefinition};
 
-use crate::codec::{AccountRow, HistoryRow, TransferRow};
-use crate::limits::{HISTORY_PAGE_ENTRIES_MAX, STORE_FORMAT_VERSION};
-use crate::{HistoryEntry, HistoryPage, ReadError, TransferView};
+use crate::codec::{AccountRow, DayRow, HistoryRow, TotalsRow, TransferRow};
+use crate::limits::{DAILY_PAGE_DAYS_MAX, HISTORY_PAGE_ENTRIES_MAX, STORE_FORMAT_VERSION};
+use crate::{
+    DailyPage, Day, DaySummary, HistoryEntry, HistoryPage, LedgerTotals, ReadError, TransferView,
+};
 
 /// Checkpoint and counters, by name.
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -26,6 +28,12 @@ pub(crate) const TRANSFERS: TableDefinition<&str, &[u8]> = TableDefinition::new(
 pub(crate) const PENDINGS: TableDefinition<u64, &str> = TableDefinition::new("pendings");
 /// (account index, position) → [`HistoryRow`].
 pub(crate) const HISTORY: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("history");
+/// Ledger code → [`TotalsRow`]; a row from the ledger's first account on.
+pub(crate) const LEDGER_TOTALS: TableDefinition<&str, &[u8]> =
+    TableDefinition::new("ledger_totals");
+/// (ledger code, UTC day as days since 1970-01-01) → [`DayRow`]; only days with a counted event.
+pub(crate) const LEDGER_DAYS: TableDefinition<(&str, u32), &[u8]> =
+    TableDefinition::new("ledger_days");
 
 /// Meta key: the next position to apply.
 pub(crate) const META_POSITION: &str = "position";
@@ -43,6 +51,8 @@ pub(crate) struct Tables<'txn> {
     pub transfers: redb::Table<'txn, &'static str, &'static [u8]>,
     pub pendings: redb::Table<'txn, u64, &'static str>,
     pub history: redb::Table<'txn, (u32, u64), &'static [u8]>,
+    pub ledger_totals: redb::Table<'txn, &'static str, &'static [u8]>,
+    pub ledger_days: redb::Table<'txn, (&'static str, u32), &'static [u8]>,
 }
 
 /// Where the stored projection stands.
@@ -77,6 +87,8 @@ impl<'txn> Tables<'txn> {
             transfers: txn.open_table(TRANSFERS).map_err(err)?,
             pendings: txn.open_table(PENDINGS).map_err(err)?,
             history: txn.open_table(HISTORY).map_err(err)?,
+            ledger_totals: txn.open_table(LEDGER_TOTALS).map_err(err)?,
+            ledger_days: txn.open_table(LEDGER_DAYS).map_err(err)?,
         })
     }
 }
@@ -362,6 +374,110 @@ impl Store {
             None
         };
         Ok(Some(HistoryPage { entries, next }))
+    }
+
+    /// The figures of the ledger `code`; `None` if it has no account.
+    pub fn ledger_totals(&self, code: &str) -> Result<Option<LedgerTotals>, ReadError> {
+        let path = &self.path;
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|source| store_error("begin read transaction", path, source))?;
+        let totals = txn
+            .open_table(LEDGER_TOTALS)
+            .map_err(|source| store_error("open table", path, source))?;
+        let Some(bytes) = totals
+            .get(code)
+            .map_err(|source| store_error("read ledger totals", path, source))?
+        else {
+            return Ok(None);
+        };
+        let row = TotalsRow::decode(bytes.value())
+            .map_err(|reason| self.corrupt("ledger_totals", code, reason))?;
+        Ok(Some(LedgerTotals {
+            ledger: code.to_owned(),
+            accounts: row.accounts,
+            transfers: row.transfers,
+            volume: row.volume,
+            deposited: row.deposited,
+            withdrawn: row.withdrawn,
+            pending: row.pending,
+            pending_amount: row.pending_amount,
+        }))
+    }
+
+    /// Up to `limit` (at least 1, at most [`DAILY_PAGE_DAYS_MAX`]) days with a row of the ledger
+    /// `code`, oldest first, from `from` to `to` (both inclusive, unbounded when `None`); `None`
+    /// if the ledger has no account.
+    pub fn ledger_days(
+        &self,
+        code: &str,
+        from: Option<Day>,
+        to: Option<Day>,
+        limit: u32,
+    ) -> Result<Option<DailyPage>, ReadError> {
+        let path = &self.path;
+        let limit = limit.clamp(1, DAILY_PAGE_DAYS_MAX);
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|source| store_error("begin read transaction", path, source))?;
+        let totals = txn
+            .open_table(LEDGER_TOTALS)
+            .map_err(|source| store_error("open table", path, source))?;
+        let days = txn
+            .open_table(LEDGER_DAYS)
+            .map_err(|source| store_error("open table", path, source))?;
+        let exists = totals
+            .get(code)
+            .map_err(|source| store_error("read ledger totals", path, source))?
+            .is_some();
+        if !exists {
+            return Ok(None);
+        }
+        let empty = DailyPage {
+            days: Vec::new(),
+            next: None,
+        };
+        // Stored days count from 1970-01-01: a bound before it starts at the first stored day,
+        // and a page that ends before it is empty.
+        let first = from.and_then(Day::since_epoch).unwrap_or(0);
+        let last = match to {
+            None => u32::MAX,
+            Some(to) => match to.since_epoch() {
+                Some(last) => last,
+                None => return Ok(Some(empty)),
+            },
+        };
+        if first > last {
+            return Ok(Some(empty));
+        }
+        let range = days
+            .range((code, first)..=(code, last))
+            .map_err(|source| store_error("read ledger days", path, source))?;
+        let mut page = empty;
+        for row in range {
+            let (key, value) =
+                row.map_err(|source| store_error("read ledger days", path, source))?;
+            let (key_code, since_epoch) = key.value();
+            assert_eq!(key_code, code);
+            let rendered = || format!("({code}, {since_epoch})");
+            let day = Day::from_since_epoch(since_epoch)
+                .ok_or_else(|| self.corrupt("ledger_days", &rendered(), "day beyond 9999-12-31"))?;
+            if page.days.len() == limit as usize {
+                page.next = Some(day);
+                break;
+            }
+            let row = DayRow::decode(value.value())
+                .map_err(|reason| self.corrupt("ledger_days", &rendered(), reason))?;
+            page.days.push(DaySummary {
+                day,
+                transfers: row.transfers,
+                volume: row.volume,
+            });
+        }
+        assert!(page.days.len() <= limit as usize);
+        Ok(Some(page))
     }
 
     pub(crate) fn corrupt(

@@ -12,7 +12,10 @@ use tally_core::{
     Id, LedgerCode, PendingOptions, TransferBody, TransferCommand, TransferKind, TransferReply,
 };
 use tally_engine::{AccountView, TransferDetail};
-use tally_read::{FeedBody, FeedEvent, FeedPage, HistoryEntry, HistoryPage, TransferView};
+use tally_read::{
+    DailyPage, Day, FeedBody, FeedEvent, FeedPage, HistoryEntry, HistoryPage, LedgerTotals,
+    TransferView,
+};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::error::{ApiError, ErrorDetail};
@@ -230,6 +233,77 @@ pub struct HistoryQuery {
     pub limit: Option<u32>,
 }
 
+/// A ledger's figures. Value counts once, when it is posted: deposits, withdrawals, transfers
+/// and posts of pending transfers (with the amount posted); pending transfers, voids and
+/// expiries post nothing. The balances of the ledger's accounts sum to `deposited - withdrawn`.
+#[derive(Serialize, ToSchema)]
+pub struct LedgerJson {
+    /// The ledger code.
+    pub ledger: String,
+    /// Accounts opened in the ledger (its external account is not counted).
+    pub accounts: u64,
+    /// Deposits, withdrawals, transfers and posts: the events that posted value.
+    pub transfers: u64,
+    /// The sum of their amounts, in minor units (a post counts the amount it posted).
+    #[schema(value_type = u64)]
+    pub volume: u128,
+    /// The sum of the deposits.
+    #[schema(value_type = u64)]
+    pub deposited: u128,
+    /// The sum of the withdrawals.
+    #[schema(value_type = u64)]
+    pub withdrawn: u128,
+    /// Pending transfers open: neither posted, voided nor expired.
+    pub pending: u64,
+    /// The sum of the amounts they reserve.
+    #[schema(value_type = u64)]
+    pub pending_amount: u128,
+}
+
+/// A page of a ledger's daily summary.
+#[derive(Serialize, ToSchema)]
+pub struct DailyJson {
+    /// The ledger code.
+    pub ledger: String,
+    /// Days with at least one counted event, oldest first; days without one are left out.
+    pub days: Vec<DayJson>,
+    /// Pass as `from` for the next page; null when this page reaches the end of the range.
+    #[schema(format = Date)]
+    pub next: Option<String>,
+}
+
+/// A ledger's figures of one UTC day (the day of each event's batch timestamp), counted as the
+/// ledger's `transfers` and `volume` are.
+#[derive(Serialize, ToSchema)]
+pub struct DayJson {
+    /// The day, `YYYY-MM-DD` (UTC).
+    #[schema(format = Date)]
+    pub date: String,
+    /// Deposits, withdrawals, transfers and posts of the day.
+    pub transfers: u64,
+    /// The sum of their amounts, in minor units.
+    #[schema(value_type = u64)]
+    pub volume: u128,
+}
+
+/// Paging of a ledger's daily summary.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DailyQuery {
+    /// The first day (UTC, `YYYY-MM-DD`), inclusive; from the ledger's first day if absent.
+    /// The `next` of the previous page.
+    #[param(format = Date, pattern = "^[0-9]{4}-[0-9]{2}-[0-9]{2}$")]
+    pub from: Option<String>,
+    /// The last day (UTC, `YYYY-MM-DD`), inclusive, not before `from`; up to the latest day if
+    /// absent.
+    #[param(format = Date, pattern = "^[0-9]{4}-[0-9]{2}-[0-9]{2}$")]
+    pub to: Option<String>,
+    /// Days per page, 1 to 366 (default 31).
+    #[param(minimum = 1, maximum = 366)]
+    pub limit: Option<u32>,
+}
+
 /// Reading the event feed.
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -442,7 +516,18 @@ fn parse_amount(field: &str, amount: u64) -> Result<NonZeroU64, ApiError> {
 
 /// Validates a ledger code.
 pub fn parse_ledger(text: &str) -> Result<LedgerCode, ApiError> {
-    LedgerCode::new(text).map_err(|error| ApiError::invalid(format!("ledger: {error}")))
+    parse_ledger_in("ledger", text)
+}
+
+/// Validates `text` as the ledger code in `field`.
+pub fn parse_ledger_in(field: &str, text: &str) -> Result<LedgerCode, ApiError> {
+    LedgerCode::new(text).map_err(|error| ApiError::invalid(format!("{field}: {error}")))
+}
+
+/// Validates `text` as the UTC day (`YYYY-MM-DD`) in `field`.
+pub fn parse_day(field: &str, text: &str) -> Result<Day, ApiError> {
+    Day::parse(text)
+        .map_err(|reason| ApiError::invalid(format!("{field}: {reason}, found {text:?}")))
 }
 
 impl DepositRequest {
@@ -601,6 +686,40 @@ impl From<HistoryEntry> for HistoryEntryJson {
             amount: entry.amount,
             balance_after: entry.balance_after,
             timestamp: rfc3339(entry.timestamp_ns),
+        }
+    }
+}
+
+impl From<LedgerTotals> for LedgerJson {
+    fn from(totals: LedgerTotals) -> LedgerJson {
+        LedgerJson {
+            ledger: totals.ledger,
+            accounts: totals.accounts,
+            transfers: totals.transfers,
+            volume: totals.volume,
+            deposited: totals.deposited,
+            withdrawn: totals.withdrawn,
+            pending: totals.pending,
+            pending_amount: totals.pending_amount,
+        }
+    }
+}
+
+impl DailyJson {
+    /// The page of the ledger `ledger`.
+    pub fn new(ledger: String, page: DailyPage) -> DailyJson {
+        DailyJson {
+            ledger,
+            days: page
+                .days
+                .into_iter()
+                .map(|day| DayJson {
+                    date: day.day.to_string(),
+                    transfers: day.transfers,
+                    volume: day.volume,
+                })
+                .collect(),
+            next: page.next.map(|day| day.to_string()),
         }
     }
 }

@@ -53,7 +53,7 @@ pub use read_slot::ReadSlot;
 pub struct AppState {
     /// Submits commands and account reads.
     pub engine: EngineHandle,
-    /// Answers transfer lookups and history.
+    /// Answers transfer lookups, history, ledger totals and daily summaries.
     pub read: ReadSlot,
     /// The Prometheus registry.
     pub metrics: Arc<ServerMetrics>,
@@ -75,6 +75,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/accounts", post(routes::create_account))
         .route("/v1/accounts/{id}", get(routes::get_account))
         .route("/v1/accounts/{id}/history", get(routes::get_history))
+        .route("/v1/ledgers/{code}", get(routes::get_ledger))
+        .route("/v1/ledgers/{code}/daily", get(routes::get_ledger_daily))
         .route("/v1/events", get(feed::get_events))
         .route("/v1/events/stream", get(feed::stream_events))
         .route("/v1/deposits", post(routes::deposit))

@@ -17,6 +17,15 @@ pub const HISTORY_PAGE_DEFAULT: u32 = 100;
 /// History entries per page at most.
 pub const HISTORY_PAGE_MAX: u32 = 1000;
 
+/// Days per page of a ledger's daily summary by default: about a month.
+pub const DAILY_PAGE_DEFAULT: u32 = 31;
+
+/// Days per page of a ledger's daily summary at most: a year, leap or not (the read model's own
+/// bound).
+pub const DAILY_PAGE_MAX: u32 = tally_read::limits::DAILY_PAGE_DAYS_MAX;
+
+const _: () = assert!(DAILY_PAGE_DEFAULT >= 1 && DAILY_PAGE_DEFAULT <= DAILY_PAGE_MAX);
+
 /// Events per page of the feed by default.
 pub const EVENTS_PAGE_DEFAULT: u32 = 100;
 

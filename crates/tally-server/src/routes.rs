@@ -12,7 +12,9 @@ use crate::api::*;
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
-use crate::limits::{HISTORY_PAGE_DEFAULT, HISTORY_PAGE_MAX, READ_WAIT_MAX};
+use crate::limits::{
+    DAILY_PAGE_DEFAULT, DAILY_PAGE_MAX, HISTORY_PAGE_DEFAULT, HISTORY_PAGE_MAX, READ_WAIT_MAX,
+};
 use crate::AppState;
 
 type Created<T> = (StatusCode, Json<T>);
@@ -448,6 +450,82 @@ pub async fn get_transfer(
         }
         None => Err(ApiError::not_found(format!("no transfer {id:?}"))),
     }
+}
+
+/// A ledger's totals: accounts, posted value (in all, deposited, withdrawn) and the pending
+/// transfers open.
+#[utoipa::path(get, path = "/v1/ledgers/{code}", tag = "ledgers", params(("code" = String, Path, description = "Ledger code", min_length = 1, max_length = 32, pattern = "^[A-Za-z0-9._:-]+$")), responses(
+    (status = 200, description = "The ledger's totals", body = LedgerJson),
+    (status = 400, description = "Malformed code", body = ErrorBody),
+    (status = 404, description = "No account in that ledger", body = ErrorBody),
+    (status = 503, description = "The read model is catching up or unavailable", body = ErrorBody),
+))]
+pub async fn get_ledger(
+    State(app): State<AppState>,
+    caller: Caller,
+    ApiPath(code): ApiPath<String>,
+) -> Result<Json<LedgerJson>, ApiError> {
+    let code = parse_ledger_in("code", &code)?;
+    // Figures of a whole ledger: a token limited to some accounts may not see them.
+    caller.require(Some(code.as_str()), None)?;
+    let read = caught_up(&app).await?;
+    match read.ledger_totals(code.as_str()).map_err(read_error)? {
+        Some(totals) => Ok(Json(totals.into())),
+        None => Err(no_ledger(code.as_str())),
+    }
+}
+
+/// A ledger's daily summary, oldest day first: the count and volume of what posted value each
+/// UTC day. Days without such an event have no entry.
+#[utoipa::path(get, path = "/v1/ledgers/{code}/daily", tag = "ledgers", params(("code" = String, Path, description = "Ledger code", min_length = 1, max_length = 32, pattern = "^[A-Za-z0-9._:-]+$"), DailyQuery), responses(
+    (status = 200, description = "A page of days", body = DailyJson),
+    (status = 400, description = "Malformed code or query, or `from` after `to`", body = ErrorBody),
+    (status = 404, description = "No account in that ledger", body = ErrorBody),
+    (status = 503, description = "The read model is catching up or unavailable", body = ErrorBody),
+))]
+pub async fn get_ledger_daily(
+    State(app): State<AppState>,
+    caller: Caller,
+    ApiPath(code): ApiPath<String>,
+    ApiQuery(query): ApiQuery<DailyQuery>,
+) -> Result<Json<DailyJson>, ApiError> {
+    let code = parse_ledger_in("code", &code)?;
+    let limit = query.limit.unwrap_or(DAILY_PAGE_DEFAULT);
+    if !(1..=DAILY_PAGE_MAX).contains(&limit) {
+        return Err(ApiError::invalid(format!(
+            "limit: must be between 1 and {DAILY_PAGE_MAX}, found {limit}"
+        )));
+    }
+    let from = query
+        .from
+        .as_deref()
+        .map(|text| parse_day("from", text))
+        .transpose()?;
+    let to = query
+        .to
+        .as_deref()
+        .map(|text| parse_day("to", text))
+        .transpose()?;
+    if let (Some(from), Some(to)) = (from, to) {
+        if from > to {
+            return Err(ApiError::invalid(format!(
+                "from: {from} is after to ({to})"
+            )));
+        }
+    }
+    caller.require(Some(code.as_str()), None)?;
+    let read = caught_up(&app).await?;
+    match read
+        .ledger_days(code.as_str(), from, to, limit)
+        .map_err(read_error)?
+    {
+        Some(page) => Ok(Json(DailyJson::new(code.to_string(), page))),
+        None => Err(no_ledger(code.as_str())),
+    }
+}
+
+fn no_ledger(code: &str) -> ApiError {
+    ApiError::not_found(format!("no ledger {code:?}: no account of it exists"))
 }
 
 /// Waits until the read model holds everything acknowledged before this request arrived, so

@@ -6,6 +6,7 @@
 mod support;
 
 mod history;
+mod ledgers;
 mod lifecycle;
 mod properties;
 mod transfers;

@@ -17,6 +17,8 @@ enum Op {
     Void(usize),
     /// Ends the batch, `seconds` before the next one (so pending transfers may expire).
     Advance(u8),
+    /// Ends the batch, a day before the next one (so the daily summaries have several days).
+    NextDay,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -32,6 +34,7 @@ fn op() -> impl Strategy<Value = Op> {
         (0usize..16, proptest::option::of(amount)).prop_map(|(p, n)| Op::Post(p, n)),
         (0usize..16).prop_map(Op::Void),
         (0u8..3).prop_map(Op::Advance),
+        Just(Op::NextDay),
     ]
 }
 
@@ -49,7 +52,7 @@ fn simulate(ops: &[Op]) -> (Sim, Vec<(String, u64)>) {
     let mut batch: Vec<Command> = Vec::new();
     let flush = |sim: &mut Sim,
                  batch: &mut Vec<Command>,
-                 advance_s: u8,
+                 advance_s: u32,
                  pendings: &mut Vec<(String, u64)>| {
         let replies = sim.batch_after(u64::from(advance_s) * 1_000_000_000 + 1, batch);
         for (command, reply) in batch.iter().zip(&replies) {
@@ -81,7 +84,11 @@ fn simulate(ops: &[Op]) -> (Sim, Vec<(String, u64)>) {
             Op::Post(k, n) => post(&id, &pending_of(k), n),
             Op::Void(k) => void(&id, &pending_of(k)),
             Op::Advance(seconds) => {
-                flush(&mut sim, &mut batch, seconds, &mut pendings);
+                flush(&mut sim, &mut batch, u32::from(seconds), &mut pendings);
+                continue;
+            }
+            Op::NextDay => {
+                flush(&mut sim, &mut batch, 86_400, &mut pendings);
                 continue;
             }
             Op::Transfer(..) | Op::Pending(..) => continue,
@@ -105,6 +112,7 @@ fn check_projection(ops: &[Op]) {
         let projected = entries.last().map_or(0, |entry| entry.balance_after);
         assert_eq!(projected, sim.balance(&account), "balance of {account}");
     }
+    check_ledgers(&sim, &model, &pendings);
     for (id, position) in pendings {
         let expected = match sim.ledger.pending(position).unwrap().state {
             PendingState::Pending => "pending",
@@ -119,6 +127,64 @@ fn check_projection(ops: &[Op]) {
         );
     }
     model.shutdown();
+}
+
+/// Each ledger's totals agree with the ledger core (accounts, balances against deposits and
+/// withdrawals, open pending transfers) and with its days.
+fn check_ledgers(sim: &Sim, model: &tally_read::ReadModel, pendings: &[(String, u64)]) {
+    for ledger in ["USD", "EUR"] {
+        let totals = model
+            .ledger_totals(ledger)
+            .unwrap()
+            .expect("the ledger exists");
+        let accounts: Vec<&str> = ACCOUNTS
+            .iter()
+            .filter(|(_, code)| *code == ledger)
+            .map(|(id, _)| *id)
+            .collect();
+        assert_eq!(totals.accounts, accounts.len() as u64, "{totals:?}");
+        let balances: i128 = accounts.iter().map(|id| sim.balance(id)).sum();
+        let net =
+            i128::try_from(totals.deposited).unwrap() - i128::try_from(totals.withdrawn).unwrap();
+        assert_eq!(balances, net, "{totals:?}");
+        assert!(
+            totals.deposited + totals.withdrawn <= totals.volume,
+            "{totals:?}"
+        );
+        let open: Vec<u64> = pendings
+            .iter()
+            .filter_map(|(id, position)| {
+                let record = sim.ledger.pending(*position).unwrap();
+                let of_ledger = accounts.contains(
+                    &model
+                        .transfer(id)
+                        .unwrap()
+                        .unwrap()
+                        .from
+                        .as_deref()
+                        .unwrap(),
+                );
+                (of_ledger && matches!(record.state, PendingState::Pending))
+                    .then_some(record.amount)
+            })
+            .collect();
+        assert_eq!(totals.pending, open.len() as u64, "{totals:?}");
+        assert_eq!(
+            totals.pending_amount,
+            open.iter().map(|amount| u128::from(*amount)).sum::<u128>(),
+            "{totals:?}"
+        );
+        let page = model
+            .ledger_days(ledger, None, None, tally_read::limits::DAILY_PAGE_DAYS_MAX)
+            .unwrap()
+            .unwrap();
+        assert_eq!(page.next, None, "the test spans a few days");
+        assert!(page.days.iter().all(|day| day.transfers > 0));
+        assert!(page.days.windows(2).all(|pair| pair[0].day < pair[1].day));
+        let transfers: u64 = page.days.iter().map(|day| day.transfers).sum();
+        let volume: u128 = page.days.iter().map(|day| day.volume).sum();
+        assert_eq!((transfers, volume), (totals.transfers, totals.volume));
+    }
 }
 
 proptest! {

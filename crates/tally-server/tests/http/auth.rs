@@ -120,6 +120,8 @@ fn reads() -> Vec<Req> {
         get("/v1/accounts/a"),
         get("/v1/accounts/a/history"),
         get("/v1/transfers/t-usd"),
+        get("/v1/ledgers/USD"),
+        get("/v1/ledgers/USD/daily"),
     ]
 }
 
@@ -497,6 +499,8 @@ async fn a_ledger_restricted_token_cannot_touch_another_ledger() {
         get("/v1/transfers/t-eur"),
         get("/v1/transfers/fund-e1"),
         get("/v1/transfers/p-eur"),
+        get("/v1/ledgers/EUR"),
+        get("/v1/ledgers/EUR/daily"),
     ];
 
     let before = state(&app).await;
@@ -514,6 +518,8 @@ async fn a_ledger_restricted_token_cannot_touch_another_ledger() {
         get("/v1/accounts/a/history"),
         get("/v1/transfers/t-usd"),
         get("/v1/transfers/fund-a"),
+        get("/v1/ledgers/USD"),
+        get("/v1/ledgers/USD/daily"),
         account("l-usd", "USD"),
         deposit("l-usd-dep", "a"),
         withdrawal("l-usd-wd", "a"),
@@ -553,6 +559,9 @@ async fn an_account_restricted_token_cannot_touch_another_account() {
         get("/v1/accounts/b"),
         get("/v1/accounts/b/history"),
         get("/v1/transfers/t-usd"),
+        // Ledger-wide figures reach beyond the token's account.
+        get("/v1/ledgers/USD"),
+        get("/v1/ledgers/USD/daily"),
     ];
     let allowed_for_a = [
         deposit("r-a-dep", "a"),

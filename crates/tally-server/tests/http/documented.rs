@@ -218,6 +218,74 @@ const PRODUCERS: &[Producer] = &[
             "",
         ),
     ),
+    // GET /v1/ledgers/{code}
+    produce("GET", "/v1/ledgers/{code}", 200, "/v1/ledgers/USD", ""),
+    produce("GET", "/v1/ledgers/{code}", 400, "/v1/ledgers/U%20SD", ""),
+    by(
+        Caller::Anonymous,
+        produce("GET", "/v1/ledgers/{code}", 401, "/v1/ledgers/USD", ""),
+    ),
+    by(
+        WRITE,
+        produce("GET", "/v1/ledgers/{code}", 403, "/v1/ledgers/USD", ""),
+    ),
+    produce("GET", "/v1/ledgers/{code}", 404, "/v1/ledgers/GBP", ""),
+    on(
+        Server::ReadModelFailed,
+        produce("GET", "/v1/ledgers/{code}", 503, "/v1/ledgers/USD", ""),
+    ),
+    // GET /v1/ledgers/{code}/daily
+    produce(
+        "GET",
+        "/v1/ledgers/{code}/daily",
+        200,
+        "/v1/ledgers/USD/daily?limit=2",
+        "",
+    ),
+    produce(
+        "GET",
+        "/v1/ledgers/{code}/daily",
+        400,
+        "/v1/ledgers/USD/daily?from=2026-02-30",
+        "",
+    ),
+    by(
+        Caller::Anonymous,
+        produce(
+            "GET",
+            "/v1/ledgers/{code}/daily",
+            401,
+            "/v1/ledgers/USD/daily",
+            "",
+        ),
+    ),
+    by(
+        WRITE,
+        produce(
+            "GET",
+            "/v1/ledgers/{code}/daily",
+            403,
+            "/v1/ledgers/USD/daily",
+            "",
+        ),
+    ),
+    produce(
+        "GET",
+        "/v1/ledgers/{code}/daily",
+        404,
+        "/v1/ledgers/GBP/daily",
+        "",
+    ),
+    on(
+        Server::ReadModelFailed,
+        produce(
+            "GET",
+            "/v1/ledgers/{code}/daily",
+            503,
+            "/v1/ledgers/USD/daily",
+            "",
+        ),
+    ),
     // GET /v1/events
     produce("GET", "/v1/events", 200, "/v1/events?limit=2", ""),
     produce("GET", "/v1/events", 400, "/v1/events?limit=0", ""),

@@ -4,6 +4,7 @@ mod auth;
 mod documented;
 mod errors;
 mod feed;
+mod ledgers;
 mod malformed;
 mod observability;
 mod offline;

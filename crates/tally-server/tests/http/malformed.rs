@@ -496,6 +496,8 @@ async fn bad_ids_in_the_path_are_refused() {
             format!("/v1/accounts/{segment}"),
             format!("/v1/accounts/{segment}/history"),
             format!("/v1/transfers/{segment}"),
+            format!("/v1/ledgers/{segment}"),
+            format!("/v1/ledgers/{segment}/daily"),
         ] {
             let answer = app.get(&path).await;
             assert_error(&answer, StatusCode::BAD_REQUEST, "invalid_request");

@@ -12,6 +12,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("/v1/accounts", "post"),
     ("/v1/accounts/{id}", "get"),
     ("/v1/accounts/{id}/history", "get"),
+    ("/v1/ledgers/{code}", "get"),
+    ("/v1/ledgers/{code}/daily", "get"),
     ("/v1/events", "get"),
     ("/v1/events/stream", "get"),
     ("/v1/deposits", "post"),
@@ -156,7 +158,7 @@ async fn the_openapi_document_lists_every_route() {
     assert_eq!(documented, routed);
     // Every documented route is really routed: none answers the router's own 404.
     for (path, method) in ROUTES {
-        let mut concrete = path.replace("{id}", "x");
+        let mut concrete = path.replace("{id}", "x").replace("{code}", "X");
         if concrete.ends_with("/stream") {
             // A refused query answers at once; a stream that is let start waits for events.
             concrete.push_str("?limit=0");

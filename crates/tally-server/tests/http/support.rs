@@ -7,6 +7,7 @@
 use std::any::Any;
 use std::io;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use axum::Router;
 use http_body_util::BodyExt;
 use serde_json::Value;
 use tally_auth::{Claims, IssueRequest, KeyRing, Scope, Verifier};
-use tally_engine::{Engine, EngineConfig};
+use tally_engine::{Clock, Engine, EngineConfig};
 use tally_log::{FsStorage, Storage, StorageFile};
 use tally_read::ReadModel;
 use tally_server::auth::OpenRoutes;
@@ -38,6 +39,30 @@ pub struct TestApp {
     authorization: Option<String>,
     // Dropped last: the engine and the read model write into it.
     dir: TempDir,
+}
+
+/// A clock the test sets: batch timestamps are its time (forced to increase by the engine).
+#[derive(Debug)]
+pub struct ManualClock {
+    now_ns: AtomicU64,
+}
+
+impl ManualClock {
+    pub fn at(now_ns: u64) -> Arc<ManualClock> {
+        Arc::new(ManualClock {
+            now_ns: AtomicU64::new(now_ns),
+        })
+    }
+
+    pub fn set(&self, now_ns: u64) {
+        self.now_ns.store(now_ns, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ns(&self) -> u64 {
+        self.now_ns.load(Ordering::SeqCst)
+    }
 }
 
 /// A raw answer.
@@ -63,9 +88,18 @@ impl TestApp {
     /// [`TestApp::with_auth`], with the operator routes in `open` answering without a token
     /// (`--open-metrics`, `--open-status`).
     pub fn with_auth_and(open: OpenRoutes) -> TestApp {
+        TestApp::with_auth_on(open, Arc::new(tally_engine::SystemClock))
+    }
+
+    /// [`TestApp::with_auth`], with batch timestamps from `clock`.
+    pub fn with_auth_at(clock: Arc<ManualClock>) -> TestApp {
+        TestApp::with_auth_on(OpenRoutes::default(), clock)
+    }
+
+    fn with_auth_on(open: OpenRoutes, clock: Arc<dyn Clock>) -> TestApp {
         let dir = tempfile::tempdir().expect("create a temporary data directory");
         KeyRing::init(dir.path()).expect("create the signing key");
-        let mut app = TestApp::build(Arc::new(FsStorage), dir, |dir, engine| {
+        let mut app = TestApp::build(Arc::new(FsStorage), dir, clock, |dir, engine| {
             let revocations = engine.handle().revocations();
             let verifier = Verifier::load(
                 dir,
@@ -109,16 +143,22 @@ impl TestApp {
 
     fn on(storage: Arc<dyn Storage>) -> TestApp {
         let dir = tempfile::tempdir().expect("create a temporary data directory");
-        TestApp::build(storage, dir, |_, _| tally_server::auth::Auth::Disabled)
+        TestApp::build(storage, dir, Arc::new(tally_engine::SystemClock), |_, _| {
+            tally_server::auth::Auth::Disabled
+        })
     }
 
     fn build(
         storage: Arc<dyn Storage>,
         dir: TempDir,
+        clock: Arc<dyn Clock>,
         auth: impl FnOnce(&Path, &Engine) -> tally_server::auth::Auth,
     ) -> TestApp {
-        let opened = Engine::open_in(storage, EngineConfig::new(dir.path().to_path_buf()))
-            .expect("open the engine");
+        let config = EngineConfig {
+            clock,
+            ..EngineConfig::new(dir.path().to_path_buf())
+        };
+        let opened = Engine::open_in(storage, config).expect("open the engine");
         let read = ReadModel::start(
             &dir.path().join(tally_read::READ_MODEL_FILE_NAME),
             opened.feed.reader,
