@@ -77,10 +77,45 @@ pub const READ_MODEL_FILE_NAME: &str = "read.redb";
 pub struct ReadModel {
     shared: Arc<Shared>,
     handle: Arc<ProjectorHandle>,
-    /// Where each feed request gets its own reader of the log.
-    feed_readers: Arc<Mutex<Box<dyn LogReader>>>,
+    /// Readers of the log for feed requests, each used by one request at a time. Kept between
+    /// requests because a fresh reader indexes a segment from its start before it can seek,
+    /// which would make every page cost the whole segment.
+    feed_readers: Arc<FeedReaders>,
     /// Feed pages read so far, by every clone.
     feed_pages: Arc<AtomicU64>,
+}
+
+/// The pool of the feed's log readers: at most [`limits::FEED_READERS_KEPT_MAX`] are kept idle;
+/// a request that finds none makes a new one.
+struct FeedReaders {
+    template: Mutex<Box<dyn LogReader>>,
+    idle: Mutex<Vec<Box<dyn LogReader>>>,
+}
+
+impl FeedReaders {
+    fn take(&self) -> Box<dyn LogReader> {
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .pop();
+        idle.unwrap_or_else(|| {
+            self.template
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .another()
+        })
+    }
+
+    fn give_back(&self, reader: Box<dyn LogReader>) {
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if idle.len() < limits::FEED_READERS_KEPT_MAX {
+            idle.push(reader);
+        }
+    }
 }
 
 /// A transfer as the read model shows it.
@@ -288,7 +323,10 @@ impl ReadModel {
         let projection = Projection::load(&store, checkpoint)?;
         tracing::info!(path = %path.display(), position = checkpoint.position, log_end, "read model opened");
         let shared = Arc::new(Shared::new(store, checkpoint.position, durable.clone()));
-        let feed_readers = Arc::new(Mutex::new(reader.another()));
+        let feed_readers = Arc::new(FeedReaders {
+            template: Mutex::new(reader.another()),
+            idle: Mutex::new(Vec::new()),
+        });
         let projector = Projector {
             shared: Arc::clone(&shared),
             reader,
@@ -363,16 +401,15 @@ impl ReadModel {
         limit: u32,
         filter: &FeedFilter,
     ) -> Result<FeedPage, ReadError> {
-        let mut reader = self
-            .feed_readers
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .another();
+        let mut reader = self.feed_readers.take();
         let end = self.position();
         self.feed_pages.fetch_add(1, Ordering::Relaxed);
-        self.shared
+        let page = self
+            .shared
             .store
-            .events(reader.as_mut(), after, limit, filter, end)
+            .events(reader.as_mut(), after, limit, filter, end);
+        self.feed_readers.give_back(reader);
+        page
     }
 
     /// Pages of the event feed read so far (streams read one whenever the projection moves).

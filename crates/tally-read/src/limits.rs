@@ -48,3 +48,6 @@ pub const FEED_PAGE_EVENTS_MAX: u32 = 1000;
 /// Events one page of the event feed reads at most, kept or not: a filter that matches little
 /// cannot make one request scan the whole log.
 pub const FEED_SCAN_EVENTS_MAX: u64 = 100_000;
+
+/// Log readers the event feed keeps between requests (each holds the index of a few segments).
+pub const FEED_READERS_KEPT_MAX: usize = 8;
