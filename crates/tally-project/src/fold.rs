@@ -469,21 +469,23 @@ impl Fold {
             .ok_or_else(|| anyhow!("the event names account {account}, which was never created"))?;
         change(row)?;
         row.version += 1;
-        let entry = serde_json::json!({
-            "position": event.position,
-            "transfer_id": transfer_id,
-            "kind": kind,
-            "side": side.name(),
-            "amount": amount,
-            "balance_after": row.balance,
-            "timestamp": event.timestamp,
-        });
+        // The JSON of `GET /v1/accounts/{id}/history`'s entries, keys sorted, written directly:
+        // two entries per event make this the fold's hottest line.
+        let entry = format!(
+            r#"{{"amount":{amount},"balance_after":{},"kind":{},"position":{},"side":"{}","timestamp":{},"transfer_id":{}}}"#,
+            row.balance,
+            json_string(kind),
+            event.position,
+            side.name(),
+            json_string(&event.timestamp),
+            json_string(transfer_id),
+        );
         changes.accounts.insert(account.clone());
         changes
             .history
             .entry(account.clone())
             .or_default()
-            .push((event.position, entry.to_string()));
+            .push((event.position, entry));
         Ok(())
     }
 
@@ -592,6 +594,10 @@ fn post(row: &mut AccountRow, side: Side, amount: u64) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn json_string(text: &str) -> String {
+    serde_json::to_string(text).expect("a string serializes")
 }
 
 fn field<T>(value: Option<T>, name: &str) -> anyhow::Result<T> {

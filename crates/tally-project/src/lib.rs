@@ -200,6 +200,7 @@ pub async fn run(
         fold: Fold::default(),
         summary: Summary::default(),
         next_tick: Instant::now(),
+        prefetched: None,
     };
     tokio::pin!(shutdown);
     let result = projector.follow(&mut member, stop_at, &mut shutdown).await;
@@ -217,6 +218,9 @@ struct Projector {
     fold: Fold,
     summary: Summary,
     next_tick: Instant,
+    /// The page after the last commit, read while that commit was in flight, with the
+    /// position it starts at.
+    prefetched: Option<(u64, source::Page)>,
 }
 
 impl Projector {
@@ -261,9 +265,12 @@ impl Projector {
                 .next_tick
                 .saturating_duration_since(Instant::now())
                 .min(Duration::from_secs(1));
-            let page = tokio::select! {
-                page = self.source.page(from, self.options.page_events, wait) => page,
-                () = shutdown.as_mut() => return Ok(()),
+            let page = match self.prefetched.take() {
+                Some((start, page)) if start == from => Ok(page),
+                _ => tokio::select! {
+                    page = self.source.page(from, self.options.page_events, wait) => page,
+                    () = shutdown.as_mut() => return Ok(()),
+                },
             };
             let page = match page {
                 Ok(page) => page,
@@ -351,18 +358,26 @@ impl Projector {
             .map(|(partition, lease)| (*partition, (*lease, end)))
             .collect();
         self.fault(true).await;
-        let committed = self
-            .store
-            .commit(
+        // The next page is read while Redis runs the commit: the feed and the store work at
+        // the same time instead of in turn.
+        let (committed, next) = tokio::join!(
+            self.store.commit(
                 member.id(),
                 self.options.lease,
                 &fences,
                 &last.timestamp,
                 &changes,
                 &self.fold.rows,
-            )
-            .await
-            .map_err(Failure::from_redis)?;
+            ),
+            self.source
+                .page(end, self.options.page_events, Duration::ZERO),
+        );
+        let committed = committed.map_err(Failure::from_redis)?;
+        if let (Committed::Written, Ok(next)) = (&committed, next) {
+            if !next.events.is_empty() {
+                self.prefetched = Some((end, next));
+            }
+        }
         self.fault(false).await;
         match committed {
             Committed::Written => {
