@@ -608,3 +608,205 @@ fn field<T>(value: Option<T>, name: &str) -> anyhow::Result<T> {
 pub fn day_of(timestamp: &str) -> &str {
     timestamp.get(..10).unwrap_or(timestamp)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(position: u64, timestamp: &str, body: Value) -> FeedEvent {
+        let mut json = body;
+        json["position"] = position.into();
+        json["timestamp"] = timestamp.into();
+        serde_json::from_value(json).unwrap()
+    }
+
+    use serde_json::{json, Value};
+
+    const DAY1: &str = "2026-12-01T23:59:59.5Z";
+    const DAY2: &str = "2026-12-02T00:00:00.1Z";
+
+    /// Folds `events` for a member owning every partition from `checkpoint` on, loading what
+    /// is missing from `store` (the rows earlier commits wrote).
+    fn fold(fold: &mut Fold, events: &[FeedEvent], checkpoint: u64) -> Changes {
+        let checkpoints: BTreeMap<u32, u64> = (0..4).map(|p| (p, checkpoint)).collect();
+        let owned = Ownership {
+            partitions: 4,
+            checkpoints: &checkpoints,
+        };
+        let missing = fold.missing(events, &owned);
+        let mut rows = Rows::default();
+        rows.accounts
+            .extend(missing.accounts.iter().map(|id| (id.clone(), None)));
+        rows.pendings
+            .extend(missing.pendings.iter().map(|p| (*p, None)));
+        rows.ledgers
+            .extend(missing.ledgers.iter().map(|l| (l.clone(), None)));
+        rows.days
+            .extend(missing.days.iter().map(|d| (d.clone(), None)));
+        fold.load(rows);
+        fold.apply(events, &owned).unwrap()
+    }
+
+    fn transfer(kind: &str, id: &str, from: Option<&str>, to: Option<&str>, amount: u64) -> Value {
+        json!({"type": "transfer", "ledger": "USD", "kind": kind, "transfer_id": id, "from": from, "to": to, "amount": amount})
+    }
+
+    #[test]
+    fn the_fold_follows_the_ledger_rules_and_counts_what_posts_value() {
+        let created = |id: &str| json!({"type": "account_created", "account": id, "ledger": "USD", "allow_overdraft": false});
+        let mut post = transfer("post", "po", Some("a"), Some("b"), 15);
+        post["pending_position"] = 4.into();
+        let mut void = transfer("void", "vo", Some("a"), Some("b"), 5);
+        void["pending_position"] = 6.into();
+        let events = [
+            event(0, DAY1, created("a")),
+            event(1, DAY1, created("b")),
+            event(2, DAY1, transfer("deposit", "d", None, Some("a"), 100)),
+            event(3, DAY1, transfer("transfer", "t", Some("a"), Some("b"), 30)),
+            event(4, DAY1, transfer("pending", "p", Some("a"), Some("b"), 20)),
+            event(5, DAY2, post),
+            event(6, DAY2, transfer("pending", "p2", Some("a"), Some("b"), 5)),
+            event(7, DAY2, void),
+            event(8, DAY2, transfer("pending", "p3", Some("a"), Some("b"), 7)),
+            event(9, DAY2, json!({"type": "expired", "pending_position": 8})),
+            event(
+                10,
+                DAY2,
+                json!({"type": "rejected", "transfer_id": "x", "code": "insufficient_funds"}),
+            ),
+            event(11, DAY2, transfer("withdrawal", "w", Some("b"), None, 10)),
+        ];
+        let mut state = Fold::default();
+        let changes = fold(&mut state, &events, 0);
+        assert_eq!(changes.applied, 11, "the refusal changes nothing");
+        let a = state.rows.accounts["a"].clone().unwrap();
+        let b = state.rows.accounts["b"].clone().unwrap();
+        assert_eq!(
+            (a.balance, a.debits, a.credits, a.debits_pending),
+            (55, 45, 100, 0)
+        );
+        assert_eq!(
+            (b.balance, b.credits, b.debits, b.credits_pending),
+            (35, 45, 10, 0)
+        );
+        // Creation, then one per event that touched it: a 8 (d t p po p2 vo p3 expire), b 8 (t p
+        // po p2 vo p3 expire w).
+        assert_eq!((a.version, b.version), (9, 9));
+        let usd = state.rows.ledgers["USD"].clone().unwrap();
+        assert_eq!(
+            usd,
+            LedgerRow {
+                accounts: 2,
+                transfers: 4,
+                volume: 155,
+                deposited: 100,
+                withdrawn: 10,
+                pending: 0,
+                pending_amount: 0
+            }
+        );
+        assert_eq!(
+            a.balance + b.balance,
+            (usd.deposited - usd.withdrawn) as i128
+        );
+        let day = |day: &str| {
+            state.rows.days[&("USD".to_owned(), day.to_owned())]
+                .clone()
+                .unwrap()
+        };
+        assert_eq!(
+            day("2026-12-01"),
+            DayRow {
+                transfers: 2,
+                volume: 130
+            }
+        );
+        assert_eq!(
+            day("2026-12-02"),
+            DayRow {
+                transfers: 2,
+                volume: 25
+            }
+        );
+        assert_eq!(changes.history["a"].len(), 8);
+        let expired: Value = serde_json::from_str(&changes.history["a"][7].1).unwrap();
+        assert_eq!(
+            expired,
+            json!({"amount": 7, "balance_after": 55, "kind": "expire", "position": 9, "side": "debit", "timestamp": DAY2, "transfer_id": "p3"})
+        );
+        assert_eq!(
+            changes
+                .pendings
+                .values()
+                .filter(|row| row.is_some())
+                .count(),
+            0,
+            "every pending transfer closed"
+        );
+    }
+
+    #[test]
+    fn events_before_a_partitions_checkpoint_are_not_applied_again() {
+        let created = json!({"type": "account_created", "account": "a", "ledger": "USD", "allow_overdraft": true});
+        let events = [
+            event(0, DAY1, created),
+            event(1, DAY1, transfer("deposit", "d", None, Some("a"), 5)),
+        ];
+        let mut state = Fold::default();
+        fold(&mut state, &events[..1], 0);
+        let changes = fold(&mut state, &events, 1);
+        assert_eq!(changes.applied, 1);
+        assert_eq!(state.rows.accounts["a"].as_ref().unwrap().balance, 5);
+        assert_eq!(state.rows.accounts["a"].as_ref().unwrap().version, 2);
+    }
+
+    #[test]
+    fn a_transfer_naming_an_unknown_account_is_an_error_not_a_guess() {
+        let mut state = Fold::default();
+        let events = [event(
+            0,
+            DAY1,
+            transfer("deposit", "d", None, Some("ghost"), 5),
+        )];
+        let checkpoints: BTreeMap<u32, u64> = (0..4).map(|p| (p, 0)).collect();
+        let owned = Ownership {
+            partitions: 4,
+            checkpoints: &checkpoints,
+        };
+        let missing = fold_missing(&state, &events, &owned);
+        state.load(missing);
+        let error = state.apply(&events, &owned).unwrap_err();
+        assert!(format!("{error:#}").contains("never created"), "{error:#}");
+    }
+
+    fn fold_missing(state: &Fold, events: &[FeedEvent], owned: &Ownership<'_>) -> Rows {
+        let missing = state.missing(events, owned);
+        let mut rows = Rows::default();
+        rows.accounts
+            .extend(missing.accounts.iter().map(|id| (id.clone(), None)));
+        rows.ledgers
+            .extend(missing.ledgers.iter().map(|l| (l.clone(), None)));
+        rows.days
+            .extend(missing.days.iter().map(|d| (d.clone(), None)));
+        rows
+    }
+
+    #[test]
+    fn another_members_ledgers_are_skipped() {
+        let events = [event(
+            0,
+            DAY1,
+            json!({"type": "account_created", "account": "a", "ledger": "USD", "allow_overdraft": false}),
+        )];
+        let mine = partition_of("USD", 4);
+        let checkpoints: BTreeMap<u32, u64> =
+            (0..4).filter(|p| *p != mine).map(|p| (p, 0)).collect();
+        let owned = Ownership {
+            partitions: 4,
+            checkpoints: &checkpoints,
+        };
+        let mut state = Fold::default();
+        assert!(state.missing(&events, &owned).is_empty());
+        assert_eq!(state.apply(&events, &owned).unwrap().applied, 0);
+    }
+}

@@ -150,6 +150,7 @@ impl fmt::Display for FaultPoint {
 pub struct Summary {
     pub events: u64,
     pub commits: u64,
+    /// From the first read of the feed to the stop.
     pub elapsed: Duration,
     /// The feed position every partition reached (for a rebuild).
     pub position: Option<u64>,
@@ -166,7 +167,6 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<Summary> {
     options.validate()?;
-    let started = Instant::now();
     let keys = Keys::new(&options.prefix, &options.group);
     let mut store = RedisStore::connect(&options.store, keys).await?;
     let mut source = Source::new(&options.source, options.token.as_deref()).await?;
@@ -203,6 +203,7 @@ pub async fn run(
         prefetched: None,
     };
     tokio::pin!(shutdown);
+    let started = Instant::now();
     let result = projector.follow(&mut member, stop_at, &mut shutdown).await;
     member.leave(&mut projector.store).await;
     projector.summary.elapsed = started.elapsed();
@@ -387,12 +388,11 @@ impl Projector {
                 self.metrics.commits.inc();
                 self.metrics.events.inc_by(changes.applied);
                 let now = SystemTime::now();
-                for event in events {
-                    if let Ok(at) = source::timestamp(&event.timestamp) {
-                        let delay = now.duration_since(at).unwrap_or_default();
-                        self.metrics.delay.observe(delay.as_secs_f64());
-                    }
-                }
+                self.metrics
+                    .observe_delays(events.iter().filter_map(|event| {
+                        let at = source::timestamp(&event.timestamp).ok()?;
+                        Some(now.duration_since(at).unwrap_or_default().as_secs_f64())
+                    }));
                 self.fold.bound();
             }
             Committed::Fenced(partition) => {

@@ -41,6 +41,9 @@ pub struct Metrics {
     /// Events to apply and applied in a rebuild (`--rebuild`), else 0.
     pub rebuild_total: Gauge,
     pub rebuild_done: Gauge,
+    /// Every delay observed, in seconds, up to a capacity, when a benchmark asked for them
+    /// ([`Metrics::keep_delays`]): a histogram's buckets are too coarse for its percentiles.
+    delays: Arc<Mutex<Option<Vec<f64>>>>,
 }
 
 impl Default for Metrics {
@@ -58,6 +61,7 @@ impl Default for Metrics {
             acquisitions: Counter::default(),
             rebuild_total: Gauge::default(),
             rebuild_done: Gauge::default(),
+            delays: Arc::default(),
         };
         {
             let mut registry = metrics.registry.lock().expect("fresh lock");
@@ -119,6 +123,37 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Keeps the next `capacity` delays for [`Metrics::delays`].
+    pub fn keep_delays(&self, capacity: usize) {
+        *self
+            .delays
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Vec::with_capacity(capacity));
+    }
+
+    /// The delays kept since [`Metrics::keep_delays`].
+    pub fn delays(&self) -> Vec<f64> {
+        self.delays
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+            .unwrap_or_default()
+    }
+
+    /// Records the delays of the events of one commit.
+    pub fn observe_delays(&self, delays: impl Iterator<Item = f64>) {
+        let mut kept = self
+            .delays
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for delay in delays {
+            self.delay.observe(delay);
+            if let Some(kept) = kept.as_mut().filter(|kept| kept.len() < kept.capacity()) {
+                kept.push(delay);
+            }
+        }
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut text = String::new();

@@ -140,13 +140,11 @@ impl Source {
 /// Events must follow each other from `from` on, with no gap (the feed is unfiltered), and carry
 /// timestamps the fold can read.
 fn check(page: &Page, from: u64) -> anyhow::Result<()> {
-    let mut expected = from;
-    for event in &page.events {
+    for (expected, event) in (from..).zip(&page.events) {
         if event.position != expected {
             bail!("expected the event at {expected}, found {}", event.position);
         }
         timestamp(&event.timestamp)?;
-        expected += 1;
     }
     Ok(())
 }

@@ -12,6 +12,7 @@
 //! cores with the server it measures.
 
 pub(crate) mod colocation;
+pub(crate) mod projection;
 mod server;
 
 use std::borrow::Cow;

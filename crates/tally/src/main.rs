@@ -33,13 +33,17 @@ enum CommandLine {
     Serve(ServeArgs),
     /// Check every record of a data directory and every ledger invariant, without changing it.
     Verify(verify::VerifyArgs),
-    /// Rebuild the embedded read model of a stopped server's data directory from position zero.
+    /// Keep the read models in Redis as a member of a projector group (`--store`), show a
+    /// group (`status`), or rebuild the embedded read model of a stopped server (`--rebuild`).
     Project(project::ProjectArgs),
     /// Load generator: drive transfers through the public HTTP API and report throughput and latency.
     Bench(bench::BenchArgs),
     /// Co-location benchmark: online latency at a fixed rate alone, and next to a read model
     /// rebuild and a verify in the same process at idle and at normal priority.
     BenchOffline(bench::colocation::ColocationArgs),
+    /// Measures the Redis projector: rebuild throughput, lag under steady load, takeover
+    /// after a member dies (starts its own redis-server and tally serve).
+    BenchProject(bench::projection::ProjectionArgs),
     /// Show a running server's status: availability, dependencies, offline jobs, incidents.
     Status(status::StatusArgs),
     /// Deterministic simulation: the engine against a simulated clock, faulty disk, clients and
@@ -143,6 +147,9 @@ fn main() -> ExitCode {
         CommandLine::Simulate(args) => simulate::run(args),
         CommandLine::Keys(command) => keys::run(command).map(|()| ExitCode::SUCCESS),
         CommandLine::BenchOffline(args) => bench::colocation::run(args).map(|()| ExitCode::SUCCESS),
+        CommandLine::BenchProject(args) => runtime()
+            .and_then(|runtime| runtime.block_on(bench::projection::run(args)))
+            .map(|()| ExitCode::SUCCESS),
         CommandLine::Bench(args) => runtime()
             .and_then(|runtime| runtime.block_on(bench::run(args)))
             .map(|()| ExitCode::SUCCESS),
