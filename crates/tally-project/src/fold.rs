@@ -163,6 +163,10 @@ pub struct Fold {
     pub rows: Rows,
 }
 
+/// Rounds of [`Fold::missing`] and [`Fold::load`] a page needs at most: pending rows, then the
+/// accounts of expiries.
+pub const LOAD_ROUNDS_MAX: usize = 2;
+
 /// The cache is dropped after a commit once it holds more rows than this: everything in it is
 /// also in the store, so dropping costs reloads, never correctness.
 pub const CACHED_ROWS_MAX: usize = 500_000;
@@ -181,7 +185,9 @@ impl Fold {
     }
 
     /// The rows `events` need that the cache lacks. Pending transfers are looked up for every
-    /// post, void and expiry (an expiry names no ledger: its pending row says whose it is).
+    /// owned post and void, and for every expiry (an expiry names no ledger or account: its
+    /// pending row says whose it is, so once that row is loaded, asking again names its
+    /// accounts). Ask until nothing is missing: at most [`LOAD_ROUNDS_MAX`] rounds.
     pub fn missing(&self, events: &[FeedEvent], owned: &Ownership<'_>) -> Missing {
         let mut missing = Missing::default();
         let mut created = BTreeSet::new();
@@ -194,8 +200,27 @@ impl Fold {
                 }
             };
             if event.event_type == "expired" {
-                // Whose it is, only the pending row can tell.
-                pending(event.pending_position);
+                // Whose it is, and which accounts it touches, only the pending row can tell: a
+                // first round loads it, a second what it names.
+                let Some(position) = event.pending_position else {
+                    continue;
+                };
+                match self.rows.pendings.get(&position) {
+                    None => pending(Some(position)),
+                    Some(Some(row)) if owned.applies(&row.ledger, event.position) => {
+                        if !self.rows.ledgers.contains_key(&row.ledger) {
+                            missing.ledgers.insert(row.ledger.clone());
+                        }
+                        for account in [&row.from, &row.to].into_iter().flatten() {
+                            if !self.rows.accounts.contains_key(account)
+                                && !created.contains(account)
+                            {
+                                missing.accounts.insert(account.clone());
+                            }
+                        }
+                    }
+                    Some(_) => {}
+                }
                 continue;
             }
             let Some(ledger) = event.ledger.as_deref() else {
@@ -808,5 +833,54 @@ mod tests {
         let mut state = Fold::default();
         assert!(state.missing(&events, &owned).is_empty());
         assert_eq!(state.apply(&events, &owned).unwrap().applied, 0);
+    }
+
+    #[test]
+    fn an_expiry_after_the_cache_was_dropped_loads_the_accounts_its_pending_row_names() {
+        let created = |id: &str| json!({"type": "account_created", "account": id, "ledger": "USD", "allow_overdraft": true});
+        let setup = [
+            event(0, DAY1, created("a")),
+            event(1, DAY1, created("b")),
+            event(2, DAY1, transfer("pending", "p", Some("a"), Some("b"), 7)),
+        ];
+        let mut state = Fold::default();
+        fold(&mut state, &setup, 0);
+        // What a commit wrote, as the store would load it after the cache is dropped.
+        let stored = std::mem::take(&mut state.rows);
+        let expiry = [event(
+            3,
+            DAY2,
+            json!({"type": "expired", "pending_position": 2}),
+        )];
+        let checkpoints: BTreeMap<u32, u64> = (0..4).map(|p| (p, 3)).collect();
+        let owned = Ownership {
+            partitions: 4,
+            checkpoints: &checkpoints,
+        };
+        for round in 1..=LOAD_ROUNDS_MAX + 1 {
+            let missing = state.missing(&expiry, &owned);
+            if missing.is_empty() {
+                assert_eq!(round, LOAD_ROUNDS_MAX + 1);
+                break;
+            }
+            let mut rows = Rows::default();
+            for id in &missing.accounts {
+                rows.accounts
+                    .insert(id.clone(), stored.accounts[id].clone());
+            }
+            for position in &missing.pendings {
+                rows.pendings
+                    .insert(*position, stored.pendings[position].clone());
+            }
+            for ledger in &missing.ledgers {
+                rows.ledgers
+                    .insert(ledger.clone(), stored.ledgers[ledger].clone());
+            }
+            state.load(rows);
+        }
+        let changes = state.apply(&expiry, &owned).unwrap();
+        assert_eq!(changes.applied, 1);
+        assert_eq!(state.rows.accounts["a"].as_ref().unwrap().debits_pending, 0);
+        assert_eq!(state.rows.ledgers["USD"].as_ref().unwrap().pending, 0);
     }
 }

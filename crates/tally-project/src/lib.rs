@@ -337,8 +337,11 @@ impl Projector {
             partitions: member.partitions(),
             checkpoints: &checkpoints,
         };
-        let missing = self.fold.missing(events, &ownership);
-        if !missing.is_empty() {
+        for _ in 0..fold::LOAD_ROUNDS_MAX {
+            let missing = self.fold.missing(events, &ownership);
+            if missing.is_empty() {
+                break;
+            }
             let rows = self
                 .store
                 .load(&missing)
@@ -346,6 +349,10 @@ impl Projector {
                 .map_err(Failure::from_redis)?;
             self.fold.load(rows);
         }
+        assert!(
+            self.fold.missing(events, &ownership).is_empty(),
+            "every row a page needs is loaded within LOAD_ROUNDS_MAX rounds"
+        );
         let changes = self
             .fold
             .apply(events, &ownership)

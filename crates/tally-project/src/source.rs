@@ -140,7 +140,7 @@ impl Source {
 /// Events must follow each other from `from` on, with no gap (the feed is unfiltered), and carry
 /// timestamps the fold can read.
 fn check(page: &Page, from: u64) -> anyhow::Result<()> {
-    for (expected, event) in (from..).zip(&page.events) {
+    for (expected, event) in (from..=u64::MAX).zip(&page.events) {
         if event.position != expected {
             bail!("expected the event at {expected}, found {}", event.position);
         }
