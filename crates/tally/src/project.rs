@@ -262,11 +262,11 @@ async fn show_status(args: StatusArgs) -> anyhow::Result<()> {
             .map_or("-".to_owned(), |seconds| format!("{seconds:.3}"));
         println!(
             "{:>9}  {:<18} {:>6} {:>9} {:>12} {:>11} {:>12}",
-            row["partition"],
+            show(&row["partition"]),
             owner,
-            row["token"],
+            show(&row["token"]),
             lease,
-            row["position"],
+            show(&row["position"]),
             show(&row["lag_events"]),
             lag_seconds
         );
