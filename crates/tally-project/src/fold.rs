@@ -658,17 +658,7 @@ mod tests {
             partitions: 4,
             checkpoints: &checkpoints,
         };
-        let missing = fold.missing(events, &owned);
-        let mut rows = Rows::default();
-        rows.accounts
-            .extend(missing.accounts.iter().map(|id| (id.clone(), None)));
-        rows.pendings
-            .extend(missing.pendings.iter().map(|p| (*p, None)));
-        rows.ledgers
-            .extend(missing.ledgers.iter().map(|l| (l.clone(), None)));
-        rows.days
-            .extend(missing.days.iter().map(|d| (d.clone(), None)));
-        fold.load(rows);
+        fold.load(absent(&fold.missing(events, &owned)));
         fold.apply(events, &owned).unwrap()
     }
 
@@ -798,17 +788,18 @@ mod tests {
             partitions: 4,
             checkpoints: &checkpoints,
         };
-        let missing = fold_missing(&state, &events, &owned);
-        state.load(missing);
+        state.load(absent(&state.missing(&events, &owned)));
         let error = state.apply(&events, &owned).unwrap_err();
         assert!(format!("{error:#}").contains("never created"), "{error:#}");
     }
 
-    fn fold_missing(state: &Fold, events: &[FeedEvent], owned: &Ownership<'_>) -> Rows {
-        let missing = state.missing(events, owned);
+    /// The rows `missing` names, as a store that holds none of them loads them.
+    fn absent(missing: &Missing) -> Rows {
         let mut rows = Rows::default();
         rows.accounts
             .extend(missing.accounts.iter().map(|id| (id.clone(), None)));
+        rows.pendings
+            .extend(missing.pendings.iter().map(|p| (*p, None)));
         rows.ledgers
             .extend(missing.ledgers.iter().map(|l| (l.clone(), None)));
         rows.days

@@ -580,10 +580,6 @@ impl RedisStore {
             cursor = next;
         }
     }
-
-    pub fn connection(&mut self) -> &mut MultiplexedConnection {
-        &mut self.connection
-    }
 }
 
 fn push_fields(command: &mut Vec<String>, fields: &[(&str, String)]) {
