@@ -28,6 +28,7 @@ mod answer;
 mod clock;
 pub mod limits;
 mod metrics;
+mod names;
 pub mod offline;
 mod pipeline;
 mod replay;
@@ -52,6 +53,7 @@ use tokio::sync::{oneshot, watch};
 pub use answer::{AccountView, Answer, Detail, TransferDetail};
 pub use clock::{Clock, SystemClock};
 pub use metrics::EngineMetrics;
+pub use names::{AccountName, AccountNames};
 pub use replay::replay_batch;
 pub use restriction::{Restriction, Revocations};
 pub use stepper::{Stepper, Ticket};
@@ -370,6 +372,7 @@ impl Recovered {
             last_snapshot: Mutex::new(snapshot),
             metrics: EngineMetrics::default(),
             revocations: Arc::new(Revocations::seeded(ledger.revoked_tokens())),
+            names: Arc::new(AccountNames::seeded(&ledger)),
         });
         let feed = LogFeed {
             reader: log.reader(),
@@ -533,6 +536,11 @@ impl EngineHandle {
     /// The revoked access tokens, as of the durable log.
     pub fn revocations(&self) -> Arc<Revocations> {
         Arc::clone(&self.shared.revocations)
+    }
+
+    /// The accounts' names by index, as of the durable log, for the event feed.
+    pub fn account_names(&self) -> Arc<AccountNames> {
+        Arc::clone(&self.shared.names)
     }
 
     fn submit(&self, request: Request) -> Result<(), EngineError> {

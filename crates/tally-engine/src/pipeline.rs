@@ -19,7 +19,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tally_core::{encode_events, Command, Event, Id, Ledger, Reply};
+use tally_core::{encode_events, AccountIndex, Command, Event, Id, Ledger, Reply};
 use tally_log::{Batch, BatchHeader, EventLog};
 use tokio::sync::oneshot;
 
@@ -27,6 +27,7 @@ use crate::answer::{AccountView, Answer, Detail, TransferDetail};
 use crate::clock::Clock;
 use crate::limits::{COMMAND_QUEUE_COMMANDS_MAX, COMMIT_BATCH_COMMANDS_MAX, IDLE_TICK_MS};
 use crate::metrics::EngineMetrics;
+use crate::names::{name_of, AccountName, AccountNames};
 use crate::restriction::{Restriction, Revocations};
 use crate::{EngineError, SnapshotInfo};
 
@@ -81,6 +82,7 @@ pub(crate) struct Shared {
     pub(crate) last_snapshot: Mutex<Option<SnapshotInfo>>,
     pub(crate) metrics: EngineMetrics,
     pub(crate) revocations: Arc<Revocations>,
+    pub(crate) names: Arc<AccountNames>,
     /// Why commands are refused while reads go on (a disk below its reserve, say); see
     /// [`crate::EngineHandle::refuse_writes`].
     pub(crate) writes_refused: Mutex<Option<String>>,
@@ -146,6 +148,8 @@ pub(crate) struct Staged {
     deliveries: Vec<Delivery>,
     /// Tokens this batch revokes: refused everywhere once the batch is durable.
     revoked: Vec<String>,
+    /// The names of the accounts this batch creates, published once it is durable.
+    named: Vec<AccountName>,
 }
 
 /// Sends one request's answer, or the error that stopped its batch.
@@ -163,6 +167,8 @@ pub(crate) struct Decider {
 /// A batch being decided: its events so far and the answers that wait for it.
 pub(crate) struct OpenBatch {
     first_position: u64,
+    /// The ledger's account count when the batch began: accounts from here on are its own.
+    accounts_before: usize,
     timestamp_ns: u64,
     events: Vec<Event>,
     deliveries: Vec<Delivery>,
@@ -187,10 +193,12 @@ impl Decider {
         let timestamp_ns = self.clock.now_ns().max(self.last_timestamp_ns + 1);
         self.last_timestamp_ns = timestamp_ns;
         let first_position = self.ledger.next_position();
+        let accounts_before = self.ledger.account_count();
         let mut events = Vec::new();
         self.ledger.begin_batch(timestamp_ns, &mut events);
         OpenBatch {
             first_position,
+            accounts_before,
             timestamp_ns,
             events,
             deliveries: Vec::new(),
@@ -264,6 +272,7 @@ impl Decider {
     pub(crate) fn seal(&mut self, batch: OpenBatch) -> Option<Staged> {
         let OpenBatch {
             first_position,
+            accounts_before,
             timestamp_ns,
             events,
             deliveries,
@@ -284,6 +293,9 @@ impl Decider {
                 _ => None,
             })
             .collect();
+        let named = (accounts_before..self.ledger.account_count())
+            .map(|index| name_of(&self.ledger, index as AccountIndex))
+            .collect();
         let batch = (!events.is_empty()).then(|| Batch {
             header: BatchHeader {
                 first_position,
@@ -297,6 +309,7 @@ impl Decider {
             batch,
             deliveries,
             revoked,
+            named,
         })
     }
 
@@ -486,14 +499,18 @@ impl Writer {
             batch,
             deliveries,
             revoked,
+            named,
         } = staged;
-        let outcome = match batch {
+        let outcome = match &batch {
             _ if self.shared.failed.load(Ordering::SeqCst) => Err(self.shared.unavailable()),
             None => Ok(()),
-            Some(batch) => self.append(&batch),
+            Some(batch) => self.append(batch),
         };
         if outcome.is_ok() && !revoked.is_empty() {
             self.shared.revocations.extend(revoked);
+        }
+        if let (Ok(()), Some(batch)) = (&outcome, &batch) {
+            self.shared.names.extend(named, batch.header.end_position());
         }
         for delivery in deliveries {
             delivery(outcome.clone());

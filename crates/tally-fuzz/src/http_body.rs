@@ -183,6 +183,7 @@ impl Fixture {
         // Snapshots would only copy the growing state around in memory.
         config.snapshot_interval_events = 0;
         let opened = Engine::open_in(Arc::new(MemStorage::new()), config).expect("open the engine");
+        let feed = tally_server::feed::Feed::new(opened.feed.reader.another());
         let read = start_read_model(opened.feed.reader, opened.feed.durable);
         let engine = opened.engine;
         let read_slot = ReadSlot::ready(read.clone());
@@ -203,7 +204,7 @@ impl Fixture {
             auth: tally_server::auth::Auth::Disabled,
             status: Arc::new(status),
             offline: tally_offline::OfflineExecutor::default(),
-            event_streams: tally_server::feed::EventStreams::default(),
+            feed,
         };
         let mut fixture = Fixture {
             runtime,

@@ -42,6 +42,15 @@ pub enum ReadError {
         reason: &'static str,
     },
 
+    /// An event names an account that no earlier event created: the log contradicts itself.
+    #[error("the event at position {position} names account {index}, which no earlier event created; run `tally verify` on the data directory")]
+    UnknownAccount {
+        /// The event's position.
+        position: u64,
+        /// The account index it names.
+        index: u32,
+    },
+
     /// The log could not be read.
     #[error("reading the log from position {position}: {source}")]
     Log {

@@ -1,19 +1,41 @@
 //! The event feed: the log read from a position, events rendered with account ids and ledgers.
 //!
-//! The log stores accounts by index; the read model knows which id and ledger each index is.
-//! So the feed serves events up to the read model's position: every account an event names is
-//! known by then. A page scans a bounded number of events, whatever the filter lets through, so
-//! a filter that matches nothing cannot make one request read the whole log; the page's `next`
-//! says where the scan stopped.
+//! The log stores accounts by index; the caller names them (the engine keeps every account's
+//! name as of the durable log) and says up to which position it can. The feed reads the log
+//! itself, not the read model, so a follower of the feed trails the log by its own pace only,
+//! never by the read model's. A page scans a bounded number of events, whatever the filter lets
+//! through, so a filter that matches nothing cannot make one request read the whole log; the
+//! page's `next` says where the scan stopped.
 
-use redb::ReadableDatabase;
-use tally_core::{decode_events, Event, TransferEvent, TransferKind};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use tally_core::{decode_events, AccountIndex, Event, TransferEvent, TransferKind};
 use tally_log::LogReader;
 
-use crate::codec::AccountRow;
-use crate::limits::{FEED_PAGE_EVENTS_MAX, FEED_SCAN_EVENTS_MAX};
-use crate::store::{store_error, Store, ACCOUNTS};
+use crate::limits::{FEED_PAGE_EVENTS_MAX, FEED_READERS_KEPT_MAX, FEED_SCAN_EVENTS_MAX};
 use crate::ReadError;
+
+/// Reads pages of the event feed from the log. Shared by every request.
+pub struct EventFeed {
+    /// Readers of the log, each used by one request at a time. Kept between requests because a
+    /// fresh reader indexes a segment from its start before it can seek, which would make every
+    /// page cost the whole segment. At most [`FEED_READERS_KEPT_MAX`] are kept idle; a request
+    /// that finds none makes a new one.
+    template: Mutex<Box<dyn LogReader>>,
+    idle: Mutex<Vec<Box<dyn LogReader>>>,
+    /// Pages read so far.
+    pages: AtomicU64,
+}
+
+/// An account as the feed names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FeedAccount {
+    /// Its id; `None` for a ledger's external account.
+    pub id: Option<String>,
+    /// Its ledger.
+    pub ledger: String,
+}
 
 /// Which events a page keeps.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -95,92 +117,123 @@ pub struct FeedPage {
     pub end: u64,
 }
 
-impl Store {
+impl EventFeed {
+    /// A feed reading the log through copies of `reader`.
+    pub fn new(reader: Box<dyn LogReader>) -> EventFeed {
+        EventFeed {
+            template: Mutex::new(reader),
+            idle: Mutex::new(Vec::new()),
+            pages: AtomicU64::new(0),
+        }
+    }
+
     /// Up to `limit` events strictly after `after` (from position 0 when `None`) that pass
-    /// `filter`, read through `reader` up to `end` (the read model's position), scanning at most
-    /// [`FEED_SCAN_EVENTS_MAX`] events.
-    pub(crate) fn events(
+    /// `filter`, below `end`, scanning at most [`FEED_SCAN_EVENTS_MAX`] events; `limit` is
+    /// clamped to `1..=`[`FEED_PAGE_EVENTS_MAX`]. `name` names the account at an index; every
+    /// account an event below `end` names must have one.
+    pub fn page(
         &self,
-        reader: &mut dyn LogReader,
         after: Option<u64>,
         limit: u32,
         filter: &FeedFilter,
         end: u64,
+        name: &dyn Fn(AccountIndex) -> Option<FeedAccount>,
     ) -> Result<FeedPage, ReadError> {
-        let limit = limit.clamp(1, FEED_PAGE_EVENTS_MAX) as usize;
-        let from = after.map_or(0, |after| after.saturating_add(1));
-        let mut page = FeedPage {
-            events: Vec::new(),
-            next: None,
-            end,
-        };
-        if from >= end {
-            return Ok(page);
+        let mut reader = self.take();
+        self.pages.fetch_add(1, Ordering::Relaxed);
+        let page = read_page(reader.as_mut(), after, limit, filter, end, name);
+        self.give_back(reader);
+        page
+    }
+
+    /// Pages read so far.
+    pub fn pages_read(&self) -> u64 {
+        self.pages.load(Ordering::Relaxed)
+    }
+
+    fn take(&self) -> Box<dyn LogReader> {
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .pop();
+        idle.unwrap_or_else(|| {
+            self.template
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .another()
+        })
+    }
+
+    fn give_back(&self, reader: Box<dyn LogReader>) {
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if idle.len() < FEED_READERS_KEPT_MAX {
+            idle.push(reader);
         }
-        let path = &self.path;
-        let txn = self
-            .db
-            .begin_read()
-            .map_err(|source| store_error("begin read transaction", path, source))?;
-        let accounts = txn
-            .open_table(ACCOUNTS)
-            .map_err(|source| store_error("open table", path, source))?;
-        let account = |index: u32| -> Result<AccountRow, ReadError> {
-            let bytes = accounts
-                .get(index)
-                .map_err(|source| store_error("read account", path, source))?
-                .ok_or_else(|| {
-                    self.corrupt(
-                        "accounts",
-                        &index.to_string(),
-                        "an event names a missing account",
-                    )
-                })?;
-            AccountRow::decode(bytes.value())
-                .map_err(|reason| self.corrupt("accounts", &index.to_string(), reason))
-        };
-        let mut scanned = 0u64;
-        let log_error = |source| ReadError::Log {
-            position: from,
-            source,
-        };
-        'batches: for batch in reader.read_from(from).map_err(log_error)? {
-            let batch = batch.map_err(log_error)?;
-            let header = batch.header;
-            let events = decode_events(&batch.body, header.event_count).map_err(|source| {
-                ReadError::Decode {
-                    first_position: header.first_position,
-                    source,
-                }
+    }
+}
+
+fn read_page(
+    reader: &mut dyn LogReader,
+    after: Option<u64>,
+    limit: u32,
+    filter: &FeedFilter,
+    end: u64,
+    name: &dyn Fn(AccountIndex) -> Option<FeedAccount>,
+) -> Result<FeedPage, ReadError> {
+    let limit = limit.clamp(1, FEED_PAGE_EVENTS_MAX) as usize;
+    let from = after.map_or(0, |after| after.saturating_add(1));
+    let mut page = FeedPage {
+        events: Vec::new(),
+        next: None,
+        end,
+    };
+    if from >= end {
+        return Ok(page);
+    }
+    let mut scanned = 0u64;
+    let log_error = |source| ReadError::Log {
+        position: from,
+        source,
+    };
+    'batches: for batch in reader.read_from(from).map_err(log_error)? {
+        let batch = batch.map_err(log_error)?;
+        let header = batch.header;
+        let events =
+            decode_events(&batch.body, header.event_count).map_err(|source| ReadError::Decode {
+                first_position: header.first_position,
+                source,
             })?;
-            for (offset, event) in events.into_iter().enumerate() {
-                let position = header.first_position + offset as u64;
-                if position < from {
-                    continue;
-                }
-                if position >= end || scanned == FEED_SCAN_EVENTS_MAX || page.events.len() == limit
-                {
-                    break 'batches;
-                }
-                scanned += 1;
-                page.next = Some(position);
-                let body = render(event, &account)?;
-                if filter.keeps(&body) {
-                    page.events.push(FeedEvent {
-                        position,
-                        timestamp_ns: header.timestamp_ns,
-                        body,
-                    });
-                }
+        for (offset, event) in events.into_iter().enumerate() {
+            let position = header.first_position + offset as u64;
+            if position < from {
+                continue;
+            }
+            if position >= end || scanned == FEED_SCAN_EVENTS_MAX || page.events.len() == limit {
+                break 'batches;
+            }
+            scanned += 1;
+            page.next = Some(position);
+            let account = |index| name(index).ok_or(ReadError::UnknownAccount { position, index });
+            let body = render(event, &account)?;
+            if filter.keeps(&body) {
+                page.events.push(FeedEvent {
+                    position,
+                    timestamp_ns: header.timestamp_ns,
+                    body,
+                });
             }
         }
-        Ok(page)
     }
+    Ok(page)
 }
 
 fn render(
     event: Event,
-    account: &dyn Fn(u32) -> Result<AccountRow, ReadError>,
+    account: &dyn Fn(AccountIndex) -> Result<FeedAccount, ReadError>,
 ) -> Result<FeedBody, ReadError> {
     Ok(match event {
         Event::AccountCreated {

@@ -46,7 +46,7 @@ mod rebuild;
 mod store;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
@@ -58,7 +58,7 @@ use tokio::sync::watch;
 
 pub use day::Day;
 pub use error::ReadError;
-pub use feed::{FeedBody, FeedEvent, FeedFilter, FeedPage};
+pub use feed::{EventFeed, FeedAccount, FeedBody, FeedEvent, FeedFilter, FeedPage};
 pub use rebuild::{rebuild, REBUILD_JOB};
 
 use crate::projection::Projection;
@@ -77,45 +77,6 @@ pub const READ_MODEL_FILE_NAME: &str = "read.redb";
 pub struct ReadModel {
     shared: Arc<Shared>,
     handle: Arc<ProjectorHandle>,
-    /// Readers of the log for feed requests, each used by one request at a time. Kept between
-    /// requests because a fresh reader indexes a segment from its start before it can seek,
-    /// which would make every page cost the whole segment.
-    feed_readers: Arc<FeedReaders>,
-    /// Feed pages read so far, by every clone.
-    feed_pages: Arc<AtomicU64>,
-}
-
-/// The pool of the feed's log readers: at most [`limits::FEED_READERS_KEPT_MAX`] are kept idle;
-/// a request that finds none makes a new one.
-struct FeedReaders {
-    template: Mutex<Box<dyn LogReader>>,
-    idle: Mutex<Vec<Box<dyn LogReader>>>,
-}
-
-impl FeedReaders {
-    fn take(&self) -> Box<dyn LogReader> {
-        let idle = self
-            .idle
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .pop();
-        idle.unwrap_or_else(|| {
-            self.template
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .another()
-        })
-    }
-
-    fn give_back(&self, reader: Box<dyn LogReader>) {
-        let mut idle = self
-            .idle
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if idle.len() < limits::FEED_READERS_KEPT_MAX {
-            idle.push(reader);
-        }
-    }
 }
 
 /// A transfer as the read model shows it.
@@ -323,10 +284,6 @@ impl ReadModel {
         let projection = Projection::load(&store, checkpoint)?;
         tracing::info!(path = %path.display(), position = checkpoint.position, log_end, "read model opened");
         let shared = Arc::new(Shared::new(store, checkpoint.position, durable.clone()));
-        let feed_readers = Arc::new(FeedReaders {
-            template: Mutex::new(reader.another()),
-            idle: Mutex::new(Vec::new()),
-        });
         let projector = Projector {
             shared: Arc::clone(&shared),
             reader,
@@ -346,12 +303,7 @@ impl ReadModel {
             shared: Arc::clone(&shared),
             thread: Mutex::new(Some(thread)),
         });
-        Ok(ReadModel {
-            shared,
-            handle,
-            feed_readers,
-            feed_pages: Arc::new(AtomicU64::new(0)),
-        })
+        Ok(ReadModel { shared, handle })
     }
 
     /// The transfer `id`; `None` if no transfer has that id (a rejected command has none).
@@ -389,40 +341,6 @@ impl ReadModel {
         limit: u32,
     ) -> Result<Option<DailyPage>, ReadError> {
         self.shared.store.ledger_days(code, from, to, limit)
-    }
-
-    /// Up to `limit` events of the log strictly after position `after` (from the start when
-    /// `None`) that pass `filter`, with account ids and ledgers, up to [`ReadModel::position`];
-    /// `limit` is clamped to `1..=`[`limits::FEED_PAGE_EVENTS_MAX`]. A page scans at most
-    /// [`limits::FEED_SCAN_EVENTS_MAX`] events: continue from its `next`.
-    pub fn events(
-        &self,
-        after: Option<u64>,
-        limit: u32,
-        filter: &FeedFilter,
-    ) -> Result<FeedPage, ReadError> {
-        let mut reader = self.feed_readers.take();
-        let end = self.position();
-        self.feed_pages.fetch_add(1, Ordering::Relaxed);
-        let page = self
-            .shared
-            .store
-            .events(reader.as_mut(), after, limit, filter, end);
-        self.feed_readers.give_back(reader);
-        page
-    }
-
-    /// Pages of the event feed read so far (streams read one whenever the projection moves).
-    pub fn feed_pages_read(&self) -> u64 {
-        self.feed_pages.load(Ordering::Relaxed)
-    }
-
-    /// Waits until [`ReadModel::position`] moves beyond `position` (the event at `position` is
-    /// projected), or `timeout` passes; returns whether it did. For followers of the feed.
-    pub async fn wait_beyond(&self, position: u64, timeout: Duration) -> bool {
-        self.wait_for(position.saturating_add(1), timeout)
-            .await
-            .is_ok()
     }
 
     /// The position up to which events are projected: the next position to apply.

@@ -1,10 +1,11 @@
 //! The event feed over HTTP: pages (`GET /v1/events`) and a server-sent event stream that
-//! follows new events as the read model projects them (`GET /v1/events/stream`).
+//! follows new events as they become durable (`GET /v1/events/stream`).
 //!
-//! Both read through [`ReadModel::events`], on a blocking thread: a page may scan up to
-//! `FEED_SCAN_EVENTS_MAX` events of the log. The stream resumes where a client left off, from
-//! `after` or the standard `Last-Event-ID` header (every event's SSE id is its position), so a
-//! dropped connection loses nothing.
+//! Both read the log through [`EventFeed`], on a blocking thread (a page may scan up to
+//! `FEED_SCAN_EVENTS_MAX` events), and name accounts with the engine's [`AccountNames`], so the
+//! feed keeps up with the log whatever the read model's lag: it serves every durable event. The
+//! stream resumes where a client left off, from `after` or the standard `Last-Event-ID` header
+//! (every event's SSE id is its position), so a dropped connection loses nothing.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -16,7 +17,9 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::Json;
 use futures_util::stream::{self, Stream};
-use tally_read::{FeedFilter, FeedPage, ReadModel};
+use tally_engine::AccountNames;
+use tally_log::LogReader;
+use tally_read::{EventFeed, FeedAccount, FeedFilter, FeedPage};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::api::{parse_id, EventJson, EventStreamQuery, EventsJson, EventsQuery};
@@ -25,29 +28,42 @@ use crate::error::{ApiError, ErrorBody};
 use crate::extract::ApiQuery;
 use crate::limits::{
     EVENTS_PAGE_DEFAULT, EVENTS_PAGE_MAX, EVENTS_PAGE_WAIT_MAX, EVENT_STREAMS_MAX,
-    EVENT_STREAM_WAIT, READ_WAIT_MAX,
+    EVENT_STREAM_WAIT,
 };
 use crate::routes::read_error;
 use crate::AppState;
 
-/// The event streams open at once, bounded: a stream outlives its request (the concurrency limit
-/// of the HTTP layer lets go when the answer's headers are sent), so it needs a bound of its own.
-#[derive(Clone, Debug)]
-pub struct EventStreams(Arc<Semaphore>);
+/// What the feed's routes share: the log's reader pool and the bound on open streams.
+#[derive(Clone)]
+pub struct Feed {
+    pages: Arc<EventFeed>,
+    /// The event streams open at once, bounded: a stream outlives its request (the concurrency
+    /// limit of the HTTP layer lets go when the answer's headers are sent), so it needs a bound
+    /// of its own.
+    streams: Arc<Semaphore>,
+}
 
-impl Default for EventStreams {
-    fn default() -> EventStreams {
-        EventStreams(Arc::new(Semaphore::new(EVENT_STREAMS_MAX)))
+impl Feed {
+    /// A feed reading the log through copies of `reader`.
+    pub fn new(reader: Box<dyn LogReader>) -> Feed {
+        Feed {
+            pages: Arc::new(EventFeed::new(reader)),
+            streams: Arc::new(Semaphore::new(EVENT_STREAMS_MAX)),
+        }
+    }
+
+    /// Pages of the feed read so far (a stream reads one whenever the log moves).
+    pub fn pages_read(&self) -> u64 {
+        self.pages.pages_read()
     }
 }
 
-/// A page of the log's events, oldest first, with account ids and ledgers. Waits up to 5 s for
-/// the read model to hold everything acknowledged before the request, then serves what it holds.
+/// A page of the log's events, oldest first, with account ids and ledgers: every durable event,
+/// whatever the read model's lag.
 #[utoipa::path(get, path = "/v1/events", tag = "events", params(EventsQuery), responses(
     (status = 200, description = "A page of events", body = EventsJson),
     (status = 400, description = "Malformed query", body = ErrorBody),
     (status = 403, description = "The token is limited to some ledgers or accounts; the feed needs an unrestricted one", body = ErrorBody),
-    (status = 503, description = "The read model is opening or unavailable", body = ErrorBody),
 ))]
 pub async fn get_events(
     State(app): State<AppState>,
@@ -69,19 +85,14 @@ pub async fn get_events(
         )));
     }
     let filter = filter(&caller, query.ledger.as_deref(), query.account.as_deref())?;
-    let read = read_model(&app).await?;
-    // A client reads its own writes when the read model keeps up; when it lags more than the
-    // wait, the page serves what it holds (`end` says how far) rather than failing.
-    let _ = read
-        .wait_for(app.engine.durable_position(), READ_WAIT_MAX)
-        .await;
-    let mut page = page(read.clone(), query.after, limit, filter.clone()).await?;
+    let names = app.engine.account_names();
+    let mut page = page(&app.feed, &names, query.after, limit, filter.clone()).await?;
     if page.next.is_none() && !wait.is_zero() {
         // Nothing new: a long-polling follower hears of the next event as soon as it is
-        // projected, without asking again and again.
+        // durable, without asking again and again.
         let next = query.after.map_or(0, |after| after.saturating_add(1));
-        if read.wait_beyond(next, wait).await {
-            page = self::page(read, query.after, limit, filter).await?;
+        if wait_beyond(&names, next, wait).await {
+            page = self::page(&app.feed, &names, query.after, limit, filter).await?;
         }
     }
     Ok(Json(page.into()))
@@ -94,7 +105,7 @@ pub async fn get_events(
     (status = 200, description = "A stream of events (text/event-stream), each `id: POSITION`, `event: TYPE`, `data: EVENT JSON`", content_type = "text/event-stream", body = String),
     (status = 400, description = "Malformed query or Last-Event-ID", body = ErrorBody),
     (status = 403, description = "The token is limited to some ledgers or accounts; the feed needs an unrestricted one", body = ErrorBody),
-    (status = 503, description = "The read model is opening or unavailable, or too many streams are open", body = ErrorBody),
+    (status = 503, description = "Too many streams are open", body = ErrorBody),
 ))]
 pub async fn stream_events(
     State(app): State<AppState>,
@@ -118,15 +129,15 @@ pub async fn stream_events(
         return Err(ApiError::invalid("limit: must be at least 1"));
     }
     let filter = filter(&caller, query.ledger.as_deref(), query.account.as_deref())?;
-    let read = read_model(&app).await?;
-    let permit = Arc::clone(&app.event_streams.0)
+    let permit = Arc::clone(&app.feed.streams)
         .try_acquire_owned()
         .map_err(|_| ApiError::overloaded(format!(
             "{EVENT_STREAMS_MAX} event streams are open, the most this server keeps; retry later or read pages of /v1/events"
         )))?;
     let follower = Follower {
         _permit: permit,
-        read,
+        feed: app.feed.clone(),
+        names: app.engine.account_names(),
         after: last_event_id.or(query.after),
         filter,
         ready: VecDeque::new(),
@@ -144,7 +155,8 @@ pub async fn stream_events(
 struct Follower {
     /// Its place among the open streams, given back when the stream ends or the client leaves.
     _permit: OwnedSemaphorePermit,
-    read: ReadModel,
+    feed: Feed,
+    names: Arc<AccountNames>,
     after: Option<u64>,
     filter: FeedFilter,
     ready: VecDeque<EventJson>,
@@ -154,7 +166,7 @@ struct Follower {
 }
 
 impl Follower {
-    /// The next event to send, waiting for the read model to project more when there is none;
+    /// The next event to send, waiting for the log to grow when there is none;
     /// `None` ends the stream (after an error event, when the feed cannot be read).
     async fn next(&mut self) -> Option<Event> {
         loop {
@@ -172,7 +184,8 @@ impl Follower {
                 return None;
             }
             match page(
-                self.read.clone(),
+                &self.feed,
+                &self.names,
                 self.after,
                 EVENTS_PAGE_MAX,
                 self.filter.clone(),
@@ -185,10 +198,10 @@ impl Follower {
                     self.ready
                         .extend(page.events.into_iter().map(EventJson::from));
                     if !scanned {
-                        // Nothing new: wait until the projection holds the next event (the read
-                        // model's position passes it); keep-alives flow meanwhile.
+                        // Nothing new: wait until the next event is durable; keep-alives flow
+                        // meanwhile.
                         let next = self.after.map_or(0, |after| after.saturating_add(1));
-                        self.read.wait_beyond(next, EVENT_STREAM_WAIT).await;
+                        wait_beyond(&self.names, next, EVENT_STREAM_WAIT).await;
                     }
                 }
                 Err(error) => {
@@ -223,22 +236,34 @@ fn filter(
     Ok(FeedFilter { ledger, account })
 }
 
-async fn read_model(app: &AppState) -> Result<ReadModel, ApiError> {
-    app.read
-        .wait(READ_WAIT_MAX)
+/// Waits until the event at `position` is visible, or `timeout` passes; returns whether it is.
+async fn wait_beyond(names: &AccountNames, position: u64, timeout: Duration) -> bool {
+    let mut visible = names.subscribe();
+    let reached = tokio::time::timeout(timeout, visible.wait_for(|visible| *visible > position))
         .await
-        .map_err(ApiError::unavailable)
+        .is_ok_and(|changed| changed.is_ok());
+    reached
 }
 
-/// Reads one page on a blocking thread.
+/// Reads one page of every visible event on a blocking thread.
 async fn page(
-    read: ReadModel,
+    feed: &Feed,
+    names: &Arc<AccountNames>,
     after: Option<u64>,
     limit: u32,
     filter: FeedFilter,
 ) -> Result<FeedPage, ApiError> {
-    tokio::task::spawn_blocking(move || read.events(after, limit, &filter))
-        .await
-        .map_err(|_| ApiError::unavailable("reading the event feed was cancelled; retry"))?
-        .map_err(read_error)
+    let (pages, names) = (Arc::clone(&feed.pages), Arc::clone(names));
+    tokio::task::spawn_blocking(move || {
+        let name = |index| {
+            names.get(index).map(|name| FeedAccount {
+                id: name.id.map(|id| id.to_string()),
+                ledger: name.ledger.to_string(),
+            })
+        };
+        pages.page(after, limit, &filter, names.visible(), &name)
+    })
+    .await
+    .map_err(|_| ApiError::unavailable("reading the event feed was cancelled; retry"))?
+    .map_err(read_error)
 }

@@ -63,8 +63,8 @@ pub struct AppState {
     pub status: Arc<status::StatusHub>,
     /// Where offline work runs; its jobs show on the status page and in `/metrics`.
     pub offline: OfflineExecutor,
-    /// The open event streams, bounded.
-    pub event_streams: feed::EventStreams,
+    /// The event feed: the log's readers and the open streams, bounded.
+    pub feed: feed::Feed,
 }
 
 /// The router with every route and layer.
@@ -227,6 +227,7 @@ pub async fn serve(
     }
     let read_path = data_dir.join(tally_read::READ_MODEL_FILE_NAME);
     let feed = opened.feed;
+    let event_feed = feed::Feed::new(feed.reader.another());
     let projector_offline = offline.clone();
     let read = ReadSlot::opening(move || {
         ReadModel::start_on(
@@ -274,7 +275,7 @@ pub async fn serve(
         auth,
         status: Arc::new(status),
         offline,
-        event_streams: feed::EventStreams::default(),
+        feed: event_feed,
     };
     // The page has a verdict for every dependency before the first request can ask for it;
     // a read model that opens quickly is not recorded as an incident of every start.

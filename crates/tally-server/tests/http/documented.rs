@@ -26,6 +26,8 @@ enum Server {
     Running,
     /// Its read model failed to open.
     ReadModelFailed,
+    /// Holding as many event streams open as it keeps.
+    StreamsFull,
     /// Its engine stopped.
     EngineStopped,
 }
@@ -294,10 +296,6 @@ const PRODUCERS: &[Producer] = &[
         produce("GET", "/v1/events", 401, "/v1/events", ""),
     ),
     by(WRITE, produce("GET", "/v1/events", 403, "/v1/events", "")),
-    on(
-        Server::ReadModelFailed,
-        produce("GET", "/v1/events", 503, "/v1/events", ""),
-    ),
     // GET /v1/events/stream
     produce(
         "GET",
@@ -322,7 +320,7 @@ const PRODUCERS: &[Producer] = &[
         produce("GET", "/v1/events/stream", 403, "/v1/events/stream", ""),
     ),
     on(
-        Server::ReadModelFailed,
+        Server::StreamsFull,
         produce("GET", "/v1/events/stream", 503, "/v1/events/stream", ""),
     ),
     // POST /v1/deposits
@@ -948,15 +946,27 @@ async fn every_documented_status_is_produced_by_a_request() {
     for (path, request) in SETUP {
         app.post_ok(path, request).await;
     }
+    let mut streams = Vec::new();
     for server in [
         Server::Running,
         Server::ReadModelFailed,
+        Server::StreamsFull,
         Server::EngineStopped,
     ] {
         match server {
             Server::Running => {}
             Server::ReadModelFailed => app.fail_read_model().await,
-            Server::EngineStopped => app.shutdown_engine().await,
+            Server::StreamsFull => {
+                for _ in 0..tally_server::limits::EVENT_STREAMS_MAX {
+                    let response = app.open_stream("/v1/events/stream").await;
+                    assert_eq!(response.status(), StatusCode::OK);
+                    streams.push(response);
+                }
+            }
+            Server::EngineStopped => {
+                streams.clear();
+                app.shutdown_engine().await;
+            }
         }
         for producer in PRODUCERS
             .iter()

@@ -272,10 +272,7 @@ async fn open_streams_are_bounded() {
     let max = tally_server::limits::EVENT_STREAMS_MAX;
     let mut open = Vec::with_capacity(max);
     for _ in 0..max {
-        let request = Request::get("/v1/events/stream")
-            .body(Body::empty())
-            .unwrap();
-        let response = app.router.clone().oneshot(request).await.unwrap();
+        let response = app.open_stream("/v1/events/stream").await;
         assert_eq!(response.status(), StatusCode::OK);
         open.push(response);
     }
@@ -289,9 +286,35 @@ async fn open_streams_are_bounded() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feed_follows_the_log_not_the_read_model() {
+    let mut app = world().await;
+    let (_, before) = app.get("/v1/events").await;
+    // Without a read model, lookups fail, but the feed still serves every durable event, new
+    // accounts included: it names them from the engine, not from the projection.
+    app.fail_read_model().await;
+    app.open_account("late", "GBP", false).await;
+    app.deposit("fund-late", "late", 7).await;
+    let (status, _) = app.get("/v1/transfers/fund-late").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let (status, page) = app.get("/v1/events").await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let events = page["events"].as_array().unwrap();
+    assert_eq!(
+        &events[..8],
+        before["events"].as_array().unwrap().as_slice()
+    );
+    assert_eq!(
+        summary(&events[8..]),
+        ["account_created:late", "transfer:fund-late"]
+    );
+    assert_eq!(events[9]["ledger"], "GBP");
+    assert_eq!(events[9]["to"], "late");
+    assert_eq!(page["end"].as_u64(), Some(app.durable_position()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_stream_waits_instead_of_reading_again() {
     let app = world().await;
-    let read = app.state.read.wait(Duration::from_secs(5)).await.unwrap();
     let (_, page) = app.get("/v1/events").await;
     let last = page["next"].as_u64().unwrap();
     let request = Request::get(format!("/v1/events/stream?after={last}"))
@@ -301,12 +324,12 @@ async fn an_idle_stream_waits_instead_of_reading_again() {
     let mut body = response.into_body();
     // Polling the body runs the stream; it finds nothing new and must then wait.
     let _ = tokio::time::timeout(Duration::from_millis(500), body.frame()).await;
-    let before = read.feed_pages_read();
+    let before = app.state.feed.pages_read();
     let _ = tokio::time::timeout(Duration::from_millis(500), body.frame()).await;
     assert!(
-        read.feed_pages_read() - before <= 1,
+        app.state.feed.pages_read() - before <= 1,
         "an idle stream read {} pages in 0.5 s",
-        read.feed_pages_read() - before
+        app.state.feed.pages_read() - before
     );
 }
 

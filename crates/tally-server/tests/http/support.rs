@@ -159,6 +159,7 @@ impl TestApp {
             ..EngineConfig::new(dir.path().to_path_buf())
         };
         let opened = Engine::open_in(storage, config).expect("open the engine");
+        let feed = tally_server::feed::Feed::new(opened.feed.reader.another());
         let read = ReadModel::start(
             &dir.path().join(tally_read::READ_MODEL_FILE_NAME),
             opened.feed.reader,
@@ -181,7 +182,7 @@ impl TestApp {
                     .expect("open the status figures"),
             ),
             offline: tally_offline::OfflineExecutor::default(),
-            event_streams: tally_server::feed::EventStreams::default(),
+            feed,
         };
         state.status.refresh(&state);
         TestApp {
@@ -238,6 +239,21 @@ impl TestApp {
     pub async fn send(&self, method: &str, path: &str, body: impl Into<Body>) -> Reply {
         self.send_as(self.authorization.as_deref(), method, path, body)
             .await
+    }
+
+    /// Opens `path` (an event stream) as the default caller and returns the response with its
+    /// body unread, so that the stream stays open while the response is kept.
+    pub async fn open_stream(&self, path: &str) -> axum::response::Response {
+        let mut request = Request::get(path);
+        if let Some(authorization) = &self.authorization {
+            request = request.header("authorization", authorization);
+        }
+        let request = request.body(Body::empty()).expect("a valid request");
+        self.router
+            .clone()
+            .oneshot(request)
+            .await
+            .expect("infallible")
     }
 
     /// Sends one request with `authorization` as its whole `Authorization` header (none for
