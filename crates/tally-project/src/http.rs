@@ -83,32 +83,32 @@ impl Connection {
         }
     }
 
-    /// Sends one request and reads the whole response. On a transport error
-    /// the connection is dropped so the next call reconnects; the caller
-    /// decides whether to retry (every Tally write is idempotent by id).
+    /// Sends one request and reads the whole response. On a transport error the connection is
+    /// dropped so the next call reconnects; the caller decides whether to retry (every Tally
+    /// write is idempotent by id). Cancel-safe: a call dropped half-way leaves no connection
+    /// behind whose next answer would belong to the request that was abandoned.
     pub async fn send(
         &mut self,
         method: Method,
         path: &str,
         body: Bytes,
     ) -> anyhow::Result<Response> {
-        let result = self.send_inner(method, path, body).await;
-        if result.is_err() {
-            self.sender = None;
-        }
-        result
+        let mut sender = match self.sender.take() {
+            Some(sender) => sender,
+            None => connect(self.endpoint.addr).await?,
+        };
+        let response = self.exchange(&mut sender, method, path, body).await?;
+        self.sender = Some(sender);
+        Ok(response)
     }
 
-    async fn send_inner(
-        &mut self,
+    async fn exchange(
+        &self,
+        sender: &mut SendRequest<Full<Bytes>>,
         method: Method,
         path: &str,
         body: Bytes,
     ) -> anyhow::Result<Response> {
-        let sender = match &mut self.sender {
-            Some(sender) => sender,
-            None => self.sender.insert(connect(self.endpoint.addr).await?),
-        };
         sender.ready().await.context("connection closed")?;
         let mut request = Request::builder()
             .method(method)

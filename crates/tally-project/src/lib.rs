@@ -37,7 +37,7 @@ use anyhow::{anyhow, bail, Context};
 use crate::fold::{Fold, Ownership};
 use crate::group::Member;
 use crate::metrics::Metrics;
-use crate::source::{Source, SourceError, PAGE_EVENTS_MAX};
+use crate::source::{next_retry, ReadAhead, Source, SourceError, PAGE_EVENTS_MAX};
 use crate::store::{Committed, Keys, RedisStore};
 
 /// Partitions of a new group unless `--partitions` says otherwise: enough to spread over a
@@ -156,8 +156,10 @@ pub struct Summary {
     pub position: Option<u64>,
 }
 
-/// The longest pause between retries of a failing feed or store.
-const RETRY_DELAY_MAX: Duration = Duration::from_secs(2);
+/// Events folded into one commit at most. While catching up, the pages already read ahead are
+/// folded together, so an account that several of them touch is written once; the bound keeps
+/// one transaction's size (and the time Redis spends on it) in check.
+pub const COMMIT_EVENTS_MAX: usize = 4 * PAGE_EVENTS_MAX as usize;
 
 /// Runs a member of the group until `shutdown` completes (or, for a rebuild, until every
 /// partition reached the feed's end); gives its leases up on the way out.
@@ -192,15 +194,15 @@ pub async fn run(
     }
     let mut member = Member::new(partitions, options.lease);
     tracing::info!(member = member.id(), partitions, group = %options.group, "projector started");
+    let page_events = options.page_events;
     let mut projector = Projector {
         options,
         metrics,
         store,
-        source,
+        reader: ReadAhead::start(source, 0, page_events),
         fold: Fold::default(),
         summary: Summary::default(),
         next_tick: Instant::now(),
-        prefetched: None,
     };
     tokio::pin!(shutdown);
     let started = Instant::now();
@@ -215,13 +217,10 @@ struct Projector {
     options: Options,
     metrics: Metrics,
     store: RedisStore,
-    source: Source,
+    reader: ReadAhead,
     fold: Fold,
     summary: Summary,
     next_tick: Instant,
-    /// The page after the last commit, read while that commit was in flight, with the
-    /// position it starts at.
-    prefetched: Option<(u64, source::Page)>,
 }
 
 impl Projector {
@@ -262,23 +261,19 @@ impl Projector {
                 }
                 continue;
             };
-            let wait = self
-                .next_tick
-                .saturating_duration_since(Instant::now())
-                .min(Duration::from_secs(1));
-            let page = match self.prefetched.take() {
-                Some((start, page)) if start == from => Ok(page),
-                _ => tokio::select! {
-                    page = self.source.page(from, self.options.page_events, wait) => page,
-                    () = shutdown.as_mut() => return Ok(()),
-                },
+            let wait = self.next_tick.saturating_duration_since(Instant::now());
+            let page = tokio::select! {
+                page = self.reader.next(from, wait) => page,
+                () = shutdown.as_mut() => return Ok(()),
+            };
+            let Some(page) = page else {
+                continue;
             };
             let page = match page {
                 Ok(page) => page,
                 Err(SourceError::Fatal(error)) => return Err(error),
                 Err(SourceError::Transient(error)) => {
-                    retry = next_retry(retry);
-                    tracing::warn!("cannot read the feed (retrying in {retry:?}): {error:#}");
+                    tracing::warn!("cannot read the feed (retrying): {error:#}");
                     continue;
                 }
             };
@@ -287,14 +282,14 @@ impl Projector {
                 .set(page.end.saturating_sub(from) as i64);
             let Some(first) = page.events.first() else {
                 self.metrics.lag_seconds.set(0.0);
-                retry = Duration::ZERO;
                 continue;
             };
             let age = SystemTime::now()
                 .duration_since(source::timestamp(&first.timestamp)?)
                 .unwrap_or_default();
             self.metrics.lag_seconds.set(age.as_secs_f64());
-            match self.apply(member, &page.events).await {
+            let events = self.gather(page)?;
+            match self.apply(member, &events).await {
                 Ok(()) => retry = Duration::ZERO,
                 Err(Failure::Fatal(error)) => return Err(error),
                 Err(Failure::Transient(error)) => {
@@ -320,7 +315,27 @@ impl Projector {
         }
     }
 
-    /// Folds a page into the owned partitions and commits it with their checkpoints.
+    /// `page`, followed by the pages after it that were read already, while each was full, up to
+    /// [`COMMIT_EVENTS_MAX`] events: a projector that is behind commits more at a time.
+    fn gather(&mut self, page: source::Page) -> anyhow::Result<Vec<fold::FeedEvent>> {
+        let limit = self.options.page_events as usize;
+        let mut full = page.events.len() == limit;
+        let mut events = page.events;
+        while full && events.len() + limit <= COMMIT_EVENTS_MAX {
+            let next = events.last().expect("a full page").position + 1;
+            match self.reader.ready(next) {
+                Some(Ok(page)) => {
+                    full = page.events.len() == limit;
+                    events.extend(page.events);
+                }
+                Some(Err(SourceError::Fatal(error))) => return Err(error),
+                Some(Err(SourceError::Transient(_))) | None => break,
+            }
+        }
+        Ok(events)
+    }
+
+    /// Folds events into the owned partitions and commits them with their checkpoints.
     async fn apply(
         &mut self,
         member: &mut Member,
@@ -366,26 +381,18 @@ impl Projector {
             .map(|(partition, lease)| (*partition, (*lease, end)))
             .collect();
         self.fault(true).await;
-        // The next page is read while Redis runs the commit: the feed and the store work at
-        // the same time instead of in turn.
-        let (committed, next) = tokio::join!(
-            self.store.commit(
+        let committed = self
+            .store
+            .commit(
                 member.id(),
                 self.options.lease,
                 &fences,
                 &last.timestamp,
                 &changes,
                 &self.fold.rows,
-            ),
-            self.source
-                .page(end, self.options.page_events, Duration::ZERO),
-        );
-        let committed = committed.map_err(Failure::from_redis)?;
-        if let (Committed::Written, Ok(next)) = (&committed, next) {
-            if !next.events.is_empty() {
-                self.prefetched = Some((end, next));
-            }
-        }
+            )
+            .await
+            .map_err(Failure::from_redis)?;
         self.fault(false).await;
         match committed {
             Committed::Written => {
@@ -463,8 +470,4 @@ impl Failure {
             ))
         }
     }
-}
-
-fn next_retry(retry: Duration) -> Duration {
-    (retry * 2).clamp(Duration::from_millis(100), RETRY_DELAY_MAX)
 }

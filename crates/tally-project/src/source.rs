@@ -1,4 +1,5 @@
-//! The event feed of a running server (`GET /v1/events`), read page by page with long polls.
+//! The event feed of a running server (`GET /v1/events`), read page by page with long polls,
+//! ahead of the projector ([`ReadAhead`]).
 
 use std::time::{Duration, SystemTime};
 
@@ -7,11 +8,29 @@ use bytes::Bytes;
 use hyper::{Method, StatusCode};
 use serde::Deserialize;
 
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
 use crate::fold::FeedEvent;
 use crate::http::{Connection, Endpoint};
 
 /// Events per page at most, as the server allows.
 pub const PAGE_EVENTS_MAX: u32 = 1000;
+
+/// Pages read ahead and not yet taken, at most: enough to fold several pages into one commit
+/// while catching up, few enough to bound memory (a page is at most 1000 events).
+pub const PAGES_AHEAD_MAX: usize = 4;
+
+/// How long a long poll of the feed waits for the next event.
+const LONG_POLL: Duration = Duration::from_secs(1);
+
+/// The longest pause between retries of a failing feed.
+pub const RETRY_DELAY_MAX: Duration = Duration::from_secs(2);
+
+/// The next pause of a retry loop: doubling from 100 ms up to [`RETRY_DELAY_MAX`].
+pub fn next_retry(retry: Duration) -> Duration {
+    (retry * 2).clamp(Duration::from_millis(100), RETRY_DELAY_MAX)
+}
 
 /// A page of the feed.
 #[derive(Debug, Deserialize)]
@@ -152,4 +171,148 @@ fn check(page: &Page, from: u64) -> anyhow::Result<()> {
 /// Parses an RFC 3339 timestamp of the feed.
 pub fn timestamp(text: &str) -> anyhow::Result<SystemTime> {
     humantime::parse_rfc3339(text).with_context(|| format!("{text:?} is not an RFC 3339 time"))
+}
+
+/// A page the reader read, with the position it starts at.
+type Read = (u64, Result<Page, SourceError>);
+
+/// Reads the feed on a task of its own, up to [`PAGES_AHEAD_MAX`] pages ahead, so that the next
+/// pages are fetched and parsed while the projector folds and commits the current ones. The
+/// projector names the position it needs; pages read for another position (before a lease was
+/// lost, say) are dropped and the reader moves there.
+pub struct ReadAhead {
+    pages: mpsc::Receiver<Read>,
+    seek: watch::Sender<u64>,
+    /// Where the reader's next page starts, as far as the projector knows.
+    expected: u64,
+    task: JoinHandle<()>,
+}
+
+impl ReadAhead {
+    pub fn start(source: Source, from: u64, limit: u32) -> ReadAhead {
+        assert!((1..=PAGE_EVENTS_MAX).contains(&limit));
+        let (pages, receiver) = mpsc::channel(PAGES_AHEAD_MAX);
+        let (seek, position) = watch::channel(from);
+        let task = tokio::spawn(read_ahead(source, position, limit, pages));
+        ReadAhead {
+            pages: receiver,
+            seek,
+            expected: from,
+            task,
+        }
+    }
+
+    /// The page that starts at `from`, waiting up to `wait` for it; `None` when it did not come
+    /// in time. An empty page says the feed had nothing after `from` for a long poll.
+    pub async fn next(&mut self, from: u64, wait: Duration) -> Option<Result<Page, SourceError>> {
+        self.seek_to(from);
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let read = tokio::time::timeout_at(deadline, self.pages.recv())
+                .await
+                .ok()?;
+            if let Some(page) = self.take(from, read) {
+                return Some(page);
+            }
+        }
+    }
+
+    /// The page that starts at `from` if it was read already, without waiting.
+    pub fn ready(&mut self, from: u64) -> Option<Result<Page, SourceError>> {
+        self.seek_to(from);
+        loop {
+            let read = match self.pages.try_recv() {
+                Ok(read) => Some(read),
+                Err(mpsc::error::TryRecvError::Empty) => return None,
+                Err(mpsc::error::TryRecvError::Disconnected) => None,
+            };
+            if let Some(page) = self.take(from, read) {
+                return Some(page);
+            }
+        }
+    }
+
+    fn seek_to(&mut self, from: u64) {
+        if self.expected != from {
+            self.expected = from;
+            self.seek.send_replace(from);
+        }
+    }
+
+    /// `read` if it starts at `from`; `None` (dropping it) otherwise.
+    fn take(&mut self, from: u64, read: Option<Read>) -> Option<Result<Page, SourceError>> {
+        let (start, page) = match read {
+            Some(read) => read,
+            None => return Some(Err(SourceError::Fatal(anyhow!("the feed reader stopped")))),
+        };
+        if start != from {
+            return None;
+        }
+        if let Ok(page) = &page {
+            self.expected = page.events.last().map_or(start, |last| last.position + 1);
+        }
+        Some(page)
+    }
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn read_ahead(
+    mut source: Source,
+    mut seek: watch::Receiver<u64>,
+    limit: u32,
+    pages: mpsc::Sender<Read>,
+) {
+    let mut from = *seek.borrow_and_update();
+    let mut retry = Duration::ZERO;
+    loop {
+        let read = tokio::select! {
+            read = source.page(from, limit, LONG_POLL) => read,
+            changed = seek.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                from = *seek.borrow_and_update();
+                continue;
+            }
+        };
+        // After an error the reader waits before it asks again; the projector decides whether
+        // the error ends it.
+        let (next, delay) = match &read {
+            Ok(page) => (
+                page.events.last().map_or(from, |last| last.position + 1),
+                Duration::ZERO,
+            ),
+            Err(error) => {
+                let cause = match error {
+                    SourceError::Transient(error) | SourceError::Fatal(error) => error,
+                };
+                tracing::debug!("feed read at {from} failed: {cause:#}");
+                (from, next_retry(retry))
+            }
+        };
+        retry = delay;
+        tokio::select! {
+            sent = pages.send((from, read)) => {
+                if sent.is_err() {
+                    return;
+                }
+                from = next;
+                if !delay.is_zero() {
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        changed = seek.changed() => if changed.is_err() { return },
+                    }
+                }
+            }
+            changed = seek.changed() => if changed.is_err() { return },
+        }
+        if seek.has_changed().unwrap_or(false) {
+            from = *seek.borrow_and_update();
+        }
+    }
 }
