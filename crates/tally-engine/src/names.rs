@@ -117,7 +117,7 @@ mod tests {
         let new = (before..ledger.account_count())
             .map(|index| name_of(&ledger, index as AccountIndex))
             .collect();
-        let mut visible = names.subscribe();
+        let visible = names.subscribe();
         names.extend(new, ledger.next_position());
         assert!(visible.has_changed().unwrap());
         assert_eq!(names.get(2).unwrap().id.unwrap().as_str(), "bob");
