@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::limits::{RETRIES_PER_DELIVERY_DEFAULT, SPEC_BYTES_MAX};
-use crate::time::{rfc3339, LocalCalendar};
+use crate::time::{format_rfc3339, rfc3339, LocalCalendar};
 use crate::CampaignError;
 
 /// A gift campaign as defined by its owner: what is given, how much, when, and where deliveries
@@ -141,6 +141,23 @@ impl CampaignSpec {
     /// The calendar of the campaign's time zone, for counting claims per local day.
     pub fn calendar(&self) -> Result<LocalCalendar, CampaignError> {
         LocalCalendar::new(&self.timezone)
+    }
+
+    /// One line that lets the owner see the campaign is the one they meant: pool, limits,
+    /// times (in UTC) and endpoint counts.
+    pub fn summary(&self) -> String {
+        let backup = self.delivery.backup.as_ref().map_or(0, Vec::len);
+        format!(
+            "{} {} in the pool, {} a day ({}), {} per user, {} to {}, {} primary and {backup} backup endpoint(s)",
+            self.inventory,
+            self.gift_ledger,
+            self.daily_limit,
+            self.timezone,
+            self.per_user_limit,
+            format_rfc3339(self.starts_at_ns),
+            format_rfc3339(self.ends_at_ns),
+            self.delivery.primary.len(),
+        )
     }
 
     /// The stored form: compact JSON `{"version":1,"campaign":{...}}` with fields in a fixed

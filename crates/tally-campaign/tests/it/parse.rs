@@ -173,3 +173,12 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn the_summary_names_pool_limits_times_and_endpoints() {
+    assert_eq!(
+        baseline().summary(),
+        "50000 GIFT in the pool, 2000 a day (Europe/Berlin), 3 per user, 2026-03-20T08:00:00Z to \
+         2026-04-30T21:59:59Z, 2 primary and 1 backup endpoint(s)"
+    );
+}
