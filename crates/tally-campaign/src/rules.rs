@@ -170,7 +170,8 @@ impl Found {
     fn add(&mut self, field: impl Into<String>, rule: Rule, message: String, fix: String) {
         let field = field.into();
         assert!(!field.is_empty());
-        assert!(!message.is_empty() && !fix.is_empty());
+        assert!(!message.is_empty());
+        assert!(!fix.is_empty());
         self.0.push(Violation {
             field,
             rule,

@@ -125,6 +125,12 @@ pub(crate) mod rfc3339 {
         fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<u64, A::Error> {
             let datetime: toml::value::Datetime =
                 serde::Deserialize::deserialize(de::value::MapAccessDeserializer::new(map))?;
+            if datetime.time.is_none() {
+                return Err(de::Error::custom(format!(
+                    "`{datetime}` is a date without a time; write a time with an offset, such \
+                     as {datetime}T00:00:00+01:00"
+                )));
+            }
             if datetime.offset.is_none() {
                 return Err(de::Error::custom(format!(
                     "`{datetime}` has no offset, so it names no single instant; write it as \

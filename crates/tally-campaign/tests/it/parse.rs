@@ -93,6 +93,11 @@ fn bad_times_name_the_field_and_the_line() {
     assert_eq!((line, field.as_deref()), (13, Some("starts_at")));
     assert!(message.contains("has no offset"), "{message}");
 
+    let toml = EXAMPLE_TOML.replace("2026-03-20T09:00:00+01:00", "2026-03-20");
+    let (_, field, message) = parse_error(&toml, Format::Toml);
+    assert_eq!(field.as_deref(), Some("starts_at"));
+    assert!(message.contains("a date without a time"), "{message}");
+
     let toml = EXAMPLE_TOML.replace("2026-03-20T09:00:00+01:00", "\"1969-07-20T20:17:00Z\"");
     let (_, field, message) = parse_error(&toml, Format::Toml);
     assert_eq!(field.as_deref(), Some("starts_at"));
