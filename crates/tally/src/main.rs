@@ -2,6 +2,7 @@
 //! off to the library crates; nothing else lives here.
 
 mod bench;
+mod campaign;
 mod keys;
 mod progress;
 mod project;
@@ -52,6 +53,9 @@ enum CommandLine {
     /// Keys and tokens: create and rotate the key pair, issue, inspect and revoke tokens.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// Gift campaigns: check a campaign file against every rule before it is published.
+    #[command(subcommand)]
+    Campaign(campaign::CampaignCommand),
 }
 
 #[derive(clap::Args)]
@@ -146,6 +150,7 @@ fn main() -> ExitCode {
         CommandLine::Status(args) => status::run(args),
         CommandLine::Simulate(args) => simulate::run(args),
         CommandLine::Keys(command) => keys::run(command).map(|()| ExitCode::SUCCESS),
+        CommandLine::Campaign(command) => campaign::run(command),
         CommandLine::BenchOffline(args) => bench::colocation::run(args).map(|()| ExitCode::SUCCESS),
         CommandLine::BenchProject(args) => runtime()
             .and_then(|runtime| runtime.block_on(bench::projection::run(args)))
