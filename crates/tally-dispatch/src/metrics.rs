@@ -109,13 +109,17 @@ impl Metrics {
         let attempts = ATTEMPT_RESULTS.map(|result| {
             let mut labels = labels.clone();
             labels.push(("result", result.to_owned()));
-            self.attempts.get_or_create(&labels).clone()
+            let counter = self.attempts.get_or_create(&labels);
+            counter.clone()
         });
+        let latency = self.attempt_latency.get_or_create(&labels).clone();
+        let ejections = self.ejections.get_or_create(&labels).clone();
+        let readmissions = self.readmissions.get_or_create(&labels).clone();
         EndpointMetrics {
             attempts,
-            latency: self.attempt_latency.get_or_create(&labels).clone(),
-            ejections: self.ejections.get_or_create(&labels).clone(),
-            readmissions: self.readmissions.get_or_create(&labels).clone(),
+            latency,
+            ejections,
+            readmissions,
             window: Stats::new(url),
         }
     }
@@ -128,22 +132,24 @@ impl Metrics {
             labels.push((key, value.to_owned()));
             labels
         };
+        // One `get_or_create` per statement: its guard lives to the end of the statement, and a
+        // second lookup in the same family while it lives would deadlock on a new label.
+        let deliveries = OUTCOMES.map(|outcome| {
+            let counter = self.deliveries.get_or_create(&with("outcome", outcome));
+            counter.clone()
+        });
+        let latency = self.delivery_latency.get_or_create(&labels).clone();
+        let retries = self.retries.get_or_create(&labels).clone();
+        let exhausted = with("reason", "exhausted");
+        let refused_exhausted = self.retries_refused.get_or_create(&exhausted).clone();
+        let low_success = with("reason", "low_success_rate");
+        let refused_low_success = self.retries_refused.get_or_create(&low_success).clone();
         CampaignMetrics {
-            deliveries: OUTCOMES.map(|outcome| {
-                self.deliveries
-                    .get_or_create(&with("outcome", outcome))
-                    .clone()
-            }),
-            latency: self.delivery_latency.get_or_create(&labels).clone(),
-            retries: self.retries.get_or_create(&labels).clone(),
-            refused_exhausted: self
-                .retries_refused
-                .get_or_create(&with("reason", "exhausted"))
-                .clone(),
-            refused_low_success: self
-                .retries_refused
-                .get_or_create(&with("reason", "low_success_rate"))
-                .clone(),
+            deliveries,
+            latency,
+            retries,
+            refused_exhausted,
+            refused_low_success,
             window: Stats::new(campaign),
         }
     }
