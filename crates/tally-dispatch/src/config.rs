@@ -52,6 +52,14 @@ pub struct WebhookConfig {
     pub timeout: Duration,
 }
 
+/// The parsed URIs of a valid configuration.
+#[derive(Debug)]
+pub(crate) struct Uris {
+    pub(crate) primary: Vec<Uri>,
+    pub(crate) backup: Vec<Uri>,
+    pub(crate) webhook: Option<Uri>,
+}
+
 impl DispatchConfig {
     /// A configuration of these primary endpoints with the default settings.
     pub fn new(primary: Vec<String>) -> DispatchConfig {
@@ -70,8 +78,8 @@ impl DispatchConfig {
         }
     }
 
-    /// Checks every setting; the parsed endpoint URIs, primary then backup.
-    pub(crate) fn validate(&self) -> Result<(Vec<Uri>, Vec<Uri>, Option<Uri>), Error> {
+    /// Checks every setting; returns the parsed URIs.
+    pub(crate) fn validate(&self) -> Result<Uris, Error> {
         check(!self.primary.is_empty(), "primary", "must name an endpoint")?;
         let group_max = ENDPOINTS_PER_GROUP_MAX;
         check(
@@ -152,7 +160,11 @@ impl DispatchConfig {
             .iter()
             .map(|url| parse(url))
             .collect::<Result<_, _>>()?;
-        Ok((primary, backup, webhook))
+        Ok(Uris {
+            primary,
+            backup,
+            webhook,
+        })
     }
 
     fn validate_health(&self) -> Result<(), Error> {

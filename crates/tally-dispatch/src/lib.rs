@@ -253,7 +253,7 @@ impl Dispatcher {
     /// Checks `config`, registers the metrics in `registry` and builds the stack. Must be
     /// called inside a Tokio runtime (the webhook worker and the pools run on it).
     pub fn new(config: DispatchConfig, registry: &mut Registry) -> Result<Dispatcher, Error> {
-        let (primary, backup, webhook) = config.validate()?;
+        let uris = config.validate()?;
         let metrics = Metrics::register(registry);
         let now = Instant::now();
         let limits = EndpointLimits {
@@ -292,12 +292,12 @@ impl Dispatcher {
                 next: AtomicUsize::new(0),
             }
         };
-        let groups = [group(primary), group(backup)];
+        let groups = [group(uris.primary), group(uris.backup)];
         let targets = Arc::new(Targets {
             groups,
             budget: Mutex::new(RetryBudget::new(config.retry_budget, now)),
         });
-        let webhook = webhook.map(|uri| {
+        let webhook = uris.webhook.map(|uri| {
             let timeout = config.webhook.as_ref().expect("validated").timeout;
             webhook::start(uri, timeout, &metrics)
         });

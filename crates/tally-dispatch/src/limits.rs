@@ -74,7 +74,7 @@ pub const STATS_WINDOW: Duration = Duration::from_secs(600);
 
 /// Buckets of the statistics window (one a minute).
 pub const STATS_BUCKETS: usize = 10;
-const _: () = assert!(STATS_WINDOW.as_secs() % STATS_BUCKETS as u64 == 0);
+const _: () = assert!(STATS_WINDOW.as_secs().is_multiple_of(STATS_BUCKETS as u64));
 
 /// The longest window of the retry budget or the outlier detector: their rates must describe
 /// the target's recent health, not its history.
