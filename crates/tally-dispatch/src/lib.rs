@@ -41,7 +41,22 @@
 //! # Design
 //!
 //! Every concern is a tower layer or service, so timeouts, retries and limits compose and each
-//! can be read and tested alone; [`stack`](crate::stack) documents their order. The decisions
+//! can be read and tested alone. A delivery goes through, outermost first:
+//!
+//! 1. *observe*: counts the outcome per campaign and offers a statistics event to the webhook
+//!    (never waiting, never failing the delivery);
+//! 2. the *campaign bulkhead*: a campaign at its in-flight cap is answered busy at once, before
+//!    anything queues, so one campaign cannot take the others' slots;
+//! 3. tower's `Retry` with the budget policy: in-process retries at other endpoints, within the
+//!    [`budget`], the call's attempt limit and the order's cap on read timeouts;
+//! 4. *failover*: round robin over the primary endpoints the [`outlier`] detector admits, else
+//!    the backups; feeds each result back to the detector and the budget;
+//! 5. per endpoint: `LoadShed` over `ConcurrencyLimit` (the endpoint bulkhead), `Timeout` (the
+//!    read timeout) and the POST through the endpoint's own pooled client, whose connector has
+//!    the connect timeout, so a connect failure (safe to retry) is told apart from a read
+//!    timeout (the target may have delivered).
+//!
+//! The decisions
 //! that need state over time (the [`budget`] and the [`outlier`] detector) are pure state
 //! machines with time passed in, tested without sockets or sleeping. Every limit is in
 //! [`limits`].
