@@ -182,7 +182,8 @@ type Read = (u64, Result<Page, SourceError>);
 /// lost, say) are dropped and the reader moves there.
 pub struct ReadAhead {
     pages: mpsc::Receiver<Read>,
-    seek: watch::Sender<u64>,
+    /// The projector's seeks: a number that grows with each, and the position.
+    seek: watch::Sender<(u64, u64)>,
     /// Where the reader's next page starts, as far as the projector knows.
     expected: u64,
     task: JoinHandle<()>,
@@ -192,7 +193,7 @@ impl ReadAhead {
     pub fn start(source: Source, from: u64, limit: u32) -> ReadAhead {
         assert!((1..=PAGE_EVENTS_MAX).contains(&limit));
         let (pages, receiver) = mpsc::channel(PAGES_AHEAD_MAX);
-        let (seek, position) = watch::channel(from);
+        let (seek, position) = watch::channel((0, from));
         let task = tokio::spawn(read_ahead(source, position, limit, pages));
         ReadAhead {
             pages: receiver,
@@ -235,7 +236,10 @@ impl ReadAhead {
     fn seek_to(&mut self, from: u64) {
         if self.expected != from {
             self.expected = from;
-            self.seek.send_replace(from);
+            self.seek.send_modify(|(number, position)| {
+                *number += 1;
+                *position = from;
+            });
         }
     }
 
@@ -263,11 +267,13 @@ impl Drop for ReadAhead {
 
 async fn read_ahead(
     mut source: Source,
-    mut seek: watch::Receiver<u64>,
+    mut seek: watch::Receiver<(u64, u64)>,
     limit: u32,
     pages: mpsc::Sender<Read>,
 ) {
-    let mut from = *seek.borrow_and_update();
+    // The last seek taken (its number and position), and where the next page starts.
+    let mut sought = *seek.borrow_and_update();
+    let mut from = sought.1;
     let mut retry = Duration::ZERO;
     loop {
         let read = tokio::select! {
@@ -276,7 +282,8 @@ async fn read_ahead(
                 if changed.is_err() {
                     return;
                 }
-                from = *seek.borrow_and_update();
+                sought = *seek.borrow_and_update();
+                from = sought.1;
                 continue;
             }
         };
@@ -296,6 +303,8 @@ async fn read_ahead(
             }
         };
         retry = delay;
+        // A seek while the page waits for room (or the reader waits to retry) drops the page:
+        // the projector wants another position.
         tokio::select! {
             sent = pages.send((from, read)) => {
                 if sent.is_err() {
@@ -311,8 +320,11 @@ async fn read_ahead(
             }
             changed = seek.changed() => if changed.is_err() { return },
         }
-        if seek.has_changed().unwrap_or(false) {
-            from = *seek.borrow_and_update();
+        // `changed()` marks a seek seen, so compare numbers rather than ask `has_changed`.
+        let wanted = *seek.borrow_and_update();
+        if wanted.0 != sought.0 {
+            sought = wanted;
+            from = wanted.1;
         }
     }
 }
