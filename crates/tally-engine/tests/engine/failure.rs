@@ -207,3 +207,37 @@ async fn refused_writes_append_nothing_keep_reads_and_resume_when_lifted() {
     assert!(handle.durable_position() > durable);
     shutdown(opened.engine).await.unwrap();
 }
+
+/// The account directory the event feed reads names an account only once the batch that opened
+/// it is durable: a failed append names nothing, and a restart names what the log holds.
+#[tokio::test(flavor = "multi_thread")]
+async fn account_names_follow_durable_batches_only() {
+    let storage = MemStorage::new();
+    let opened = open_mem(&storage);
+    let handle = opened.engine.handle();
+    let names = handle.account_names();
+    let first = run(&handle, "open a USD\nopen b EUR").await;
+    assert!(!first.contains("error"), "{first}");
+    assert_eq!(names.visible(), handle.durable_position());
+    // Each new ledger gets its external account first: USD's, a, EUR's, b.
+    let named: Vec<Option<String>> = (0..4)
+        .map(|index| names.get(index).unwrap().id.map(|id| id.to_string()))
+        .collect();
+    assert_eq!(named, [None, Some("a".into()), None, Some("b".into())]);
+    assert_eq!(names.get(1).unwrap().ledger.as_str(), "USD");
+    assert_eq!(names.get(4), None);
+
+    let visible = names.visible();
+    storage.fail_after(0);
+    let failed = handle.execute(commands("open c USD"), Detail::Full).await;
+    assert!(is_unavailable(&failed), "{failed:?}");
+    assert_eq!(names.get(4), None, "a batch that failed names nothing");
+    assert_eq!(names.visible(), visible);
+    assert!(is_unavailable(&shutdown(opened.engine).await));
+
+    let reopened = open_mem(&storage.crash_image(Torn::Nothing));
+    let names = reopened.engine.handle().account_names();
+    assert_eq!(names.visible(), visible);
+    assert_eq!(names.get(3).unwrap().id.unwrap().as_str(), "b");
+    assert_eq!(names.get(4), None);
+}
