@@ -113,7 +113,7 @@ pub struct FeedPage {
     /// The last position scanned: the `after` of the next page. `None` when nothing was scanned
     /// (nothing new yet): ask again with the same `after`.
     pub next: Option<u64>,
-    /// The read model's position when the page was read: events below it are served.
+    /// The end the caller set when the page was read: events below it are served.
     pub end: u64,
 }
 

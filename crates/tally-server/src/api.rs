@@ -355,7 +355,7 @@ pub struct EventsJson {
     /// The last position this page read, kept or not: pass it as `after` for the next page.
     /// Null when there was nothing new to read: ask again later with the same `after`.
     pub next: Option<u64>,
-    /// Events are served below this position (what the read model holds); the log may be ahead.
+    /// Events are served below this position: the durable end of the log when the page was read.
     pub end: u64,
 }
 
