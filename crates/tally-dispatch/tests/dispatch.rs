@@ -355,7 +355,7 @@ async fn a_heavy_campaign_does_not_take_the_light_ones_slots() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_or_hanging_webhook_never_fails_or_slows_a_delivery() {
+async fn a_failing_or_hanging_webhook_never_fails_a_delivery() {
     let target = FakeTarget::start(1).await;
     let webhook = FakeTarget::start(1).await;
     for behaviour in [Behaviour::Hang, Behaviour::Refuse, Behaviour::Status(500)] {
@@ -367,19 +367,11 @@ async fn a_failing_or_hanging_webhook_never_fails_or_slows_a_delivery() {
         });
         let mut registry = Registry::default();
         let dispatcher = Dispatcher::new(config, &mut registry).unwrap();
-        let mut slowest = Duration::ZERO;
         for index in 0..300 {
-            let started = Instant::now();
             let order = order(&format!("webhook{}", behaviour_index(behaviour)), index);
             let attempt = dispatcher.deliver(&order, 0).await;
             assert!(is_delivered(&attempt), "{attempt:?}");
-            slowest = slowest.max(started.elapsed());
         }
-        // A delivery waits for no webhook call, not even its short timeout.
-        assert!(
-            slowest < 20 * MS,
-            "{behaviour:?}: slowest delivery {slowest:?}"
-        );
         tokio::time::sleep(100 * MS).await;
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
@@ -400,6 +392,33 @@ async fn a_failing_or_hanging_webhook_never_fails_or_slows_a_delivery() {
             0
         );
     }
+}
+
+/// A delivery waits for no webhook call, not even its timeout: with a webhook that hangs past
+/// the longest timeout allowed, no delivery takes that long. (Against the timeout itself, not a
+/// few milliseconds, so that a busy machine cannot make the test fail.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_webhook_is_not_waited_for() {
+    let target = FakeTarget::start(1).await;
+    let webhook = FakeTarget::start(1).await;
+    webhook.set(0, Behaviour::Hang).await;
+    let timeout = tally_dispatch::limits::WEBHOOK_TIMEOUT_MAX;
+    let mut config = config(target.urls());
+    config.webhook = Some(WebhookConfig {
+        url: webhook.url(0),
+        timeout,
+    });
+    let dispatcher = Dispatcher::new(config, &mut Registry::default()).unwrap();
+    let mut slowest = Duration::ZERO;
+    for index in 0..300 {
+        let started = Instant::now();
+        let attempt = dispatcher
+            .deliver(&order("hanging-webhook", index), 0)
+            .await;
+        assert!(is_delivered(&attempt), "{attempt:?}");
+        slowest = slowest.max(started.elapsed());
+    }
+    assert!(slowest < timeout, "slowest delivery {slowest:?}");
 }
 
 fn behaviour_index(behaviour: Behaviour) -> usize {
