@@ -5,14 +5,16 @@
 //! or written are an authoritative cache. Before a page is folded, [`Fold::missing`] names the
 //! rows the page needs that the cache lacks; the store loads them ([`Fold::load`]); then
 //! [`Fold::apply`] folds the page and returns what changed, for the store to write in one atomic
-//! commit with the checkpoints. Every row is written whole (never incremented), so writing the
-//! same change twice leaves the same state; the checkpoint is what makes each event count once.
+//! commit with the checkpoints. Every row is written whole (never incremented) and history
+//! entries are keyed by position, so writing the same change twice leaves the same state; the
+//! checkpoint is what makes each event count once.
 //!
 //! The rules mirror `tally_core::Ledger` and the embedded read model (`tally_read`): an account's
 //! version grows by one per event that touches it, creation included; a pending transfer
 //! reserves, a post moves its amount and releases the reservation, a void or an expiry releases.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::fmt::Write as _;
 
 use anyhow::{anyhow, bail, Context};
 use serde::Deserialize;
@@ -121,18 +123,36 @@ impl Missing {
 }
 
 /// What a page changed: the rows to write whole (their values are in [`Fold::rows`]), history
-/// entries to add, pending rows to write or delete.
+/// entries to add, pending rows to write or delete. Hash sets, not ordered ones: the order of
+/// the writes within a commit does not matter, and a fold touches these for every event.
 #[derive(Debug, Default)]
 pub struct Changes {
-    pub accounts: BTreeSet<String>,
-    /// Account id → (position, entry JSON).
-    pub history: BTreeMap<String, Vec<(u64, String)>>,
+    pub accounts: HashSet<String>,
+    /// Account id → its new entries, in log order.
+    pub history: HashMap<String, Vec<HistoryEntry>>,
     /// Position → the row to write, or `None` to delete it.
-    pub pendings: BTreeMap<u64, Option<PendingRow>>,
-    pub ledgers: BTreeSet<String>,
-    pub days: BTreeSet<(String, String)>,
+    pub pendings: HashMap<u64, Option<PendingRow>>,
+    pub ledgers: HashSet<String>,
+    pub days: HashSet<(String, String)>,
     /// Events of the page applied to owned partitions.
     pub applied: u64,
+}
+
+/// One entry of an account's history: what `GET /v1/accounts/{id}/history` lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryEntry {
+    pub position: u64,
+    /// 0 for the debit side, 1 for the credit side: with the position, a unique, growing id.
+    pub side: u8,
+    /// The entry as the API renders it.
+    pub json: String,
+}
+
+impl HistoryEntry {
+    /// Its id in the account's stream: `{position}-{side}`, which grows along the log.
+    pub fn id(&self) -> String {
+        format!("{}-{}", self.position, self.side)
+    }
 }
 
 /// The partitions a member owns, each with its checkpoint: the next position it applies.
@@ -167,7 +187,7 @@ pub struct Fold {
 /// accounts of expiries.
 pub const LOAD_ROUNDS_MAX: usize = 2;
 
-/// The cache is dropped after a commit once it holds more rows than this: everything in it is
+/// The cache is dropped before a fold once it holds more rows than this: everything in it is
 /// also in the store, so dropping costs reloads, never correctness.
 pub const CACHED_ROWS_MAX: usize = 500_000;
 
@@ -177,11 +197,9 @@ impl Fold {
         self.rows = Rows::default();
     }
 
-    /// Drops the cache when it grew past [`CACHED_ROWS_MAX`].
-    pub fn bound(&mut self) {
-        if self.rows.len() > CACHED_ROWS_MAX {
-            self.clear();
-        }
+    /// Whether the cache grew past [`CACHED_ROWS_MAX`] and should be dropped.
+    pub fn is_full(&self) -> bool {
+        self.rows.len() > CACHED_ROWS_MAX
     }
 
     /// The rows `events` need that the cache lacks. Pending transfers are looked up for every
@@ -190,7 +208,8 @@ impl Fold {
     /// accounts). Ask until nothing is missing: at most [`LOAD_ROUNDS_MAX`] rounds.
     pub fn missing(&self, events: &[FeedEvent], owned: &Ownership<'_>) -> Missing {
         let mut missing = Missing::default();
-        let mut created = BTreeSet::new();
+        let mut created = HashSet::new();
+        let mut days = HashSet::new();
         for event in events {
             let mut pending = |position: Option<u64>| {
                 if let Some(position) = position {
@@ -213,7 +232,7 @@ impl Fold {
                         }
                         for account in [&row.from, &row.to].into_iter().flatten() {
                             if !self.rows.accounts.contains_key(account)
-                                && !created.contains(account)
+                                && !created.contains(account.as_str())
                             {
                                 missing.accounts.insert(account.clone());
                             }
@@ -235,16 +254,20 @@ impl Fold {
             }
             if event.event_type == "account_created" {
                 if let Some(account) = &event.account {
-                    created.insert(account.clone());
+                    created.insert(account.as_str());
                 }
                 continue;
             }
             for account in [&event.from, &event.to].into_iter().flatten() {
-                if !self.rows.accounts.contains_key(account) && !created.contains(account) {
+                if !self.rows.accounts.contains_key(account) && !created.contains(account.as_str())
+                {
                     missing.accounts.insert(account.clone());
                 }
             }
-            let day = (ledger.to_owned(), day_of(&event.timestamp).to_owned());
+            days.insert((ledger, day_of(&event.timestamp)));
+        }
+        for (ledger, day) in days {
+            let day = (ledger.to_owned(), day.to_owned());
             if !self.rows.days.contains_key(&day) {
                 missing.days.insert(day);
             }
@@ -330,7 +353,7 @@ impl Fold {
         );
         changes.accounts.insert(account);
         self.ledger(ledger)?.accounts += 1;
-        changes.ledgers.insert(ledger.to_owned());
+        mark(&mut changes.ledgers, ledger);
         Ok(())
     }
 
@@ -340,15 +363,15 @@ impl Fold {
         ledger: &str,
         changes: &mut Changes,
     ) -> anyhow::Result<()> {
-        let kind = field(event.kind.clone(), "kind")?;
+        let kind = field(event.kind.as_deref(), "kind")?;
         let amount = field(event.amount, "amount")?;
-        let transfer_id = field(event.transfer_id.clone(), "transfer_id")?;
-        let (from, to) = (event.from.clone(), event.to.clone());
-        match kind.as_str() {
+        let transfer_id = field(event.transfer_id.as_deref(), "transfer_id")?;
+        let (from, to) = (&event.from, &event.to);
+        match kind {
             "deposit" | "withdrawal" | "transfer" => {
-                self.moved(event, (&from, &to), amount, &transfer_id, &kind, changes)?;
+                self.moved(event, (from, to), amount, transfer_id, kind, changes)?;
                 let totals = self.ledger(ledger)?;
-                match kind.as_str() {
+                match kind {
                     "deposit" => totals.deposited += u128::from(amount),
                     "withdrawal" => totals.withdrawn += u128::from(amount),
                     _ => {}
@@ -356,12 +379,12 @@ impl Fold {
                 self.count(ledger, &event.timestamp, amount, changes)?;
             }
             "pending" => {
-                for (account, side) in [(&from, Side::Debit), (&to, Side::Credit)] {
+                for (account, side) in [(from, Side::Debit), (to, Side::Credit)] {
                     self.touch(
                         account,
                         event,
-                        &transfer_id,
-                        &kind,
+                        transfer_id,
+                        kind,
                         side,
                         amount,
                         changes,
@@ -372,9 +395,9 @@ impl Fold {
                     event.position,
                     Some(PendingRow {
                         ledger: ledger.to_owned(),
-                        transfer_id: transfer_id.clone(),
-                        from,
-                        to,
+                        transfer_id: transfer_id.to_owned(),
+                        from: from.clone(),
+                        to: to.clone(),
                         amount,
                     }),
                 );
@@ -387,19 +410,19 @@ impl Fold {
             }
             "post" | "void" => {
                 let pending = self.take_pending(event, changes)?;
-                if pending.from != from || pending.to != to || amount > pending.amount {
+                if pending.from != *from || pending.to != *to || amount > pending.amount {
                     bail!(
                         "{kind} {transfer_id} does not match its pending transfer {}",
                         pending.transfer_id
                     );
                 }
                 let posted = if kind == "post" { amount } else { 0 };
-                for (account, side) in [(&from, Side::Debit), (&to, Side::Credit)] {
+                for (account, side) in [(from, Side::Debit), (to, Side::Credit)] {
                     self.touch(
                         account,
                         event,
-                        &transfer_id,
-                        &kind,
+                        transfer_id,
+                        kind,
                         side,
                         amount,
                         changes,
@@ -418,7 +441,7 @@ impl Fold {
             }
             other => bail!("unknown transfer kind {other:?}"),
         }
-        changes.ledgers.insert(ledger.to_owned());
+        mark(&mut changes.ledgers, ledger);
         Ok(())
     }
 
@@ -496,21 +519,37 @@ impl Fold {
         row.version += 1;
         // The JSON of `GET /v1/accounts/{id}/history`'s entries, keys sorted, written directly:
         // two entries per event make this the fold's hottest line.
-        let entry = format!(
-            r#"{{"amount":{amount},"balance_after":{},"kind":{},"position":{},"side":"{}","timestamp":{},"transfer_id":{}}}"#,
-            row.balance,
-            json_string(kind),
+        let mut json = String::with_capacity(192);
+        write!(
+            json,
+            r#"{{"amount":{amount},"balance_after":{},"kind":"#,
+            row.balance
+        )
+        .expect("writing to a String");
+        push_json_string(&mut json, kind);
+        write!(
+            json,
+            r#","position":{},"side":"{}","timestamp":"#,
             event.position,
-            side.name(),
-            json_string(&event.timestamp),
-            json_string(transfer_id),
-        );
-        changes.accounts.insert(account.clone());
-        changes
-            .history
-            .entry(account.clone())
-            .or_default()
-            .push((event.position, entry));
+            side.name()
+        )
+        .expect("writing to a String");
+        push_json_string(&mut json, &event.timestamp);
+        json.push_str(r#","transfer_id":"#);
+        push_json_string(&mut json, transfer_id);
+        json.push('}');
+        let entry = HistoryEntry {
+            position: event.position,
+            side: side as u8,
+            json,
+        };
+        mark(&mut changes.accounts, account);
+        match changes.history.get_mut(account) {
+            Some(entries) => entries.push(entry),
+            None => {
+                changes.history.insert(account.clone(), vec![entry]);
+            }
+        }
         Ok(())
     }
 
@@ -550,7 +589,9 @@ impl Fold {
             .get_or_insert_with(DayRow::default);
         day.transfers += 1;
         day.volume += u128::from(amount);
-        changes.days.insert(key);
+        if !changes.days.contains(&key) {
+            changes.days.insert(key);
+        }
         Ok(())
     }
 
@@ -566,8 +607,8 @@ impl Fold {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Side {
-    Debit,
-    Credit,
+    Debit = 0,
+    Credit = 1,
 }
 
 impl Side {
@@ -621,8 +662,26 @@ fn post(row: &mut AccountRow, side: Side, amount: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn json_string(text: &str) -> String {
-    serde_json::to_string(text).expect("a string serializes")
+/// Adds `name` to a set of changed keys, allocating only the first time.
+fn mark(set: &mut HashSet<String>, name: &str) {
+    if !set.contains(name) {
+        set.insert(name.to_owned());
+    }
+}
+
+/// Appends `text` as a JSON string. Ids, kinds and timestamps rarely need escaping, so the
+/// common case copies them as they are.
+fn push_json_string(out: &mut String, text: &str) {
+    if text
+        .bytes()
+        .any(|byte| byte == b'"' || byte == b'\\' || byte < 0x20)
+    {
+        out.push_str(&serde_json::to_string(text).expect("a string serializes"));
+    } else {
+        out.push('"');
+        out.push_str(text);
+        out.push('"');
+    }
 }
 
 fn field<T>(value: Option<T>, name: &str) -> anyhow::Result<T> {
@@ -744,7 +803,7 @@ mod tests {
             }
         );
         assert_eq!(changes.history["a"].len(), 8);
-        let expired: Value = serde_json::from_str(&changes.history["a"][7].1).unwrap();
+        let expired: Value = serde_json::from_str(&changes.history["a"][7].json).unwrap();
         assert_eq!(
             expired,
             json!({"amount": 7, "balance_after": 55, "kind": "expire", "position": 9, "side": "debit", "timestamp": DAY2, "transfer_id": "p3"})

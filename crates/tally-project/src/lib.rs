@@ -9,11 +9,13 @@
 //! - the ledgers are split into a fixed number of partitions ([`fold::partition_of`]); each
 //!   partition has a checkpoint (the next log position it applies) and a lease, both in Redis;
 //! - a member applies a page of events to the partitions it holds and writes the rows and the
-//!   new checkpoints in one Lua script that first checks its leases ([`store`]); a crash before
-//!   the script changes nothing, a crash after it loses nothing, and a member whose lease moved
+//!   new checkpoints in one transaction fenced by its leases ([`store`]); a crash before the
+//!   transaction changes nothing, a crash after it loses nothing, and a member whose lease moved
 //!   on writes nothing;
-//! - every row is written whole, so the only thing that decides whether an event counted is the
-//!   checkpoint written with it.
+//! - every row is written whole, and a history entry's id is its log position, so the only
+//!   thing that decides whether an event counted is the checkpoint written with it;
+//! - one commit is in flight at a time while the next pages are folded on top of it; when it
+//!   fails, what was folded after it is dropped unsent.
 //!
 //! Members heartbeat into the group; partition `p` belongs to the `p mod n`-th live member by
 //! name, so when one joins or leaves the others give up or take partitions at their next tick
@@ -38,7 +40,7 @@ use crate::fold::{Fold, Ownership};
 use crate::group::Member;
 use crate::metrics::Metrics;
 use crate::source::{next_retry, ReadAhead, Source, SourceError, PAGE_EVENTS_MAX};
-use crate::store::{Committed, Keys, RedisStore};
+use crate::store::{Commit, Committed, Keys, Lease, RedisStore, Transactions};
 
 /// Partitions of a new group unless `--partitions` says otherwise: enough to spread over a
 /// handful of members, few enough that each commit fences them all cheaply.
@@ -170,7 +172,10 @@ pub async fn run(
 ) -> anyhow::Result<Summary> {
     options.validate()?;
     let keys = Keys::new(&options.prefix, &options.group);
-    let mut store = RedisStore::connect(&options.store, keys).await?;
+    let mut store = RedisStore::connect(&options.store, keys.clone()).await?;
+    // Commits have a connection of their own: `WATCH` is state of the connection, and a commit
+    // runs while the next pages are loaded and folded.
+    let committer = RedisStore::connect(&options.store, keys.clone()).await?;
     let mut source = Source::new(&options.source, options.token.as_deref()).await?;
     let stop_at = if options.rebuild {
         let deleted = store.delete_everything().await?;
@@ -199,6 +204,9 @@ pub async fn run(
         options,
         metrics,
         store,
+        transactions: std::sync::Arc::new(Transactions::new(keys)),
+        committer: Some(committer),
+        in_flight: None,
         reader: ReadAhead::start(source, 0, page_events),
         fold: Fold::default(),
         summary: Summary::default(),
@@ -207,6 +215,12 @@ pub async fn run(
     tokio::pin!(shutdown);
     let started = Instant::now();
     let result = projector.follow(&mut member, stop_at, &mut shutdown).await;
+    // What is still on its way lands (or not) before the leases go, so the summary counts it.
+    if let Err(Failure::Transient(error) | Failure::Fatal(error)) =
+        projector.settle(&mut member).await
+    {
+        tracing::warn!("the last commit's outcome is unknown: {error:#}");
+    }
     member.leave(&mut projector.store).await;
     projector.summary.elapsed = started.elapsed();
     projector.summary.position = stop_at;
@@ -216,7 +230,14 @@ pub async fn run(
 struct Projector {
     options: Options,
     metrics: Metrics,
+    /// Loads rows and keeps the group's membership and leases.
     store: RedisStore,
+    transactions: std::sync::Arc<Transactions>,
+    /// Sends commits; away (with the task that uses it) while a commit is in flight.
+    committer: Option<RedisStore>,
+    /// At most one commit is in flight, so commits land in order and one that fails is the
+    /// last one sent.
+    in_flight: Option<InFlight>,
     reader: ReadAhead,
     fold: Fold,
     summary: Summary,
@@ -239,6 +260,17 @@ impl Projector {
                 }
             }
             if Instant::now() >= self.next_tick {
+                // A tick may give partitions up or take new ones, which clears the cache that
+                // the commit in flight was folded on: it lands first.
+                if let Err(failure) = self.settle(member).await {
+                    match failure {
+                        Failure::Fatal(error) => return Err(error),
+                        Failure::Transient(error) => {
+                            retry = self.recover(member, error, retry).await;
+                            continue;
+                        }
+                    }
+                }
                 if let Err(error) = member
                     .tick(&mut self.store, &mut self.fold, &self.metrics)
                     .await
@@ -250,11 +282,17 @@ impl Projector {
             if let Some(stop) = stop_at {
                 let done = member.owned().len() as u32 == member.partitions()
                     && member.owned().values().all(|lease| lease.position >= stop);
-                if done {
+                if done && self.in_flight.is_none() {
                     return Ok(());
                 }
             }
-            let Some(from) = member.owned().values().map(|lease| lease.position).min() else {
+            // Where the next page starts: after the commit in flight, which moves every
+            // partition behind its end to its end, or at the lowest checkpoint.
+            let from = match &self.in_flight {
+                Some(flight) => Some(flight.end),
+                None => member.owned().values().map(|lease| lease.position).min(),
+            };
+            let Some(from) = from else {
                 tokio::select! {
                     () = tokio::time::sleep_until(self.next_tick.into()) => {}
                     () = shutdown.as_mut() => return Ok(()),
@@ -264,6 +302,17 @@ impl Projector {
             let wait = self.next_tick.saturating_duration_since(Instant::now());
             let page = tokio::select! {
                 page = self.reader.next(from, wait) => page,
+                joined = landed(&mut self.in_flight) => {
+                    let flight = self.in_flight.take().expect("the commit that landed");
+                    match self.finish(member, flight, joined).await {
+                        Ok(_) => {}
+                        Err(Failure::Fatal(error)) => return Err(error),
+                        Err(Failure::Transient(error)) => {
+                            retry = self.recover(member, error, retry).await;
+                        }
+                    }
+                    continue;
+                }
                 () = shutdown.as_mut() => return Ok(()),
             };
             let Some(page) = page else {
@@ -289,18 +338,11 @@ impl Projector {
                 .unwrap_or_default();
             self.metrics.lag_seconds.set(age.as_secs_f64());
             let events = self.gather(page)?;
-            match self.apply(member, &events).await {
+            match self.apply(member, events).await {
                 Ok(()) => retry = Duration::ZERO,
                 Err(Failure::Fatal(error)) => return Err(error),
                 Err(Failure::Transient(error)) => {
-                    // The commit's outcome is unknown: what Redis holds decides, so the cache
-                    // goes, and the leases are read again for their checkpoints.
-                    self.fold.clear();
-                    member
-                        .forget_positions(&mut self.store, &self.metrics)
-                        .await;
-                    retry = next_retry(retry);
-                    tracing::warn!("cannot write to Redis (retrying in {retry:?}): {error:#}");
+                    retry = self.recover(member, error, retry).await;
                 }
             }
             if let Some(stop) = stop_at {
@@ -335,14 +377,26 @@ impl Projector {
         Ok(events)
     }
 
-    /// Folds events into the owned partitions and commits them with their checkpoints.
+    /// Folds events into the owned partitions and sends them with their checkpoints, once the
+    /// commit before them landed.
+    ///
+    /// The fold runs while that commit is still in flight, on a cache that already holds its
+    /// rows: a row the cache lacks is not one it writes, so loading it reads what Redis will
+    /// hold either way. Should the commit in flight fail, this one is dropped unsent, the cache
+    /// with it, and the pages are read again from the checkpoints.
     async fn apply(
         &mut self,
         member: &mut Member,
-        events: &[fold::FeedEvent],
+        events: Vec<fold::FeedEvent>,
     ) -> Result<(), Failure> {
-        let last = events.last().expect("a page with events");
-        let end = last.position + 1;
+        if self.fold.is_full() {
+            // Dropping rows a commit in flight writes would let a load read them stale.
+            if !self.settle(member).await? {
+                return Ok(());
+            }
+            self.fold.clear();
+        }
+        let end = events.last().expect("a page with events").position + 1;
         let checkpoints: BTreeMap<u32, u64> = member
             .owned()
             .iter()
@@ -353,7 +407,7 @@ impl Projector {
             checkpoints: &checkpoints,
         };
         for _ in 0..fold::LOAD_ROUNDS_MAX {
-            let missing = self.fold.missing(events, &ownership);
+            let missing = self.fold.missing(&events, &ownership);
             if missing.is_empty() {
                 break;
             }
@@ -365,58 +419,163 @@ impl Projector {
             self.fold.load(rows);
         }
         assert!(
-            self.fold.missing(events, &ownership).is_empty(),
+            self.fold.missing(&events, &ownership).is_empty(),
             "every row a page needs is loaded within LOAD_ROUNDS_MAX rounds"
         );
-        let changes = self
-            .fold
-            .apply(events, &ownership)
-            .context("the feed contradicts the read model in Redis")
-            .map_err(Failure::Fatal)?;
-        // Only partitions the page moves are fenced: one acquired further on is not behind.
-        let fences = member
+        // Only partitions the page moves are fenced: one acquired further on is not behind. The
+        // commit in flight moves the same partitions (to its end, which is before this one's).
+        let fences: BTreeMap<u32, (Lease, u64)> = member
             .owned()
             .iter()
             .filter(|(_, lease)| lease.position < end)
             .map(|(partition, lease)| (*partition, (*lease, end)))
             .collect();
+        // Folding and building the transaction is the CPU-heavy part: it runs on a blocking
+        // thread, so the async threads keep the commit in flight and the reader moving.
+        let mut fold = std::mem::take(&mut self.fold);
+        let transactions = self.transactions.clone();
+        let partitions = member.partitions();
+        let member_id = member.id().to_owned();
+        let lease = self.options.lease;
+        let folded = tokio::task::spawn_blocking(move || {
+            let ownership = Ownership {
+                partitions,
+                checkpoints: &checkpoints,
+            };
+            let prepared = fold
+                .apply(&events, &ownership)
+                .context("the feed contradicts the read model in Redis")
+                .and_then(|changes| {
+                    let last = events.last().expect("a page with events");
+                    let commit = transactions.prepare(
+                        &member_id,
+                        lease,
+                        fences,
+                        &last.timestamp,
+                        &changes,
+                        &fold.rows,
+                    )?;
+                    // The events of a batch share its time: each is parsed once.
+                    let mut last_time: Option<(&str, SystemTime)> = None;
+                    let logged: Vec<SystemTime> = events
+                        .iter()
+                        .filter_map(|event| match last_time {
+                            Some((text, time)) if text == event.timestamp => Some(time),
+                            _ => {
+                                let time = source::timestamp(&event.timestamp).ok()?;
+                                last_time = Some((&event.timestamp, time));
+                                Some(time)
+                            }
+                        })
+                        .collect();
+                    Ok((commit, changes.applied, logged))
+                });
+            (fold, prepared)
+        })
+        .await;
+        let (fold, prepared) = match folded {
+            Ok(folded) => folded,
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            Err(error) => return Err(Failure::Fatal(anyhow!("the fold stopped: {error}"))),
+        };
+        self.fold = fold;
+        let (commit, applied, logged) = prepared.map_err(Failure::Fatal)?;
+        if !self.settle(member).await? {
+            return Ok(());
+        }
         self.fault(true).await;
-        let committed = self
-            .store
-            .commit(
-                member.id(),
-                self.options.lease,
-                &fences,
-                &last.timestamp,
-                &changes,
-                &self.fold.rows,
-            )
-            .await
-            .map_err(Failure::from_redis)?;
-        self.fault(false).await;
-        match committed {
+        self.send(commit, end, applied, logged);
+        Ok(())
+    }
+
+    /// Sends `commit` from a task of its own, so that the next pages are folded meanwhile.
+    fn send(&mut self, commit: Commit, end: u64, applied: u64, logged: Vec<SystemTime>) {
+        assert!(self.in_flight.is_none(), "one commit in flight at most");
+        let mut committer = self.committer.take().expect("the committer is home");
+        let fences = commit.fences.clone();
+        let task = tokio::spawn(async move {
+            let committed = committer.commit(&commit).await;
+            (committer, committed)
+        });
+        self.in_flight = Some(InFlight {
+            task,
+            fences,
+            end,
+            applied,
+            logged,
+        });
+    }
+
+    /// Waits for the commit in flight, if any. `Ok(false)`: it was fenced, and the cache and
+    /// the lost partition are gone.
+    async fn settle(&mut self, member: &mut Member) -> Result<bool, Failure> {
+        let Some(mut flight) = self.in_flight.take() else {
+            return Ok(true);
+        };
+        let joined = (&mut flight.task).await;
+        self.finish(member, flight, joined).await
+    }
+
+    /// Takes in the outcome of a commit that was in flight.
+    async fn finish(
+        &mut self,
+        member: &mut Member,
+        flight: InFlight,
+        joined: Result<CommitOutcome, tokio::task::JoinError>,
+    ) -> Result<bool, Failure> {
+        let (committer, committed) = match joined {
+            Ok(outcome) => outcome,
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            Err(error) => return Err(Failure::Fatal(anyhow!("the commit task stopped: {error}"))),
+        };
+        self.committer = Some(committer);
+        match committed.map_err(Failure::from_redis)? {
             Committed::Written => {
-                member.advance(&fences, &self.metrics);
+                self.fault(false).await;
+                member.advance(&flight.fences, &self.metrics);
                 self.summary.commits += 1;
-                self.summary.events += changes.applied;
+                self.summary.events += flight.applied;
                 self.metrics.commits.inc();
-                self.metrics.events.inc_by(changes.applied);
+                self.metrics.events.inc_by(flight.applied);
                 let now = SystemTime::now();
-                self.metrics
-                    .observe_delays(events.iter().filter_map(|event| {
-                        let at = source::timestamp(&event.timestamp).ok()?;
-                        Some(now.duration_since(at).unwrap_or_default().as_secs_f64())
-                    }));
-                self.fold.bound();
+                self.metrics.observe_delays(
+                    flight
+                        .logged
+                        .iter()
+                        .map(|at| now.duration_since(*at).unwrap_or_default().as_secs_f64()),
+                );
+                Ok(true)
             }
             Committed::Fenced(partition) => {
                 tracing::warn!(partition, "lost the lease of partition {partition} to another member; its rows are theirs now");
                 self.metrics.fenced.inc();
                 self.fold.clear();
                 member.lose(partition, &self.metrics);
+                Ok(false)
             }
         }
-        Ok(())
+    }
+
+    /// After Redis failed: the outcome of the last commit is unknown, so what Redis holds
+    /// decides. The cache goes and the leases are read again for their checkpoints. Returns the
+    /// pause before the next try.
+    async fn recover(
+        &mut self,
+        member: &mut Member,
+        error: anyhow::Error,
+        retry: Duration,
+    ) -> Duration {
+        // A failed load may leave a commit in flight: it ends before the checkpoints are read.
+        if let Err(Failure::Transient(error) | Failure::Fatal(error)) = self.settle(member).await {
+            tracing::warn!("the commit in flight failed too: {error:#}");
+        }
+        self.fold.clear();
+        member
+            .forget_positions(&mut self.store, &self.metrics)
+            .await;
+        let retry = next_retry(retry);
+        tracing::warn!("cannot write to Redis (retrying in {retry:?}): {error:#}");
+        retry
     }
 
     /// Fires the test's fault point, once.
@@ -441,6 +600,29 @@ impl Projector {
             }
             _ => {}
         }
+    }
+}
+
+/// What a commit task hands back: its connection, and whether the commit landed.
+type CommitOutcome = (RedisStore, anyhow::Result<Committed>);
+
+/// A commit sent and not yet answered.
+struct InFlight {
+    task: tokio::task::JoinHandle<CommitOutcome>,
+    fences: BTreeMap<u32, (Lease, u64)>,
+    /// The position after its last event.
+    end: u64,
+    /// Events it applies to owned partitions.
+    applied: u64,
+    /// When each of its events entered the log, for the delay metric.
+    logged: Vec<SystemTime>,
+}
+
+/// The outcome of the commit in flight, once it lands; never, when there is none.
+async fn landed(in_flight: &mut Option<InFlight>) -> Result<CommitOutcome, tokio::task::JoinError> {
+    match in_flight {
+        Some(flight) => (&mut flight.task).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -14,7 +14,7 @@
 //! | key | type | content |
 //! |-----|------|---------|
 //! | `account:{id}` | hash | `ledger`, `balance`, `debits`, `credits`, `debits_pending`, `credits_pending`, `allow_overdraft` (0/1), `version` |
-//! | `history:{id}` | sorted set | one JSON entry per event (as `GET /v1/accounts/{id}/history`), scored by position |
+//! | `history:{id}` | stream | one entry per event (field `entry`: its JSON, as `GET /v1/accounts/{id}/history`), id `{position}-{side}` (0 debit, 1 credit) |
 //! | `ledger:{code}` | hash | `accounts`, `transfers`, `volume`, `deposited`, `withdrawn`, `pending`, `pending_amount` |
 //! | `daily:{code}:{YYYY-MM-DD}` | hash | `transfers`, `volume` (UTC days) |
 //! | `days:{code}` | sorted set | the days of `daily:`, scored `YYYYMMDD` |
@@ -31,9 +31,6 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncCommands, Script};
 
 use crate::fold::{AccountRow, Changes, DayRow, LedgerRow, Missing, PendingRow, Rows};
-
-/// History entries per `ZADD` in a commit; keeps each command's arguments bounded.
-const HISTORY_ENTRIES_PER_COMMAND: usize = 500;
 
 /// How long one Redis call may take before the member treats the connection as broken.
 pub const REDIS_CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -59,6 +56,22 @@ impl Keys {
 
     pub fn history(&self, id: &str) -> String {
         format!("{}history:{id}", self.prefix)
+    }
+
+    /// [`Keys::account`], into `key`.
+    fn account_into(&self, key: &mut String, id: &str) {
+        key.clear();
+        key.push_str(&self.prefix);
+        key.push_str("account:");
+        key.push_str(id);
+    }
+
+    /// [`Keys::history`], into `key`.
+    fn history_into(&self, key: &mut String, id: &str) {
+        key.clear();
+        key.push_str(&self.prefix);
+        key.push_str("history:");
+        key.push_str(id);
     }
 
     pub fn ledger(&self, code: &str) -> String {
@@ -152,17 +165,29 @@ return redis.call('ZRANGE', KEYS[1], 0, -1)
 ";
 
 /// KEYS: the partitions a commit moves; ARGV: member, then the token of each partition. Returns
-/// {0, now} when the member holds every lease, or {i, now} for the first lease it does not hold
-/// (by KEYS index), with `now` on Redis's clock in milliseconds.
+/// 0 when the member holds every lease, or i for the first lease it does not hold (by KEYS
+/// index).
 const FENCES: &str = r"
 local now = now_ms()
 for i, key in ipairs(KEYS) do
   local s = redis.call('HMGET', key, 'owner', 'token', 'expires_ms')
   if s[1] ~= ARGV[1] or s[2] ~= ARGV[i + 1] or tonumber(s[3] or '0') <= now then
-    return {i, now}
+    return i
   end
 end
-return {0, now}
+return 0
+";
+
+/// Sent inside a commit's `MULTI`, last. KEYS: the partitions it moves; ARGV: lease ms, the
+/// last event's timestamp, then the new checkpoint of each partition. Moves the checkpoints and
+/// renews the leases on Redis's clock (a plain `HSET` could not read it).
+const CHECKPOINTS: &str = r"
+local now = now_ms()
+for i, key in ipairs(KEYS) do
+  redis.call('HSET', key, 'position', ARGV[i + 2], 'expires_ms', now + tonumber(ARGV[1]),
+    'event_timestamp', ARGV[2], 'applied_ms', now)
+end
+return 0
 ";
 
 /// How many times a commit is tried when its transaction was aborted although every lease was
@@ -180,6 +205,15 @@ pub struct Lease {
     pub token: u64,
     /// The checkpoint: the next position to apply.
     pub position: u64,
+}
+
+/// A commit ready to send: the writes of the events it applies, and the partitions it moves.
+pub struct Commit {
+    member: String,
+    /// Partition → (the lease it is written under, its new checkpoint).
+    pub fences: BTreeMap<u32, (Lease, u64)>,
+    /// The transaction: the rows, then the checkpoints.
+    writes: redis::Pipeline,
 }
 
 /// The outcome of a commit.
@@ -214,7 +248,12 @@ pub struct RedisStore {
 
 impl RedisStore {
     pub async fn connect(url: &str, keys: Keys) -> anyhow::Result<RedisStore> {
-        let client = redis::Client::open(url)
+        let info = redis::IntoConnectionInfo::into_connection_info(url)
+            .with_context(|| format!("{url} is not a Redis URL (redis://HOST:PORT[/DB])"))?
+            // Without it, Nagle's algorithm holds the tail of a large transaction back until
+            // Redis acknowledges the rest, which it may delay by up to 40 ms.
+            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+        let client = redis::Client::open(info)
             .with_context(|| format!("{url} is not a Redis URL (redis://HOST:PORT[/DB])"))?;
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(REDIS_CALL_TIMEOUT))
@@ -402,9 +441,8 @@ impl RedisStore {
         Ok(rows)
     }
 
-    /// Writes `changes` (with the values in `rows`) and moves every fenced partition's
-    /// checkpoint to its new position, in one transaction, if and only if `member` still holds
-    /// each lease with its token.
+    /// Sends `commit`: its writes and every fenced partition's new checkpoint, in one
+    /// transaction, if and only if its member still holds each lease with its token.
     ///
     /// The fence is optimistic: the partitions' keys are watched, the leases checked (on Redis's
     /// clock), and the writes sent as one `MULTI`/`EXEC`. Any other member that takes a lease
@@ -413,16 +451,11 @@ impl RedisStore {
     /// half of what the same commands cost called from a Lua script: Redis's `SLOWLOG` put the
     /// Lua commit of a page of 1,000 transfers at about 19 ms, `redis-benchmark` runs that many
     /// such commands, pipelined, in about 8 ms.
-    pub async fn commit(
-        &mut self,
-        member: &str,
-        lease: Duration,
-        fences: &BTreeMap<u32, (Lease, u64)>,
-        event_timestamp: &str,
-        changes: &Changes,
-        rows: &Rows,
-    ) -> anyhow::Result<Committed> {
-        let order: Vec<u32> = fences.keys().copied().collect();
+    ///
+    /// `WATCH` is state of the connection: a store that commits must not be used for anything
+    /// else until the commit returns (the projector keeps a second store for its commits).
+    pub async fn commit(&mut self, commit: &Commit) -> anyhow::Result<Committed> {
+        let order: Vec<u32> = commit.fences.keys().copied().collect();
         let partition_keys: Vec<String> = order
             .iter()
             .map(|partition| self.keys.partition(*partition))
@@ -433,11 +466,11 @@ impl RedisStore {
                 .query_async(&mut self.connection)
                 .await?;
             let mut check = self.fences.prepare_invoke();
-            check.arg(member);
-            for (key, (held, _)) in partition_keys.iter().zip(fences.values()) {
+            check.arg(&commit.member);
+            for (key, (held, _)) in partition_keys.iter().zip(commit.fences.values()) {
                 check.key(key).arg(held.token);
             }
-            let (failed, now_ms): (usize, u64) = check.invoke_async(&mut self.connection).await?;
+            let failed: usize = check.invoke_async(&mut self.connection).await?;
             if failed != 0 {
                 let () = redis::cmd("UNWATCH")
                     .query_async(&mut self.connection)
@@ -447,24 +480,7 @@ impl RedisStore {
                 })?;
                 return Ok(Committed::Fenced(*partition));
             }
-            // The checkpoints go last, as a rule of the layout: even a transaction Redis broke
-            // off half-way never claims rows it did not write.
-            let mut writes = self.writes(changes, rows)?;
-            for (key, (_, position)) in partition_keys.iter().zip(fences.values()) {
-                writes
-                    .cmd("HSET")
-                    .arg(key)
-                    .arg("position")
-                    .arg(position)
-                    .arg("expires_ms")
-                    .arg(now_ms + lease.as_millis() as u64)
-                    .arg("event_timestamp")
-                    .arg(event_timestamp)
-                    .arg("applied_ms")
-                    .arg(now_ms)
-                    .ignore();
-            }
-            let executed: Option<()> = writes.query_async(&mut self.connection).await?;
+            let executed: Option<()> = commit.writes.query_async(&mut self.connection).await?;
             if executed.is_some() {
                 return Ok(Committed::Written);
             }
@@ -473,104 +489,6 @@ impl RedisStore {
             "{COMMIT_ATTEMPTS_MAX} commits in a row were refused although every lease was held: \
              something else keeps changing the group's partition keys"
         )
-    }
-
-    /// The writes of `changes` as a transaction (`MULTI`/`EXEC`) of plain commands.
-    fn writes(&self, changes: &Changes, rows: &Rows) -> anyhow::Result<redis::Pipeline> {
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        let keys = &self.keys;
-        for account in &changes.accounts {
-            let row = rows.accounts.get(account).and_then(Option::as_ref);
-            let row = row.ok_or_else(|| anyhow!("changed account {account} has no row"))?;
-            pipe.cmd("HSET")
-                .arg(keys.account(account))
-                .arg("ledger")
-                .arg(&row.ledger)
-                .arg("balance")
-                .arg(row.balance.to_string())
-                .arg("debits")
-                .arg(row.debits)
-                .arg("credits")
-                .arg(row.credits)
-                .arg("debits_pending")
-                .arg(row.debits_pending)
-                .arg("credits_pending")
-                .arg(row.credits_pending)
-                .arg("allow_overdraft")
-                .arg(u8::from(row.allow_overdraft))
-                .arg("version")
-                .arg(row.version)
-                .ignore();
-        }
-        for (account, entries) in &changes.history {
-            for chunk in entries.chunks(HISTORY_ENTRIES_PER_COMMAND) {
-                let command = pipe.cmd("ZADD").arg(keys.history(account));
-                for (position, entry) in chunk {
-                    command.arg(position).arg(entry);
-                }
-                command.ignore();
-            }
-        }
-        for (position, row) in &changes.pendings {
-            match row {
-                Some(row) => pipe
-                    .cmd("HSET")
-                    .arg(keys.pending(*position))
-                    .arg("ledger")
-                    .arg(&row.ledger)
-                    .arg("transfer_id")
-                    .arg(&row.transfer_id)
-                    .arg("from")
-                    .arg(row.from.as_deref().unwrap_or_default())
-                    .arg("to")
-                    .arg(row.to.as_deref().unwrap_or_default())
-                    .arg("amount")
-                    .arg(row.amount)
-                    .ignore(),
-                None => pipe.cmd("DEL").arg(keys.pending(*position)).ignore(),
-            };
-        }
-        for ledger in &changes.ledgers {
-            let row = rows.ledgers.get(ledger).and_then(Option::as_ref);
-            let row = row.ok_or_else(|| anyhow!("changed ledger {ledger} has no row"))?;
-            pipe.cmd("HSET")
-                .arg(keys.ledger(ledger))
-                .arg("accounts")
-                .arg(row.accounts)
-                .arg("transfers")
-                .arg(row.transfers)
-                .arg("volume")
-                .arg(row.volume.to_string())
-                .arg("deposited")
-                .arg(row.deposited.to_string())
-                .arg("withdrawn")
-                .arg(row.withdrawn.to_string())
-                .arg("pending")
-                .arg(row.pending)
-                .arg("pending_amount")
-                .arg(row.pending_amount.to_string())
-                .ignore();
-        }
-        for (ledger, day) in &changes.days {
-            let key = (ledger.clone(), day.clone());
-            let row = rows.days.get(&key).and_then(Option::as_ref);
-            let row = row.ok_or_else(|| anyhow!("changed day {day} of {ledger} has no row"))?;
-            pipe.cmd("HSET")
-                .arg(keys.daily(ledger, day))
-                .arg("transfers")
-                .arg(row.transfers)
-                .arg("volume")
-                .arg(row.volume.to_string())
-                .ignore();
-            let score: String = day.chars().filter(char::is_ascii_digit).collect();
-            pipe.cmd("ZADD")
-                .arg(keys.days(ledger))
-                .arg(score)
-                .arg(day)
-                .ignore();
-        }
-        Ok(pipe)
     }
 
     /// Every partition of the group, for `tally project status`.
@@ -635,6 +553,180 @@ impl RedisStore {
             }
             cursor = next;
         }
+    }
+}
+
+/// Builds commits. Needs no connection, so that a commit is built off the async threads, while
+/// the commit before it is on its way.
+#[derive(Clone, Debug)]
+pub struct Transactions {
+    keys: Keys,
+    /// [`CHECKPOINTS`] with its helpers: sent as `EVAL` within transactions, where a missing
+    /// script (after a restart of Redis) could not be loaded and retried as `EVALSHA` is.
+    checkpoints: String,
+}
+
+impl Transactions {
+    pub fn new(keys: Keys) -> Transactions {
+        Transactions {
+            keys,
+            checkpoints: format!("{NOW_MS}{CHECKPOINTS}"),
+        }
+    }
+
+    /// The commit of `changes` (with the values in `rows`): one transaction (`MULTI`/`EXEC`)
+    /// of plain commands that ends with the checkpoints of `fences`. It does not depend on the
+    /// state of Redis, so it can be prepared while an earlier commit is still on its way.
+    pub fn prepare(
+        &self,
+        member: &str,
+        lease: Duration,
+        fences: BTreeMap<u32, (Lease, u64)>,
+        event_timestamp: &str,
+        changes: &Changes,
+        rows: &Rows,
+    ) -> anyhow::Result<Commit> {
+        let mut writes = self.writes(changes, rows)?;
+        // The checkpoints go last, as a rule of the layout: even a transaction Redis broke off
+        // half-way never claims rows it did not write.
+        let checkpoints = writes
+            .cmd("EVAL")
+            .arg(&self.checkpoints)
+            .arg(fences.len())
+            .arg(
+                fences
+                    .keys()
+                    .map(|partition| self.keys.partition(*partition))
+                    .collect::<Vec<_>>(),
+            )
+            .arg(lease.as_millis() as u64)
+            .arg(event_timestamp);
+        for (_, position) in fences.values() {
+            checkpoints.arg(position);
+        }
+        checkpoints.ignore();
+        Ok(Commit {
+            member: member.to_owned(),
+            fences,
+            writes,
+        })
+    }
+
+    /// The writes of `changes` as the start of a transaction of plain commands.
+    ///
+    /// A commit holds thousands of commands and is built for every page while the one before
+    /// it is on its way, so each command is sized up front and keys are formatted into one
+    /// buffer: growing and freeing small buffers was most of the cost of building it.
+    fn writes(&self, changes: &Changes, rows: &Rows) -> anyhow::Result<redis::Pipeline> {
+        let commands = changes.accounts.len()
+            + changes.history.values().map(Vec::len).sum::<usize>()
+            + changes.pendings.len()
+            + changes.ledgers.len()
+            + 2 * changes.days.len()
+            + 1;
+        let mut pipe = redis::Pipeline::with_capacity(commands);
+        pipe.atomic();
+        let keys = &self.keys;
+        let mut key = String::with_capacity(128);
+        let mut number = itoa::Buffer::new();
+        for account in &changes.accounts {
+            let row = rows.accounts.get(account).and_then(Option::as_ref);
+            let row = row.ok_or_else(|| anyhow!("changed account {account} has no row"))?;
+            keys.account_into(&mut key, account);
+            let mut command = redis::Cmd::with_capacity(18, key.len() + row.ledger.len() + 180);
+            command
+                .arg("HSET")
+                .arg(&key)
+                .arg("ledger")
+                .arg(&row.ledger)
+                .arg("balance")
+                .arg(number.format(row.balance))
+                .arg("debits")
+                .arg(row.debits)
+                .arg("credits")
+                .arg(row.credits)
+                .arg("debits_pending")
+                .arg(row.debits_pending)
+                .arg("credits_pending")
+                .arg(row.credits_pending)
+                .arg("allow_overdraft")
+                .arg(u8::from(row.allow_overdraft))
+                .arg("version")
+                .arg(row.version);
+            pipe.add_command(command).ignore();
+        }
+        for (account, entries) in &changes.history {
+            keys.history_into(&mut key, account);
+            for entry in entries {
+                let mut command = redis::Cmd::with_capacity(5, key.len() + entry.json.len() + 40);
+                command
+                    .arg("XADD")
+                    .arg(&key)
+                    .arg(entry.id())
+                    .arg("entry")
+                    .arg(&entry.json);
+                pipe.add_command(command).ignore();
+            }
+        }
+        for (position, row) in &changes.pendings {
+            match row {
+                Some(row) => pipe
+                    .cmd("HSET")
+                    .arg(keys.pending(*position))
+                    .arg("ledger")
+                    .arg(&row.ledger)
+                    .arg("transfer_id")
+                    .arg(&row.transfer_id)
+                    .arg("from")
+                    .arg(row.from.as_deref().unwrap_or_default())
+                    .arg("to")
+                    .arg(row.to.as_deref().unwrap_or_default())
+                    .arg("amount")
+                    .arg(row.amount)
+                    .ignore(),
+                None => pipe.cmd("DEL").arg(keys.pending(*position)).ignore(),
+            };
+        }
+        for ledger in &changes.ledgers {
+            let row = rows.ledgers.get(ledger).and_then(Option::as_ref);
+            let row = row.ok_or_else(|| anyhow!("changed ledger {ledger} has no row"))?;
+            pipe.cmd("HSET")
+                .arg(keys.ledger(ledger))
+                .arg("accounts")
+                .arg(row.accounts)
+                .arg("transfers")
+                .arg(row.transfers)
+                .arg("volume")
+                .arg(row.volume.to_string())
+                .arg("deposited")
+                .arg(row.deposited.to_string())
+                .arg("withdrawn")
+                .arg(row.withdrawn.to_string())
+                .arg("pending")
+                .arg(row.pending)
+                .arg("pending_amount")
+                .arg(row.pending_amount.to_string())
+                .ignore();
+        }
+        for (ledger, day) in &changes.days {
+            let key = (ledger.clone(), day.clone());
+            let row = rows.days.get(&key).and_then(Option::as_ref);
+            let row = row.ok_or_else(|| anyhow!("changed day {day} of {ledger} has no row"))?;
+            pipe.cmd("HSET")
+                .arg(keys.daily(ledger, day))
+                .arg("transfers")
+                .arg(row.transfers)
+                .arg("volume")
+                .arg(row.volume.to_string())
+                .ignore();
+            let score: String = day.chars().filter(char::is_ascii_digit).collect();
+            pipe.cmd("ZADD")
+                .arg(keys.days(ledger))
+                .arg(score)
+                .arg(day)
+                .ignore();
+        }
+        Ok(pipe)
     }
 }
 

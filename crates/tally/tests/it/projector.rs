@@ -300,13 +300,16 @@ async fn assert_matches_server(redis: &RedisServer, prefix: &str, client: &Clien
                     None => break,
                 }
             }
-            let stored: Vec<(String, f64)> = connection
-                .zrange_withscores(format!("{prefix}history:{id}"), 0, -1)
-                .await
-                .unwrap();
+            let stored = history(&mut connection, &format!("{prefix}history:{id}")).await;
             let stored: Vec<Value> = stored
                 .iter()
-                .map(|(entry, _)| serde_json::from_str(entry).unwrap())
+                .map(|(stream_id, entry)| {
+                    let entry: Value = serde_json::from_str(entry).unwrap();
+                    let position = entry["position"].as_u64().unwrap();
+                    let side = u8::from(entry["side"] == "credit");
+                    assert_eq!(*stream_id, format!("{position}-{side}"), "{entry}");
+                    entry
+                })
                 .collect();
             assert_eq!(
                 stored.len(),
@@ -338,6 +341,29 @@ async fn assert_matches_server(redis: &RedisServer, prefix: &str, client: &Clien
     }
 }
 
+/// An account's history stream: (id, entry JSON) in order.
+async fn history(
+    connection: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+) -> Vec<(String, String)> {
+    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(key)
+        .arg("-")
+        .arg("+")
+        .query_async(connection)
+        .await
+        .unwrap();
+    entries
+        .into_iter()
+        .map(|(id, mut fields)| {
+            assert_eq!(fields.len(), 1, "{key} {id}: {fields:?}");
+            let (name, entry) = fields.pop().unwrap();
+            assert_eq!(name, "entry", "{key} {id}");
+            (id, entry)
+        })
+        .collect()
+}
+
 /// Every key under `prefix` but the group's, with its content.
 async fn dump(redis: &RedisServer, prefix: &str) -> BTreeMap<String, Value> {
     let mut connection = redis.connection().await;
@@ -362,6 +388,7 @@ async fn dump(redis: &RedisServer, prefix: &str) -> BTreeMap<String, Value> {
                 .zrange_withscores::<_, Vec<(String, f64)>>(&key, 0, -1)
                 .await
                 .unwrap()),
+            "stream" => json!(history(&mut connection, &key).await),
             other => panic!("{key} is a {other}"),
         };
         dump.insert(name, value);
