@@ -37,6 +37,7 @@
 //! [`Ledger::check_invariants`] asserts and `tally verify` checks on every data directory.
 #![deny(missing_docs)]
 
+pub mod campaign;
 mod command;
 mod event;
 mod id;
@@ -50,6 +51,10 @@ pub use command::{Command, InvalidCommand, PendingOptions, TransferBody, Transfe
 pub use event::{
     decode_events, encode_event, encode_events, AccountIndex, DecodeError, Event, LedgerIndex,
     TransferEvent, TransferKind,
+};
+pub use campaign::{
+    Campaign, CampaignCode, CampaignDefinition, CampaignState, Claim, ClaimState,
+    InvalidDefinition, OffsetChange,
 };
 pub use id::{hash128, Id, IdError, LedgerCode};
 pub use ledger::{
