@@ -366,7 +366,9 @@ pub struct EventJson {
     pub position: u64,
     /// When its batch was recorded (RFC 3339).
     pub timestamp: String,
-    /// `account_created`, `transfer`, `rejected`, `expired` or `token_revoked`.
+    /// `account_created`, `transfer`, `rejected`, `expired`, `token_revoked`,
+    /// `campaign_defined`, `campaign_published`, `claim_recorded`, `claim_settled` or
+    /// `claim_attempted`.
     #[serde(rename = "type")]
     pub event_type: &'static str,
     /// `account_created`: the account.
@@ -394,7 +396,8 @@ pub struct EventJson {
     /// `transfer`: amount in minor units.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub amount: Option<u64>,
-    /// `transfer` (post or void) and `expired`: position of the pending transfer.
+    /// `transfer` (post or void), `expired` and `claim_recorded`: position of the pending
+    /// transfer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pending_position: Option<u64>,
     /// `rejected`: the error code the command got.
@@ -403,6 +406,18 @@ pub struct EventJson {
     /// `token_revoked`: the token's id.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_id: Option<String>,
+    /// `campaign_defined` and `campaign_published`: the campaign's id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub campaign: Option<String>,
+    /// `claim_recorded`, `claim_settled` and `claim_attempted`: the claim's order id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub order_id: Option<String>,
+    /// `claim_settled`: the claim's new state.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<&'static str>,
+    /// `claim_attempted`: the delivery attempt's number, from 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
 }
 
 impl From<FeedEvent> for EventJson {
@@ -422,6 +437,10 @@ impl From<FeedEvent> for EventJson {
             pending_position: None,
             code: None,
             token_id: None,
+            campaign: None,
+            order_id: None,
+            state: None,
+            attempt: None,
         };
         match event.body {
             FeedBody::AccountCreated {
@@ -464,6 +483,21 @@ impl From<FeedEvent> for EventJson {
             FeedBody::TokenRevoked { token_id } => {
                 json.event_type = "token_revoked";
                 json.token_id = Some(token_id);
+            }
+            FeedBody::Campaign {
+                event_type,
+                campaign,
+                order_id,
+                state,
+                attempt,
+                pending_position,
+            } => {
+                json.event_type = event_type;
+                json.campaign = campaign;
+                json.order_id = order_id;
+                json.state = state;
+                json.attempt = attempt;
+                json.pending_position = pending_position;
             }
         }
         json
