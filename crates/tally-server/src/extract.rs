@@ -44,11 +44,7 @@ fn serde_path_to_error<T: DeserializeOwned>(
 
 fn body_error(rejection: BytesRejection) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError {
-            status: StatusCode::PAYLOAD_TOO_LARGE,
-            code: "payload_too_large",
-            message: "request body is larger than this endpoint accepts".into(),
-        }
+        ApiError::payload_too_large()
     } else {
         ApiError::invalid(format!("cannot read the request body: {rejection}"))
     }

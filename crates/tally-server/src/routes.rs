@@ -380,7 +380,11 @@ fn batch_item(id: String, answer: Answer) -> BatchItem {
             None,
             Some(ApiError::invalid(invalid.to_string()).detail()),
         ),
-        Answer::Account { .. } | Answer::Revoked { .. } => item(
+        Answer::Account { .. }
+        | Answer::Revoked { .. }
+        | Answer::Campaign { .. }
+        | Answer::Claim { .. }
+        | Answer::Refused(_) => item(
             "rejected",
             None,
             None,
@@ -662,6 +666,7 @@ pub async fn no_route() -> ApiError {
 /// A path that exists, with another method.
 pub async fn wrong_method() -> ApiError {
     ApiError {
+        violations: None,
         status: StatusCode::METHOD_NOT_ALLOWED,
         code: "method_not_allowed",
         message: "method not allowed on this path; see /v1/openapi.json".into(),
