@@ -5,7 +5,6 @@
 //! offsets over the campaign's window here, at definition, and recorded with it: the ledger
 //! counts local days from them without a time zone database (see `tally_core::campaign`).
 
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
@@ -16,7 +15,7 @@ use tally_engine::{Answer, CampaignView, Detail};
 use crate::api::*;
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{ApiJson, ApiPath};
+use crate::extract::{ApiBody, ApiJson, ApiPath};
 use crate::AppState;
 
 type Created<T> = (StatusCode, Json<T>);
@@ -85,7 +84,7 @@ fn definition(spec: &CampaignSpec) -> Result<CampaignDefinition, ApiError> {
 pub async fn define_campaign(
     State(app): State<AppState>,
     caller: Caller,
-    body: Bytes,
+    ApiBody(body): ApiBody,
 ) -> Result<Created<CampaignJson>, ApiError> {
     let text = std::str::from_utf8(&body)
         .map_err(|error| ApiError::invalid(format!("body is not UTF-8: {error}")))?;
