@@ -270,10 +270,25 @@ mod tests {
             .collect();
         assert_eq!(changes, expected);
         let kolkata = LocalCalendar::new("Asia/Kolkata").unwrap();
-        assert_eq!(kolkata.offset_changes(0, TIMESTAMP_NS_MAX).len(), 1, "+05:30 since before 1970");
-        for zone in ["Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "UTC"] {
-            let whole = LocalCalendar::new(zone).unwrap().offset_changes(0, TIMESTAMP_NS_MAX);
-            assert!(whole.len() <= tally_core::limits::CAMPAIGN_OFFSET_CHANGES_MAX, "{zone}: {}", whole.len());
+        assert_eq!(
+            kolkata.offset_changes(0, TIMESTAMP_NS_MAX).len(),
+            1,
+            "+05:30 since before 1970"
+        );
+        for zone in [
+            "Europe/Berlin",
+            "America/New_York",
+            "Australia/Lord_Howe",
+            "UTC",
+        ] {
+            let whole = LocalCalendar::new(zone)
+                .unwrap()
+                .offset_changes(0, TIMESTAMP_NS_MAX);
+            assert!(
+                whole.len() <= tally_core::limits::CAMPAIGN_OFFSET_CHANGES_MAX,
+                "{zone}: {}",
+                whole.len()
+            );
         }
     }
 

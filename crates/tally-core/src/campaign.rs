@@ -70,11 +70,11 @@ use crate::command::{PendingOptions, TransferBody, TransferCommand};
 use crate::event::{AccountIndex, Event, TransferEvent, TransferKind};
 use crate::id::{hash128, Id, LedgerCode};
 use crate::ledger::{Ledger, PendingState, Reply};
-use crate::reject::RejectCode;
 use crate::limits::{
     CAMPAIGNS_MAX, CAMPAIGN_ID_BYTES_MAX, CAMPAIGN_OFFSET_CHANGES_MAX, CAMPAIGN_SPEC_BYTES_MAX,
     CLAIMS_MAX, CLAIM_ATTEMPTS_MAX, TIMESTAMP_NS_MAX, UTC_OFFSET_SECONDS_MAX,
 };
+use crate::reject::RejectCode;
 
 /// The prefix of every id the ledger itself owns; see the module documentation.
 pub const RESERVED_PREFIX: &str = "tally:";
@@ -99,7 +99,10 @@ pub fn funding_transfer_id(campaign: &Id) -> Id {
 
 /// The pending transfer of the claim with order id `order_id`: `tally:claim:{hash}`.
 pub fn claim_transfer_id(order_id: &Id) -> Id {
-    derived(&format!("{RESERVED_PREFIX}claim:{:032x}", hash128(order_id.as_str())))
+    derived(&format!(
+        "{RESERVED_PREFIX}claim:{:032x}",
+        hash128(order_id.as_str())
+    ))
 }
 
 /// The transfer that settles the claim `order_id` as `outcome` (a post for `delivered`, a void
@@ -199,7 +202,10 @@ impl CampaignDefinition {
         let offsets_ok = !self.offsets.is_empty()
             && self.offsets.len() <= CAMPAIGN_OFFSET_CHANGES_MAX
             && self.offsets[0].from_ns == self.starts_at_ns
-            && self.offsets.windows(2).all(|pair| pair[0].from_ns < pair[1].from_ns)
+            && self
+                .offsets
+                .windows(2)
+                .all(|pair| pair[0].from_ns < pair[1].from_ns)
             && self.offsets.iter().all(|change| {
                 change.from_ns < self.ends_at_ns
                     && change.offset_seconds.unsigned_abs() <= UTC_OFFSET_SECONDS_MAX
@@ -484,7 +490,10 @@ impl Ledger {
 
     /// Claims of campaign `campaign` that count toward local day `day`'s limit.
     pub fn claims_of_day(&self, campaign: u32, day: i32) -> u64 {
-        self.claims_per_day.get(&(campaign, day)).copied().unwrap_or(0)
+        self.claims_per_day
+            .get(&(campaign, day))
+            .copied()
+            .unwrap_or(0)
     }
 
     fn emit(&mut self, event: Event, events: &mut Vec<Event>) {
@@ -561,7 +570,12 @@ impl Ledger {
                 Reply::Refused(CampaignCode::CampaignNotVerified)
             }
             CampaignState::Draft => {
-                self.emit(Event::CampaignPublished { campaign: id.clone() }, events);
+                self.emit(
+                    Event::CampaignPublished {
+                        campaign: id.clone(),
+                    },
+                    events,
+                );
                 Reply::Campaign {
                     index,
                     created: true,
@@ -605,7 +619,10 @@ impl Ledger {
             None => {
                 let created = Event::AccountCreated {
                     id: user.clone(),
-                    ledger: self.campaigns[index as usize].definition.gift_ledger.clone(),
+                    ledger: self.campaigns[index as usize]
+                        .definition
+                        .gift_ledger
+                        .clone(),
                     allow_overdraft: false,
                 };
                 self.emit(created, events);
@@ -741,7 +758,10 @@ impl Ledger {
                         amount: None,
                     },
                 ),
-                _ => (TransferKind::Void { pending }, TransferBody::Void { pending_id }),
+                _ => (
+                    TransferKind::Void { pending },
+                    TransferBody::Void { pending_id },
+                ),
             };
             let body_hash = TransferCommand {
                 id: id.clone(),
@@ -814,7 +834,10 @@ impl Ledger {
                     pool,
                     verified: false,
                 });
-                assert!(self.campaign_ids.insert(definition.id.clone(), index).is_none());
+                assert!(self
+                    .campaign_ids
+                    .insert(definition.id.clone(), index)
+                    .is_none());
             }
             Event::CampaignPublished { campaign } => {
                 let index = self.campaign_ids[campaign];
@@ -839,7 +862,10 @@ impl Ledger {
                     attempts: 0,
                 };
                 self.count(&claim, 1);
-                assert!(self.claim_pendings.insert(*pending, order_id.clone()).is_none());
+                assert!(self
+                    .claim_pendings
+                    .insert(*pending, order_id.clone())
+                    .is_none());
                 assert!(self.claims.insert(order_id.clone(), claim).is_none());
             }
             Event::ClaimSettled { order_id, outcome } => {
@@ -871,7 +897,11 @@ impl Ledger {
     /// Adds `delta` (±1) to the counts `claim` is part of; a count back at zero is removed, so
     /// that the maps hold what a snapshot rebuilds.
     fn count(&mut self, claim: &Claim, delta: i64) {
-        bump(&mut self.claims_per_user, (claim.campaign, claim.user), delta);
+        bump(
+            &mut self.claims_per_user,
+            (claim.campaign, claim.user),
+            delta,
+        );
         bump(&mut self.claims_per_day, (claim.campaign, claim.day), delta);
     }
 
@@ -913,7 +943,9 @@ impl Ledger {
                 pending,
             } => {
                 if self.claims.contains_key(order_id) || self.claims.len() >= CLAIMS_MAX {
-                    return Err(format!("claim {order_id} is recorded twice or beyond the bound"));
+                    return Err(format!(
+                        "claim {order_id} is recorded twice or beyond the bound"
+                    ));
                 }
                 let Some(found) = self.campaigns.get(*campaign as usize) else {
                     return Err(format!("claim {order_id} names an unknown campaign"));
@@ -956,14 +988,23 @@ impl Ledger {
                     if !claim.state.is_final()
                         && claim.state != *outcome
                         && *outcome != ClaimState::PendingDelivery => {}
-                _ => return Err(format!("claim {order_id} cannot be settled as {}", outcome.name())),
+                _ => {
+                    return Err(format!(
+                        "claim {order_id} cannot be settled as {}",
+                        outcome.name()
+                    ))
+                }
             },
             Event::ClaimAttempted { order_id, attempt } => match self.claims.get(order_id) {
                 Some(claim)
                     if !claim.state.is_final()
                         && *attempt == claim.attempts + 1
                         && *attempt <= CLAIM_ATTEMPTS_MAX => {}
-                _ => return Err(format!("attempt {attempt} of claim {order_id} is out of order")),
+                _ => {
+                    return Err(format!(
+                        "attempt {attempt} of claim {order_id} is out of order"
+                    ))
+                }
             },
             _ => unreachable!("not a campaign event"),
         }
@@ -972,7 +1013,11 @@ impl Ledger {
 
     /// For a post or void of the pending transfer at `pending`: if it is a claim's, the claim
     /// must have just been settled that way (the settlement comes first in the log).
-    pub(crate) fn check_claim_resolution(&self, pending: u64, kind: TransferKind) -> Result<(), String> {
+    pub(crate) fn check_claim_resolution(
+        &self,
+        pending: u64,
+        kind: TransferKind,
+    ) -> Result<(), String> {
         let Some(order_id) = self.claim_pendings.get(&pending) else {
             return Ok(());
         };
@@ -996,11 +1041,16 @@ impl Ledger {
         let mut per_user: HashMap<(u32, AccountIndex), u64> = HashMap::new();
         let mut per_day: HashMap<(u32, i32), u64> = HashMap::new();
         for (order_id, claim) in &self.claims {
-            let record = self.pendings.get(&claim.pending).ok_or("a claim without its transfer")?;
+            let record = self
+                .pendings
+                .get(&claim.pending)
+                .ok_or("a claim without its transfer")?;
             let consistent = matches!(
                 (claim.state, record.state),
-                (ClaimState::PendingDelivery | ClaimState::Unknown, PendingState::Pending)
-                    | (ClaimState::Delivered, PendingState::Posted { .. })
+                (
+                    ClaimState::PendingDelivery | ClaimState::Unknown,
+                    PendingState::Pending
+                ) | (ClaimState::Delivered, PendingState::Posted { .. })
                     | (ClaimState::Voided, PendingState::Voided { .. })
             );
             if !consistent || self.claim_pendings.get(&claim.pending) != Some(order_id) {
@@ -1016,18 +1066,25 @@ impl Ledger {
         }
         for ((campaign, _), count) in &per_user {
             if *count > self.campaigns[*campaign as usize].definition.per_user_limit {
-                return Err(format!("a user of campaign index {campaign} is over the per-user limit"));
+                return Err(format!(
+                    "a user of campaign index {campaign} is over the per-user limit"
+                ));
             }
         }
         for ((campaign, day), count) in &per_day {
             if *count > self.campaigns[*campaign as usize].definition.daily_limit {
-                return Err(format!("day {day} of campaign index {campaign} is over the daily limit"));
+                return Err(format!(
+                    "day {day} of campaign index {campaign} is over the daily limit"
+                ));
             }
         }
         for campaign in &self.campaigns {
             let pool = &self.accounts[campaign.pool as usize];
             if pool.id.as_ref() != Some(&pool_account_id(&campaign.definition.id)) {
-                return Err(format!("campaign {} has the wrong pool", campaign.definition.id));
+                return Err(format!(
+                    "campaign {} has the wrong pool",
+                    campaign.definition.id
+                ));
             }
         }
         Ok(())

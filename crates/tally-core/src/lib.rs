@@ -47,14 +47,14 @@ mod reject;
 pub mod script;
 mod snapshot;
 
+pub use campaign::{
+    Campaign, CampaignCode, CampaignDefinition, CampaignState, Claim, ClaimState,
+    InvalidDefinition, OffsetChange,
+};
 pub use command::{Command, InvalidCommand, PendingOptions, TransferBody, TransferCommand};
 pub use event::{
     decode_events, encode_event, encode_events, AccountIndex, DecodeError, Event, LedgerIndex,
     TransferEvent, TransferKind,
-};
-pub use campaign::{
-    Campaign, CampaignCode, CampaignDefinition, CampaignState, Claim, ClaimState,
-    InvalidDefinition, OffsetChange,
 };
 pub use id::{hash128, Id, IdError, LedgerCode};
 pub use ledger::{

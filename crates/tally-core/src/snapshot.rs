@@ -4,13 +4,17 @@
 //! rebuilt on load, which keeps the format small and the two copies from disagreeing. Decoding
 //! treats its input as untrusted: every count is checked against the bytes left.
 
-use crate::campaign::{claim_body_hash, pool_account_id, Campaign, CampaignState, Claim, ClaimState};
+use crate::campaign::{
+    claim_body_hash, pool_account_id, Campaign, CampaignState, Claim, ClaimState,
+};
 use crate::event::{decode_definition, encode_definition, AccountIndex};
 use crate::id::{Id, LedgerCode};
 use crate::ledger::{
     Account, Balances, Decided, IdKey, Ledger, LedgerInfo, PendingRecord, PendingState,
 };
-use crate::limits::{CAMPAIGNS_MAX, CLAIMS_MAX, CLAIM_ATTEMPTS_MAX, POSITION_MAX, TIMESTAMP_NS_MAX};
+use crate::limits::{
+    CAMPAIGNS_MAX, CLAIMS_MAX, CLAIM_ATTEMPTS_MAX, POSITION_MAX, TIMESTAMP_NS_MAX,
+};
 
 /// Version of the snapshot body encoding. Version 2 appends campaigns and claims; version 1
 /// bodies (written before campaigns existed) still load.
@@ -101,7 +105,10 @@ impl Ledger {
             encode_definition(&campaign.definition, &mut definition);
             put_u64(&mut out, definition.len() as u64);
             out.extend_from_slice(&definition);
-            out.push(u8::from(campaign.state == CampaignState::Live) | (u8::from(campaign.verified) << 1));
+            out.push(
+                u8::from(campaign.state == CampaignState::Live)
+                    | (u8::from(campaign.verified) << 1),
+            );
         }
         put_u64(&mut out, self.claims.len() as u64);
         for (order_id, claim) in &self.claims {
@@ -398,9 +405,15 @@ fn decode_campaigns(reader: &mut Reader<'_>, ledger: &mut Ledger) -> Result<(), 
         };
         if state != ClaimState::Voided {
             *ledger.claims_per_user.entry((campaign, user)).or_insert(0) += 1;
-            *ledger.claims_per_day.entry((campaign, claim.day)).or_insert(0) += 1;
+            *ledger
+                .claims_per_day
+                .entry((campaign, claim.day))
+                .or_insert(0) += 1;
         }
-        if ledger.claim_pendings.insert(pending, order_id.clone()).is_some()
+        if ledger
+            .claim_pendings
+            .insert(pending, order_id.clone())
+            .is_some()
             || ledger.claims.insert(order_id, claim).is_some()
         {
             return Err(reader.error("duplicate claim"));

@@ -583,8 +583,14 @@ fn the_local_day_follows_the_campaigns_utc_offsets() {
         verification_account: id("v"),
         // UTC+1, then UTC+2 from the start of day 3 (UTC).
         offsets: vec![
-            tally_core::OffsetChange { from_ns: 0, offset_seconds: 3600 },
-            tally_core::OffsetChange { from_ns: 3 * 86_400 * 1_000_000_000, offset_seconds: 7200 },
+            tally_core::OffsetChange {
+                from_ns: 0,
+                offset_seconds: 3600,
+            },
+            tally_core::OffsetChange {
+                from_ns: 3 * 86_400 * 1_000_000_000,
+                offset_seconds: 7200,
+            },
         ],
         spec: Vec::new(),
     };
@@ -604,7 +610,10 @@ fn the_local_day_follows_the_campaigns_utc_offsets() {
     assert!(broken.validate().is_err(), "offsets must increase");
     let mut broken = definition.clone();
     broken.offsets[0].from_ns = 1;
-    assert!(broken.validate().is_err(), "the first offset applies from starts_at");
+    assert!(
+        broken.validate().is_err(),
+        "the first offset applies from starts_at"
+    );
     let mut broken = definition;
     broken.id = id(&"c".repeat(tally_core::limits::CAMPAIGN_ID_BYTES_MAX + 1));
     assert!(broken.validate().is_err(), "the pool id would be too long");
@@ -621,7 +630,10 @@ fn clients_cannot_name_the_ledgers_own_ids() {
         "claim o spring tally:pool:spring",
     ] {
         let error = parse(line).validate().unwrap_err();
-        assert!(matches!(error, tally_core::InvalidCommand::Reserved(_)), "{line}: {error}");
+        assert!(
+            matches!(error, tally_core::InvalidCommand::Reserved(_)),
+            "{line}: {error}"
+        );
     }
 }
 
@@ -644,21 +656,35 @@ fn replay_refuses_campaign_events_that_break_the_rules() {
     settle_first(&events).unwrap();
     // A claim's transfer posted without the claim's settlement before it.
     let mut delivered = Vec::new();
-    ledger.execute(&parse("settle v1 delivered"), &mut delivered, &mut Vec::new());
+    ledger.execute(
+        &parse("settle v1 delivered"),
+        &mut delivered,
+        &mut Vec::new(),
+    );
     assert!(matches!(delivered[0], Event::ClaimSettled { .. }));
     let mut forged = events.clone();
     forged.push(delivered[1].clone());
     let error = settle_first(&forged).unwrap_err();
-    assert!(error.reason.contains("while the claim is pending_delivery"), "{error}");
+    assert!(
+        error.reason.contains("while the claim is pending_delivery"),
+        "{error}"
+    );
     // A second claim of the same user beyond the per-user limit of 1.
     let mut again = events.clone();
     again.push(events[events.len() - 2].clone());
     assert!(settle_first(&again).is_err());
-    let Event::ClaimRecorded { pending, campaign, .. } = events[events.len() - 1].clone() else {
+    let Event::ClaimRecorded {
+        pending, campaign, ..
+    } = events[events.len() - 1].clone()
+    else {
         panic!("the claim comes last")
     };
     let mut twice = events.clone();
-    twice.push(Event::ClaimRecorded { order_id: id("v2"), campaign, pending });
+    twice.push(Event::ClaimRecorded {
+        order_id: id("v2"),
+        campaign,
+        pending,
+    });
     let error = settle_first(&twice).unwrap_err();
     assert!(error.reason.contains("fresh reservation"), "{error}");
     // Publishing an unverified campaign.

@@ -118,7 +118,11 @@ impl ClaimView {
         Some(ClaimView {
             order_id: order_id.clone(),
             campaign: campaign.definition.id.clone(),
-            user: ledger.account(claim.user).id.clone().expect("users have ids"),
+            user: ledger
+                .account(claim.user)
+                .id
+                .clone()
+                .expect("users have ids"),
             state: claim.state,
             attempts: claim.attempts,
             day: claim.day,

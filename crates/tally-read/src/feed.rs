@@ -297,9 +297,9 @@ fn render(
         Event::CampaignDefined(definition) => campaign_body("campaign_defined", |body| {
             body.0 = Some(definition.id.to_string())
         }),
-        Event::CampaignPublished { campaign } => {
-            campaign_body("campaign_published", |body| body.0 = Some(campaign.to_string()))
-        }
+        Event::CampaignPublished { campaign } => campaign_body("campaign_published", |body| {
+            body.0 = Some(campaign.to_string())
+        }),
         Event::ClaimRecorded {
             order_id, pending, ..
         } => campaign_body("claim_recorded", |body| {

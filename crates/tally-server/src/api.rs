@@ -8,10 +8,10 @@ use std::num::NonZeroU64;
 use std::time::{Duration, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use tally_campaign::CampaignSpec;
 use tally_core::{
     Id, LedgerCode, PendingOptions, TransferBody, TransferCommand, TransferKind, TransferReply,
 };
-use tally_campaign::CampaignSpec;
 use tally_engine::{AccountView, CampaignView, ClaimView, TransferDetail};
 use tally_read::{
     DailyPage, Day, FeedBody, FeedEvent, FeedPage, HistoryEntry, HistoryPage, LedgerTotals,

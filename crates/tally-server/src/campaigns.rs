@@ -97,7 +97,13 @@ pub async fn define_campaign(
         return Err(ApiError::campaign_invalid(violations));
     }
     let id = spec.id.clone();
-    match execute(&app, &caller, Command::DefineCampaign(Box::new(definition(&spec)?))).await? {
+    match execute(
+        &app,
+        &caller,
+        Command::DefineCampaign(Box::new(definition(&spec)?)),
+    )
+    .await?
+    {
         Answer::Campaign { view, created } => Ok((status(created), render_campaign(&view)?)),
         Answer::Conflict => Err(ApiError::conflict(&id)),
         Answer::Refused(code) => Err(ApiError::refused(code)),
@@ -122,7 +128,9 @@ pub async fn get_campaign(
     let id = parse_id("id", &id)?;
     match app.engine.campaign(id).await? {
         Some(view) => render_campaign(&view),
-        None => Err(ApiError::refused(tally_core::CampaignCode::CampaignNotFound)),
+        None => Err(ApiError::refused(
+            tally_core::CampaignCode::CampaignNotFound,
+        )),
     }
 }
 

@@ -101,7 +101,10 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/v1/campaigns/{id}/claims", post(campaigns::claim))
         .route("/v1/claims/{order_id}", get(campaigns::get_claim))
-        .route("/v1/claims/{order_id}/settle", post(campaigns::settle_claim))
+        .route(
+            "/v1/claims/{order_id}/settle",
+            post(campaigns::settle_claim),
+        )
         .route("/v1/openapi.json", get(routes::openapi))
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))

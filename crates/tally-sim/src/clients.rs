@@ -15,8 +15,8 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use tally_core::limits::TIMESTAMP_NS_MAX;
 use tally_core::{
-    CampaignDefinition, ClaimState, Command, Id, LedgerCode, OffsetChange, Outcome,
-    PendingOptions, TransferBody, TransferCommand,
+    CampaignDefinition, ClaimState, Command, Id, LedgerCode, OffsetChange, Outcome, PendingOptions,
+    TransferBody, TransferCommand,
 };
 use tally_engine::{Answer, Ticket};
 use tokio::sync::oneshot::error::TryRecvError;
@@ -138,7 +138,12 @@ const VERIFIER: &str = "gift-verifier";
 
 fn campaign_command(prefix: &str, rng: &mut ChaCha8Rng, model: &Model) -> Command {
     let claimed = (!model.claims.is_empty())
-        .then(|| model.claims.keys().nth(rng.random_range(0..model.claims.len())))
+        .then(|| {
+            model
+                .claims
+                .keys()
+                .nth(rng.random_range(0..model.claims.len()))
+        })
         .flatten()
         .cloned();
     match (rng.random_range(0..100), claimed) {
@@ -146,8 +151,11 @@ fn campaign_command(prefix: &str, rng: &mut ChaCha8Rng, model: &Model) -> Comman
         (10..15, _) => Command::PublishCampaign { id: id(CAMPAIGN) },
         (15..40, Some(order_id)) => Command::SettleClaim {
             order_id,
-            outcome: [ClaimState::Delivered, ClaimState::Voided, ClaimState::Unknown]
-                [rng.random_range(0..3)],
+            outcome: [
+                ClaimState::Delivered,
+                ClaimState::Voided,
+                ClaimState::Unknown,
+            ][rng.random_range(0..3)],
         },
         (40..50, Some(order_id)) => Command::RecordClaimAttempt {
             order_id,
@@ -315,14 +323,15 @@ impl Model {
                 transfers.len()
             ));
         }
-        for (((id, pending), answer), command) in transfers.into_iter().zip(answers).zip(
-            commands
-                .iter()
-                .flat_map(|command| match command {
+        for (((id, pending), answer), command) in
+            transfers
+                .into_iter()
+                .zip(answers)
+                .zip(commands.iter().flat_map(|command| match command {
                     Command::Linked(chain) => vec![command; chain.len()],
                     _ => vec![command],
-                }),
-        ) {
+                }))
+        {
             let told = match (answer, command) {
                 (Answer::Account { .. }, _) => {
                     self.accounts.insert(id.clone());

@@ -182,7 +182,10 @@ const PRODUCERS: &[Producer] = &[
         Caller::Anonymous,
         produce("POST", "/v1/campaigns", 401, "/v1/campaigns", AUTUMN),
     ),
-    by(WRITE, produce("POST", "/v1/campaigns", 403, "/v1/campaigns", AUTUMN)),
+    by(
+        WRITE,
+        produce("POST", "/v1/campaigns", 403, "/v1/campaigns", AUTUMN),
+    ),
     produce("POST", "/v1/campaigns", 409, "/v1/campaigns", AUTUMN_OTHER),
     produce("POST", "/v1/campaigns", 413, "/v1/campaigns", BIG_CAMPAIGN),
     produce("POST", "/v1/campaigns", 422, "/v1/campaigns", BROKEN),
@@ -207,33 +210,105 @@ const PRODUCERS: &[Producer] = &[
         produce("GET", "/v1/campaigns/{id}", 503, "/v1/campaigns/spring", ""),
     ),
     // POST /v1/campaigns/{id}/publish
-    produce("POST", "/v1/campaigns/{id}/publish", 200, "/v1/campaigns/spring/publish", ""),
-    produce("POST", "/v1/campaigns/{id}/publish", 400, "/v1/campaigns/a%20b/publish", ""),
+    produce(
+        "POST",
+        "/v1/campaigns/{id}/publish",
+        200,
+        "/v1/campaigns/spring/publish",
+        "",
+    ),
+    produce(
+        "POST",
+        "/v1/campaigns/{id}/publish",
+        400,
+        "/v1/campaigns/a%20b/publish",
+        "",
+    ),
     by(
         Caller::Anonymous,
-        produce("POST", "/v1/campaigns/{id}/publish", 401, "/v1/campaigns/spring/publish", ""),
+        produce(
+            "POST",
+            "/v1/campaigns/{id}/publish",
+            401,
+            "/v1/campaigns/spring/publish",
+            "",
+        ),
     ),
     by(
         WRITE,
-        produce("POST", "/v1/campaigns/{id}/publish", 403, "/v1/campaigns/spring/publish", ""),
+        produce(
+            "POST",
+            "/v1/campaigns/{id}/publish",
+            403,
+            "/v1/campaigns/spring/publish",
+            "",
+        ),
     ),
-    produce("POST", "/v1/campaigns/{id}/publish", 404, "/v1/campaigns/nope/publish", ""),
-    produce("POST", "/v1/campaigns/{id}/publish", 409, "/v1/campaigns/draft/publish", ""),
+    produce(
+        "POST",
+        "/v1/campaigns/{id}/publish",
+        404,
+        "/v1/campaigns/nope/publish",
+        "",
+    ),
+    produce(
+        "POST",
+        "/v1/campaigns/{id}/publish",
+        409,
+        "/v1/campaigns/draft/publish",
+        "",
+    ),
     on(
         Server::EngineStopped,
-        produce("POST", "/v1/campaigns/{id}/publish", 503, "/v1/campaigns/spring/publish", ""),
+        produce(
+            "POST",
+            "/v1/campaigns/{id}/publish",
+            503,
+            "/v1/campaigns/spring/publish",
+            "",
+        ),
     ),
     // POST /v1/campaigns/{id}/claims
-    produce("POST", "/v1/campaigns/{id}/claims", 201, "/v1/campaigns/spring/claims", CLAIM),
-    produce("POST", "/v1/campaigns/{id}/claims", 200, "/v1/campaigns/spring/claims", CLAIM),
-    produce("POST", "/v1/campaigns/{id}/claims", 400, "/v1/campaigns/spring/claims", "{}"),
+    produce(
+        "POST",
+        "/v1/campaigns/{id}/claims",
+        201,
+        "/v1/campaigns/spring/claims",
+        CLAIM,
+    ),
+    produce(
+        "POST",
+        "/v1/campaigns/{id}/claims",
+        200,
+        "/v1/campaigns/spring/claims",
+        CLAIM,
+    ),
+    produce(
+        "POST",
+        "/v1/campaigns/{id}/claims",
+        400,
+        "/v1/campaigns/spring/claims",
+        "{}",
+    ),
     by(
         Caller::Anonymous,
-        produce("POST", "/v1/campaigns/{id}/claims", 401, "/v1/campaigns/spring/claims", CLAIM),
+        produce(
+            "POST",
+            "/v1/campaigns/{id}/claims",
+            401,
+            "/v1/campaigns/spring/claims",
+            CLAIM,
+        ),
     ),
     by(
         READ,
-        produce("POST", "/v1/campaigns/{id}/claims", 403, "/v1/campaigns/spring/claims", CLAIM),
+        produce(
+            "POST",
+            "/v1/campaigns/{id}/claims",
+            403,
+            "/v1/campaigns/spring/claims",
+            CLAIM,
+        ),
     ),
     produce(
         "POST",
@@ -249,7 +324,13 @@ const PRODUCERS: &[Producer] = &[
         "/v1/campaigns/spring/claims",
         r#"{"order_id":"c1","user":"bob"}"#,
     ),
-    produce("POST", "/v1/campaigns/{id}/claims", 413, "/v1/campaigns/spring/claims", BIG),
+    produce(
+        "POST",
+        "/v1/campaigns/{id}/claims",
+        413,
+        "/v1/campaigns/spring/claims",
+        BIG,
+    ),
     produce(
         "POST",
         "/v1/campaigns/{id}/claims",
@@ -259,7 +340,13 @@ const PRODUCERS: &[Producer] = &[
     ),
     on(
         Server::EngineStopped,
-        produce("POST", "/v1/campaigns/{id}/claims", 503, "/v1/campaigns/spring/claims", CLAIM),
+        produce(
+            "POST",
+            "/v1/campaigns/{id}/claims",
+            503,
+            "/v1/campaigns/spring/claims",
+            CLAIM,
+        ),
     ),
     // GET /v1/claims/{order_id}
     produce("GET", "/v1/claims/{order_id}", 200, "/v1/claims/c1", ""),
@@ -268,7 +355,10 @@ const PRODUCERS: &[Producer] = &[
         Caller::Anonymous,
         produce("GET", "/v1/claims/{order_id}", 401, "/v1/claims/c1", ""),
     ),
-    by(WRITE, produce("GET", "/v1/claims/{order_id}", 403, "/v1/claims/c1", "")),
+    by(
+        WRITE,
+        produce("GET", "/v1/claims/{order_id}", 403, "/v1/claims/c1", ""),
+    ),
     produce("GET", "/v1/claims/{order_id}", 404, "/v1/claims/nope", ""),
     on(
         Server::EngineStopped,
@@ -330,7 +420,13 @@ const PRODUCERS: &[Producer] = &[
         "/v1/claims/v1/settle",
         r#"{"state":"voided"}"#,
     ),
-    produce("POST", "/v1/claims/{order_id}/settle", 413, "/v1/claims/c1/settle", BIG),
+    produce(
+        "POST",
+        "/v1/claims/{order_id}/settle",
+        413,
+        "/v1/claims/c1/settle",
+        BIG,
+    ),
     on(
         Server::EngineStopped,
         produce(
