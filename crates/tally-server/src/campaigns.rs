@@ -123,11 +123,16 @@ pub async fn define_campaign(
 ))]
 pub async fn get_campaign(
     State(app): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<CampaignJson>, ApiError> {
     let id = parse_id("id", &id)?;
     match app.engine.campaign(id).await? {
-        Some(view) => render_campaign(&view),
+        Some(view) => {
+            // A token limited to some accounts sees its users' claims, not whole campaigns.
+            caller.require(Some(view.definition.gift_ledger.as_str()), None)?;
+            render_campaign(&view)
+        }
         None => Err(ApiError::refused(
             tally_core::CampaignCode::CampaignNotFound,
         )),
@@ -211,13 +216,22 @@ fn claim_answer(answer: Answer, order_id: &str) -> Result<Created<ClaimJson>, Ap
 ))]
 pub async fn get_claim(
     State(app): State<AppState>,
+    caller: Caller,
     ApiPath(order_id): ApiPath<String>,
 ) -> Result<Json<ClaimJson>, ApiError> {
     let order_id = parse_id("order_id", &order_id)?;
-    match app.engine.claim(order_id).await? {
-        Some(view) => Ok(Json(view.into())),
-        None => Err(ApiError::refused(tally_core::CampaignCode::ClaimNotFound)),
+    let Some(view) = app.engine.claim(order_id).await? else {
+        return Err(ApiError::refused(tally_core::CampaignCode::ClaimNotFound));
+    };
+    if caller.restriction.is_some() {
+        let campaign = app.engine.campaign(view.campaign.clone()).await?;
+        let ledger = campaign.map(|campaign| campaign.definition.gift_ledger);
+        caller.require(
+            ledger.as_ref().map(|code| code.as_str()),
+            Some(view.user.as_str()),
+        )?;
     }
+    Ok(Json(view.into()))
 }
 
 /// Record how a claim's delivery ended (reconciliation by an operator).

@@ -353,6 +353,36 @@ async fn claims_follow_the_window_the_limits_and_the_verification_rule() {
         )
         .await;
     assert_eq!(answer.0, StatusCode::OK, "{}", answer.1);
+
+    // A token limited to some accounts reads its users' claims, and no whole campaign.
+    let alice = format!(
+        "Bearer {}",
+        app.issue(&[Scope::Read], &["GIFT"], &["alice"])
+    );
+    assert_eq!(
+        app.call_as(Some(&alice), "GET", "/v1/claims/o1", None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let answer = app
+        .call_as(Some(&alice), "GET", "/v1/claims/o4", None)
+        .await;
+    assert_error(&answer, StatusCode::FORBIDDEN, "forbidden");
+    let answer = app
+        .call_as(Some(&alice), "GET", "/v1/campaigns/spring", None)
+        .await;
+    assert_error(&answer, StatusCode::FORBIDDEN, "forbidden");
+    let euro = format!("Bearer {}", app.issue(&[Scope::Write], &["EUR"], &[]));
+    let answer = app
+        .call_as(
+            Some(&euro),
+            "POST",
+            "/v1/campaigns/spring/claims",
+            Some(r#"{"order_id":"o10","user":"dave"}"#),
+        )
+        .await;
+    assert_error(&answer, StatusCode::FORBIDDEN, "forbidden");
     app.finish().await;
 }
 
