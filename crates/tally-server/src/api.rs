@@ -779,9 +779,11 @@ pub struct CampaignRequest {
     pub daily_limit: u64,
     /// IANA time zone whose midnight starts a new day, such as `Europe/Berlin`.
     pub timezone: String,
-    /// When claims open (RFC 3339 with an offset).
+    /// When claims open (RFC 3339 with an offset), between 1970 and 2262.
+    #[schema(format = DateTime)]
     pub starts_at: String,
-    /// When claims close, exclusive (RFC 3339 with an offset).
+    /// When claims close, exclusive (RFC 3339 with an offset), between 1970 and 2262.
+    #[schema(format = DateTime)]
     pub ends_at: String,
     /// The account that must claim and receive a gift before the campaign may go live.
     #[schema(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._:-]+$")]

@@ -107,7 +107,7 @@ pub async fn define_campaign(
         Answer::Campaign { view, created } => Ok((status(created), render_campaign(&view)?)),
         Answer::Conflict => Err(ApiError::conflict(&id)),
         Answer::Refused(code) => Err(ApiError::refused(code)),
-        Answer::Invalid(invalid) => Err(ApiError::invalid(invalid.to_string())),
+        Answer::Invalid(invalid) => Err(ApiError::invalid_command(&invalid)),
         other => Err(ApiError::internal(format!(
             "unexpected answer to a campaign definition: {other:?}"
         ))),
@@ -178,7 +178,7 @@ pub async fn publish_campaign(
     (status = 404, description = "`campaign_not_found`", body = ErrorBody),
     (status = 409, description = "The order id was used for another campaign or user", body = ErrorBody),
     (status = 413, description = "Body too large", body = ErrorBody),
-    (status = 422, description = "Refused: `campaign_not_live`, `campaign_not_started`, `campaign_ended`, `per_user_limit_reached`, `daily_limit_reached`, `inventory_exhausted`, `ledger_mismatch` or `capacity_exceeded`", body = ErrorBody),
+    (status = 422, description = "Refused: `campaign_not_live`, `campaign_not_started`, `campaign_ended`, `per_user_limit_reached`, `daily_limit_reached`, `inventory_exhausted`, `ledger_mismatch`, `capacity_exceeded`, or `reserved_id` for a user id starting with `tally:`", body = ErrorBody),
     (status = 503, description = "Overloaded or unavailable", body = ErrorBody),
 ))]
 pub async fn claim(
@@ -200,7 +200,7 @@ fn claim_answer(answer: Answer, order_id: &str) -> Result<Created<ClaimJson>, Ap
         Answer::Claim { view, created } => Ok((status(created), Json(view.into()))),
         Answer::Conflict => Err(ApiError::conflict(order_id)),
         Answer::Refused(code) => Err(ApiError::refused(code)),
-        Answer::Invalid(invalid) => Err(ApiError::invalid(invalid.to_string())),
+        Answer::Invalid(invalid) => Err(ApiError::invalid_command(&invalid)),
         other => Err(ApiError::internal(format!(
             "unexpected answer to a claim: {other:?}"
         ))),

@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
-use tally_core::{CampaignCode, RejectCode};
+use tally_core::{CampaignCode, InvalidCommand, RejectCode};
 use tally_engine::EngineError;
 use utoipa::ToSchema;
 
@@ -50,7 +50,8 @@ pub struct RequestError {
     /// Stable code: `invalid_request`, `not_found`, `conflict`, `insufficient_funds`,
     /// `ledger_mismatch`, `already_resolved`, `not_pending`, `exceeds_pending_amount`,
     /// `overflow`, `linked_failed`, `payload_too_large`, `method_not_allowed`, `overloaded`,
-    /// `unauthorized`, `forbidden`, `unavailable`, `internal`, and for campaigns and claims
+    /// `unauthorized`, `forbidden`, `unavailable`, `internal`, `reserved_id`, and for campaigns
+    /// and claims
     /// `campaign_invalid`, `campaign_not_found`, `claim_not_found`, `campaign_not_live`,
     /// `campaign_not_started`, `campaign_ended`, `per_user_limit_reached`,
     /// `daily_limit_reached`, `inventory_exhausted`, `campaign_not_verified`,
@@ -162,6 +163,21 @@ impl ApiError {
             status,
             code: code.as_str(),
             message: code.message().to_string(),
+        }
+    }
+
+    /// The answer to a command the engine found malformed: a 400 `invalid_request`, but a 422
+    /// `reserved_id` for an id of the ledger's own (`tally:...`), which is well-formed and only
+    /// refused by the ledger's rules.
+    pub fn invalid_command(invalid: &InvalidCommand) -> ApiError {
+        match invalid {
+            InvalidCommand::Reserved(_) => ApiError {
+                violations: None,
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                code: "reserved_id",
+                message: invalid.to_string(),
+            },
+            other => ApiError::invalid(other.to_string()),
         }
     }
 

@@ -73,6 +73,14 @@ async fn a_campaign_is_defined_as_a_draft_checked_by_the_rules_and_stored_once()
         4,
         "the pool is funded at definition"
     );
+    // Nobody but the ledger moves units of the pool.
+    let answer = app
+        .post(
+            "/v1/withdrawals",
+            r#"{"id":"w1","account":"tally:pool:spring","amount":1}"#,
+        )
+        .await;
+    assert_error(&answer, StatusCode::UNPROCESSABLE_ENTITY, "reserved_id");
 
     let (status, again) = app.post("/v1/campaigns", &spring()).await;
     assert_eq!(status, StatusCode::OK);
@@ -287,8 +295,8 @@ async fn claims_follow_the_window_the_limits_and_the_verification_rule() {
     );
     assert_error(
         &claim(&app, "o5", "tally:pool:spring").await,
-        StatusCode::BAD_REQUEST,
-        "invalid_request",
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "reserved_id",
     );
     // A voided claim gives its unit back and stops counting.
     assert_eq!(settle(&app, "o2", "voided").await.0, StatusCode::CREATED);

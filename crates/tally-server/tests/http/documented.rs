@@ -164,6 +164,13 @@ const PRODUCERS: &[Producer] = &[
         r#"{"id":"n","ledger":"EUR"}"#,
     ),
     produce("POST", "/v1/accounts", 413, "/v1/accounts", BIG),
+    produce(
+        "POST",
+        "/v1/accounts",
+        422,
+        "/v1/accounts",
+        r#"{"id":"tally:pool:x","ledger":"USD"}"#,
+    ),
     on(
         Server::EngineStopped,
         produce(
