@@ -6,6 +6,8 @@
 use std::collections::HashMap;
 
 use serde::Serialize;
+use tally_core::campaign::{is_reserved, RESERVED_PREFIX};
+use tally_core::limits::CAMPAIGN_ID_BYTES_MAX;
 use tally_core::{Id, LedgerCode};
 use url::Url;
 
@@ -193,13 +195,34 @@ fn quoted(text: &str) -> String {
 }
 
 fn check_names(spec: &CampaignSpec, found: &mut Found) {
-    if let Err(error) = Id::new(&spec.id) {
-        found.add(
+    let id_fix = format!("use 1 to {CAMPAIGN_ID_BYTES_MAX} characters of A-Z, a-z, 0-9, '.', '_', ':' and '-', not starting with \"{RESERVED_PREFIX}\", such as \"spring-2026\"");
+    match Id::new(&spec.id) {
+        Err(error) => found.add(
             "id",
             Rule::IdInvalid,
             format!("campaign id {} {error}", quoted(&spec.id)),
-            "use 1 to 128 characters of A-Z, a-z, 0-9, '.', '_', ':' and '-', such as \"spring-2026\"".into(),
-        );
+            id_fix,
+        ),
+        Ok(id) if id.as_str().len() > CAMPAIGN_ID_BYTES_MAX => found.add(
+            "id",
+            Rule::IdInvalid,
+            format!(
+                "campaign id {} has {} bytes; at most {CAMPAIGN_ID_BYTES_MAX}, so that its pool account id \"{RESERVED_PREFIX}pool:ID\" is an id",
+                quoted(&spec.id),
+                spec.id.len()
+            ),
+            id_fix,
+        ),
+        Ok(id) if is_reserved(&id) => found.add(
+            "id",
+            Rule::IdInvalid,
+            format!(
+                "campaign id {} starts with \"{RESERVED_PREFIX}\", which the ledger keeps for its own ids",
+                quoted(&spec.id)
+            ),
+            id_fix,
+        ),
+        Ok(_) => {}
     }
     if let Err(error) = LedgerCode::new(&spec.gift_ledger) {
         found.add(
@@ -209,17 +232,27 @@ fn check_names(spec: &CampaignSpec, found: &mut Found) {
             "name the ledger the gifts are counted in: 1 to 32 characters of A-Z, a-z, 0-9, '.', '_', ':' and '-', such as \"GIFT\"".into(),
         );
     }
-    if let Err(error) = Id::new(&spec.verification_account) {
-        found.add(
+    let account_fix = format!("name an account id: 1 to 128 characters of A-Z, a-z, 0-9, '.', '_', ':' and '-', not starting with \"{RESERVED_PREFIX}\"");
+    match Id::new(&spec.verification_account) {
+        Err(error) => found.add(
             "verification_account",
             Rule::AccountInvalid,
             format!(
                 "verification account {} {error}",
                 quoted(&spec.verification_account)
             ),
-            "name an account id: 1 to 128 characters of A-Z, a-z, 0-9, '.', '_', ':' and '-'"
-                .into(),
-        );
+            account_fix,
+        ),
+        Ok(id) if is_reserved(&id) => found.add(
+            "verification_account",
+            Rule::AccountInvalid,
+            format!(
+                "verification account {} starts with \"{RESERVED_PREFIX}\", which the ledger keeps for its own ids",
+                quoted(&spec.verification_account)
+            ),
+            account_fix,
+        ),
+        Ok(_) => {}
     }
 }
 

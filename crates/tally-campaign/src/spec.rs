@@ -17,11 +17,11 @@ use crate::CampaignError;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CampaignSpec {
-    /// The campaign's id (Tally's id rule: 1–128 characters of `[A-Za-z0-9._:-]`).
+    /// The campaign's id (Tally's id rule, at most 117 characters, not starting with `tally:`).
     pub id: String,
     /// The ledger (asset code) the gifts are counted in; its pool account holds the inventory.
     pub gift_ledger: String,
-    /// Gift units put in the pool when the campaign is published.
+    /// Gift units put in the pool when the campaign is defined.
     pub inventory: u64,
     /// Most gifts one user may claim over the whole campaign.
     pub per_user_limit: u64,
@@ -35,7 +35,7 @@ pub struct CampaignSpec {
     /// When claims close (exclusive), in nanoseconds since the Unix epoch (RFC 3339 text).
     #[serde(rename = "ends_at", with = "rfc3339")]
     pub ends_at_ns: u64,
-    /// The account that deliveries in doubt are reconciled against.
+    /// The account that must claim and receive a gift before the campaign may go live.
     pub verification_account: String,
     /// Where and how gifts are delivered.
     pub delivery: DeliverySpec,

@@ -14,6 +14,7 @@ use jiff::tz::{TimeZone, TimeZoneDatabase};
 use jiff::Timestamp;
 use serde::de::{self, MapAccess, Visitor};
 use tally_core::limits::TIMESTAMP_NS_MAX;
+use tally_core::OffsetChange;
 
 use crate::CampaignError;
 
@@ -57,6 +58,40 @@ impl LocalCalendar {
         // Offsets are below a day, and `seconds` is far from i64's ends, so this cannot wrap.
         let day = (seconds + offset_seconds).div_euclid(SECONDS_PER_DAY);
         i32::try_from(day).expect("Tally's clock ends in 2262, well within i32 days")
+    }
+}
+
+impl LocalCalendar {
+    /// The zone's UTC offsets over `[starts_at_ns, ends_at_ns)`: the one in force at
+    /// `starts_at_ns`, then every change before `ends_at_ns`, in order. This is what the ledger
+    /// records with a campaign so that it can count local days without a time zone database
+    /// (see `tally_core::campaign`). Transitions that keep the offset (a new abbreviation) are
+    /// left out.
+    pub fn offset_changes(&self, starts_at_ns: u64, ends_at_ns: u64) -> Vec<OffsetChange> {
+        assert!(starts_at_ns < ends_at_ns && ends_at_ns <= TIMESTAMP_NS_MAX);
+        let start = Timestamp::from_nanosecond(i128::from(starts_at_ns))
+            .expect("jiff covers Tally's clock");
+        let mut changes = vec![OffsetChange {
+            from_ns: starts_at_ns,
+            offset_seconds: self.zone.to_offset(start).seconds(),
+        }];
+        for transition in self.zone.following(start) {
+            let Ok(from_ns) = u64::try_from(transition.timestamp().as_nanosecond()) else {
+                continue;
+            };
+            if from_ns >= ends_at_ns {
+                break;
+            }
+            let offset_seconds = transition.offset().seconds();
+            let last = changes.last().expect("starts with one");
+            if from_ns > last.from_ns && offset_seconds != last.offset_seconds {
+                changes.push(OffsetChange {
+                    from_ns,
+                    offset_seconds,
+                });
+            }
+        }
+        changes
     }
 }
 
@@ -215,6 +250,77 @@ mod tests {
         check_day("Asia/Kolkata", "2025-06-30T18:30:00Z", "2025-07-01");
         check_day("Asia/Kathmandu", "2025-06-30T18:14:59Z", "2025-06-30");
         check_day("Asia/Kathmandu", "2025-06-30T18:15:00Z", "2025-07-01");
+    }
+
+    #[test]
+    fn offset_changes_list_the_offset_at_the_start_and_every_change_in_the_window() {
+        let berlin = LocalCalendar::new("Europe/Berlin").unwrap();
+        let changes = berlin.offset_changes(ns("2025-01-01T00:00:00Z"), ns("2026-01-01T00:00:00Z"));
+        let expected = [
+            ("2025-01-01T00:00:00Z", 3600),
+            ("2025-03-30T01:00:00Z", 7200),
+            ("2025-10-26T01:00:00Z", 3600),
+        ];
+        let expected: Vec<OffsetChange> = expected
+            .iter()
+            .map(|(time, offset_seconds)| OffsetChange {
+                from_ns: ns(time),
+                offset_seconds: *offset_seconds,
+            })
+            .collect();
+        assert_eq!(changes, expected);
+        let kolkata = LocalCalendar::new("Asia/Kolkata").unwrap();
+        assert_eq!(
+            kolkata.offset_changes(0, TIMESTAMP_NS_MAX).len(),
+            1,
+            "+05:30 since before 1970"
+        );
+        for zone in [
+            "Europe/Berlin",
+            "America/New_York",
+            "Australia/Lord_Howe",
+            "UTC",
+        ] {
+            let whole = LocalCalendar::new(zone)
+                .unwrap()
+                .offset_changes(0, TIMESTAMP_NS_MAX);
+            assert!(
+                whole.len() <= tally_core::limits::CAMPAIGN_OFFSET_CHANGES_MAX,
+                "{zone}: {}",
+                whole.len()
+            );
+        }
+    }
+
+    proptest::proptest! {
+        /// The ledger's day from the recorded offsets is the calendar's day, for any window and
+        /// any time in it: the ledger needs no time zone database to count days right.
+        #[test]
+        fn the_ledgers_day_from_recorded_offsets_is_the_calendars(
+            zone in proptest::sample::select(vec!["Europe/Berlin", "America/New_York", "Asia/Kolkata", "Australia/Lord_Howe", "Pacific/Apia", "UTC"]),
+            start in 0u64..4_000_000_000,
+            length in 1u64..400_000_000,
+            at in 0.0f64..1.0,
+        ) {
+            let calendar = LocalCalendar::new(zone).unwrap();
+            let (starts_at_ns, ends_at_ns) = (start * NS, (start + length) * NS);
+            let definition = tally_core::CampaignDefinition {
+                id: tally_core::Id::new("c").unwrap(),
+                gift_ledger: tally_core::LedgerCode::new("G").unwrap(),
+                inventory: 1,
+                per_user_limit: 1,
+                daily_limit: 1,
+                starts_at_ns,
+                ends_at_ns,
+                verification_account: tally_core::Id::new("v").unwrap(),
+                offsets: calendar.offset_changes(starts_at_ns, ends_at_ns),
+                spec: Vec::new(),
+            };
+            definition.validate().unwrap();
+            let time = starts_at_ns + ((ends_at_ns - starts_at_ns) as f64 * at) as u64;
+            let time = time.min(ends_at_ns - 1);
+            proptest::prop_assert_eq!(definition.local_day(time), calendar.local_day(time));
+        }
     }
 
     #[test]

@@ -6,8 +6,9 @@
 
 use std::num::NonZeroU64;
 
+use crate::campaign::{is_reserved, CampaignDefinition, ClaimState, InvalidDefinition};
 use crate::id::{Id, LedgerCode};
-use crate::limits::{BATCH_TRANSFERS_MAX, PENDING_TIMEOUT_S_MAX};
+use crate::limits::{BATCH_TRANSFERS_MAX, CLAIM_ATTEMPTS_MAX, PENDING_TIMEOUT_S_MAX};
 
 /// One request to the ledger.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,6 +31,37 @@ pub enum Command {
     RevokeToken {
         /// The token's id.
         token_id: Id,
+    },
+    /// Define a gift campaign as a draft, creating and funding its pool (see
+    /// [`crate::campaign`]). The campaign id doubles as the command id.
+    DefineCampaign(Box<CampaignDefinition>),
+    /// Take a draft campaign live; refused until its verification account received a gift.
+    PublishCampaign {
+        /// The campaign id.
+        id: Id,
+    },
+    /// Claim one gift of `campaign` for `user`. The order id doubles as the command id.
+    Claim {
+        /// The campaign id.
+        campaign: Id,
+        /// The client's order id: the claim's idempotency key.
+        order_id: Id,
+        /// The user, an account of the campaign's gift ledger (created if missing).
+        user: Id,
+    },
+    /// Record how a claim's delivery ended: `Delivered`, `Voided` or `Unknown`.
+    SettleClaim {
+        /// The claim's order id.
+        order_id: Id,
+        /// Its new state; never `PendingDelivery`.
+        outcome: ClaimState,
+    },
+    /// Record that delivery attempt `attempt` (from 1) of a claim started.
+    RecordClaimAttempt {
+        /// The claim's order id.
+        order_id: Id,
+        /// The attempt's number: the previous one plus one (a repeat changes nothing).
+        attempt: u32,
     },
 }
 
@@ -119,13 +151,56 @@ pub enum InvalidCommand {
     /// The same id twice in one linked chain.
     #[error("transfer id {0:?} appears twice in one atomic batch")]
     DuplicateInChain(Id),
+    /// An id that belongs to the ledger itself (see [`crate::campaign`]).
+    #[error("ids starting with `tally:` belong to the ledger itself, found {0:?}")]
+    Reserved(Id),
+    /// A campaign definition that cannot be right.
+    #[error("{0}")]
+    Campaign(#[from] InvalidDefinition),
+    /// A claim settled back to pending delivery.
+    #[error("a claim is settled as delivered, voided or unknown_needs_reconciliation")]
+    NotASettlement,
+    /// A delivery attempt numbered 0 or beyond the bound.
+    #[error("delivery attempts are numbered from 1 to {max}, found {found}")]
+    AttemptOutOfRange {
+        /// The bound.
+        max: u32,
+        /// The number found.
+        found: u32,
+    },
+}
+
+/// Refuses ids the ledger owns.
+fn unreserved(id: &Id) -> Result<(), InvalidCommand> {
+    if is_reserved(id) {
+        Err(InvalidCommand::Reserved(id.clone()))
+    } else {
+        Ok(())
+    }
 }
 
 impl Command {
     /// Checks what the types do not: see [`InvalidCommand`].
     pub fn validate(&self) -> Result<(), InvalidCommand> {
         match self {
-            Command::CreateAccount { .. } | Command::RevokeToken { .. } => Ok(()),
+            Command::CreateAccount { id, .. } => unreserved(id),
+            Command::RevokeToken { .. } | Command::PublishCampaign { .. } => Ok(()),
+            Command::DefineCampaign(definition) => Ok(definition.validate()?),
+            Command::Claim { user, .. } => unreserved(user),
+            Command::SettleClaim { outcome, .. } => match outcome {
+                ClaimState::PendingDelivery => Err(InvalidCommand::NotASettlement),
+                _ => Ok(()),
+            },
+            Command::RecordClaimAttempt { attempt, .. } => {
+                if (1..=CLAIM_ATTEMPTS_MAX).contains(attempt) {
+                    Ok(())
+                } else {
+                    Err(InvalidCommand::AttemptOutOfRange {
+                        max: CLAIM_ATTEMPTS_MAX,
+                        found: *attempt,
+                    })
+                }
+            }
             Command::Transfer(transfer) => transfer.validate(),
             Command::Linked(chain) => {
                 if chain.is_empty() {
@@ -153,6 +228,19 @@ impl Command {
 impl TransferCommand {
     /// Checks one transfer command; see [`Command::validate`].
     pub fn validate(&self) -> Result<(), InvalidCommand> {
+        unreserved(&self.id)?;
+        match &self.body {
+            TransferBody::Deposit { account, .. } | TransferBody::Withdrawal { account, .. } => {
+                unreserved(account)?
+            }
+            TransferBody::Transfer { from, to, .. } => {
+                unreserved(from)?;
+                unreserved(to)?;
+            }
+            TransferBody::Post { pending_id, .. } | TransferBody::Void { pending_id } => {
+                unreserved(pending_id)?
+            }
+        }
         if let TransferBody::Transfer {
             from, to, pending, ..
         } = &self.body

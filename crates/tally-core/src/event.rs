@@ -5,7 +5,9 @@
 //! `docs/format.md`): a tag byte per event, LEB128 varints for integers, and length-prefixed
 //! strings. Decoding never trusts its input: every length is bounded and every byte accounted for.
 
+use crate::campaign::{CampaignDefinition, ClaimState, OffsetChange};
 use crate::id::{Id, LedgerCode};
+use crate::limits::{CAMPAIGN_OFFSET_CHANGES_MAX, CAMPAIGN_SPEC_BYTES_MAX};
 use crate::reject::RejectCode;
 
 /// Index of an account in the ledger state; assigned in creation order, so replay reproduces it.
@@ -46,6 +48,39 @@ pub enum Event {
     TokenRevoked {
         /// The token's id.
         token_id: Id,
+    },
+    /// A campaign was defined as a draft. Its pool account's creation and funding come just
+    /// before it (see [`crate::campaign`]).
+    CampaignDefined(Box<CampaignDefinition>),
+    /// A draft campaign went live.
+    CampaignPublished {
+        /// The campaign id.
+        campaign: Id,
+    },
+    /// A claim was recorded; its pending transfer (of one unit from the pool to the user) is
+    /// at position `pending`, just before.
+    ClaimRecorded {
+        /// The client's order id.
+        order_id: Id,
+        /// The campaign's index.
+        campaign: u32,
+        /// Position of the claim's pending transfer.
+        pending: u64,
+    },
+    /// A claim was settled; for `Delivered` and `Voided` the post or void of its transfer
+    /// follows.
+    ClaimSettled {
+        /// The claim's order id.
+        order_id: Id,
+        /// Its new state.
+        outcome: ClaimState,
+    },
+    /// Delivery attempt `attempt` of a claim started.
+    ClaimAttempted {
+        /// The claim's order id.
+        order_id: Id,
+        /// The attempt's number, from 1.
+        attempt: u32,
     },
 }
 
@@ -123,6 +158,11 @@ const TAG_TRANSFER: u8 = 2;
 const TAG_REJECTED: u8 = 3;
 const TAG_EXPIRED: u8 = 4;
 const TAG_TOKEN_REVOKED: u8 = 5;
+const TAG_CAMPAIGN_DEFINED: u8 = 6;
+const TAG_CAMPAIGN_PUBLISHED: u8 = 7;
+const TAG_CLAIM_RECORDED: u8 = 8;
+const TAG_CLAIM_SETTLED: u8 = 9;
+const TAG_CLAIM_ATTEMPTED: u8 = 10;
 
 const KIND_DEPOSIT: u8 = 1;
 const KIND_WITHDRAWAL: u8 = 2;
@@ -182,7 +222,74 @@ pub fn encode_event(event: &Event, out: &mut Vec<u8>) {
             out.push(TAG_TOKEN_REVOKED);
             put_str(out, token_id.as_str());
         }
+        Event::CampaignDefined(definition) => {
+            out.push(TAG_CAMPAIGN_DEFINED);
+            encode_definition(definition, out);
+        }
+        Event::CampaignPublished { campaign } => {
+            out.push(TAG_CAMPAIGN_PUBLISHED);
+            put_str(out, campaign.as_str());
+        }
+        Event::ClaimRecorded {
+            order_id,
+            campaign,
+            pending,
+        } => {
+            out.push(TAG_CLAIM_RECORDED);
+            put_str(out, order_id.as_str());
+            put_varint(out, u64::from(*campaign));
+            put_varint(out, *pending);
+        }
+        Event::ClaimSettled { order_id, outcome } => {
+            out.push(TAG_CLAIM_SETTLED);
+            put_str(out, order_id.as_str());
+            out.push(outcome.to_byte());
+        }
+        Event::ClaimAttempted { order_id, attempt } => {
+            out.push(TAG_CLAIM_ATTEMPTED);
+            put_str(out, order_id.as_str());
+            put_varint(out, u64::from(*attempt));
+        }
     }
+}
+
+/// Appends the encoding of a campaign definition (the body of `CampaignDefined`) to `out`.
+pub(crate) fn encode_definition(definition: &CampaignDefinition, out: &mut Vec<u8>) {
+    put_str(out, definition.id.as_str());
+    put_str(out, definition.gift_ledger.as_str());
+    for value in [
+        definition.inventory,
+        definition.per_user_limit,
+        definition.daily_limit,
+        definition.starts_at_ns,
+        definition.ends_at_ns,
+    ] {
+        put_varint(out, value);
+    }
+    put_str(out, definition.verification_account.as_str());
+    put_varint(out, definition.offsets.len() as u64);
+    for change in &definition.offsets {
+        put_varint(out, change.from_ns);
+        // Zigzag, so that offsets west of Greenwich stay short.
+        let offset = change.offset_seconds;
+        put_varint(out, u64::from(((offset << 1) ^ (offset >> 31)) as u32));
+    }
+    put_varint(out, definition.spec.len() as u64);
+    out.extend_from_slice(&definition.spec);
+}
+
+/// Decodes bytes written by `encode_definition`, and nothing else.
+pub(crate) fn decode_definition(bytes: &[u8]) -> Result<CampaignDefinition, DecodeError> {
+    let mut reader = Reader {
+        bytes,
+        offset: 0,
+        event_index: 0,
+    };
+    let definition = reader.definition()?;
+    if reader.offset != bytes.len() {
+        return Err(reader.error("bytes left after the campaign definition"));
+    }
+    Ok(definition)
 }
 
 /// Encodes a batch body: the events back to back.
@@ -299,6 +406,50 @@ impl<'a> Reader<'a> {
         Id::new(text).map_err(|_| self.error("invalid id"))
     }
 
+    fn definition(&mut self) -> Result<CampaignDefinition, DecodeError> {
+        let id = self.id()?;
+        let gift_ledger =
+            LedgerCode::new(self.text()?).map_err(|_| self.error("invalid ledger code"))?;
+        let mut values = [0u64; 5];
+        for value in &mut values {
+            *value = self.varint()?;
+        }
+        let [inventory, per_user_limit, daily_limit, starts_at_ns, ends_at_ns] = values;
+        let verification_account = self.id()?;
+        let count = self.varint()?;
+        if count > CAMPAIGN_OFFSET_CHANGES_MAX as u64 {
+            return Err(self.error("too many UTC offset changes"));
+        }
+        let mut offsets = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            let from_ns = self.varint()?;
+            let zigzag =
+                u32::try_from(self.varint()?).map_err(|_| self.error("UTC offset overflows"))?;
+            let offset_seconds = ((zigzag >> 1) as i32) ^ -((zigzag & 1) as i32);
+            offsets.push(OffsetChange {
+                from_ns,
+                offset_seconds,
+            });
+        }
+        let length = self.varint()?;
+        if length > CAMPAIGN_SPEC_BYTES_MAX as u64 {
+            return Err(self.error("stored campaign definition too large"));
+        }
+        let spec = self.take(length as usize)?.to_vec();
+        Ok(CampaignDefinition {
+            id,
+            gift_ledger,
+            inventory,
+            per_user_limit,
+            daily_limit,
+            starts_at_ns,
+            ends_at_ns,
+            verification_account,
+            offsets,
+            spec,
+        })
+    }
+
     fn event(&mut self) -> Result<Event, DecodeError> {
         match self.byte()? {
             TAG_ACCOUNT_CREATED => {
@@ -367,6 +518,26 @@ impl<'a> Reader<'a> {
             TAG_TOKEN_REVOKED => Ok(Event::TokenRevoked {
                 token_id: self.id()?,
             }),
+            TAG_CAMPAIGN_DEFINED => Ok(Event::CampaignDefined(Box::new(self.definition()?))),
+            TAG_CAMPAIGN_PUBLISHED => Ok(Event::CampaignPublished {
+                campaign: self.id()?,
+            }),
+            TAG_CLAIM_RECORDED => Ok(Event::ClaimRecorded {
+                order_id: self.id()?,
+                campaign: self.varint_u32()?,
+                pending: self.varint()?,
+            }),
+            TAG_CLAIM_SETTLED => {
+                let order_id = self.id()?;
+                let outcome = ClaimState::from_byte(self.byte()?)
+                    .filter(|state| *state != ClaimState::PendingDelivery)
+                    .ok_or_else(|| self.error("unknown claim outcome"))?;
+                Ok(Event::ClaimSettled { order_id, outcome })
+            }
+            TAG_CLAIM_ATTEMPTED => Ok(Event::ClaimAttempted {
+                order_id: self.id()?,
+                attempt: self.varint_u32()?,
+            }),
             _ => Err(self.error("unknown event tag")),
         }
     }
@@ -404,6 +575,43 @@ mod tests {
                 code: RejectCode::InsufficientFunds,
             },
             Event::Expired { pending: 1 },
+            Event::CampaignDefined(Box::new(CampaignDefinition {
+                id: id("spring"),
+                gift_ledger: LedgerCode::new("GIFT").unwrap(),
+                inventory: 50_000,
+                per_user_limit: 3,
+                daily_limit: 2_000,
+                starts_at_ns: 1 << 60,
+                ends_at_ns: (1 << 60) + 1,
+                verification_account: id("verifier"),
+                offsets: vec![
+                    OffsetChange {
+                        from_ns: 1 << 60,
+                        offset_seconds: -36_000,
+                    },
+                    OffsetChange {
+                        from_ns: (1 << 60) + 1,
+                        offset_seconds: 93_599,
+                    },
+                ],
+                spec: b"{\"version\":1}".to_vec(),
+            })),
+            Event::CampaignPublished {
+                campaign: id("spring"),
+            },
+            Event::ClaimRecorded {
+                order_id: id("o1"),
+                campaign: u32::MAX,
+                pending: u64::MAX,
+            },
+            Event::ClaimSettled {
+                order_id: id("o1"),
+                outcome: ClaimState::Unknown,
+            },
+            Event::ClaimAttempted {
+                order_id: id("o1"),
+                attempt: u32::MAX,
+            },
         ]
     }
 
@@ -418,17 +626,18 @@ mod tests {
     fn refuses_wrong_counts_and_truncation() {
         let events = sample();
         let body = encode_events(&events);
+        let count = events.len() as u32;
         assert!(
-            decode_events(&body, 3).is_err(),
+            decode_events(&body, count - 1).is_err(),
             "trailing bytes must be refused"
         );
         assert!(
-            decode_events(&body, 5).is_err(),
+            decode_events(&body, count + 1).is_err(),
             "missing events must be refused"
         );
         for cut in 0..body.len() {
             assert!(
-                decode_events(&body[..cut], 4).is_err(),
+                decode_events(&body[..cut], count).is_err(),
                 "truncated at {cut}"
             );
         }

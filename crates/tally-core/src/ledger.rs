@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 
 use hashbrown::HashMap;
 
+use crate::campaign::{Campaign, CampaignCode, Claim};
 use crate::command::{Command, PendingOptions, TransferBody, TransferCommand};
 use crate::event::{AccountIndex, Event, LedgerIndex, TransferEvent, TransferKind};
 use crate::id::{Id, LedgerCode};
@@ -35,6 +36,17 @@ pub struct Ledger {
     pub(crate) next_position: u64,
     /// Ids of revoked access tokens.
     pub(crate) revoked: hashbrown::HashSet<Id>,
+    /// Campaigns in order of definition; their index is their place.
+    pub(crate) campaigns: Vec<Campaign>,
+    pub(crate) campaign_ids: HashMap<Id, u32>,
+    /// Claims by order id.
+    pub(crate) claims: HashMap<Id, Claim>,
+    /// Derived: a claim's pending transfer position → its order id.
+    pub(crate) claim_pendings: HashMap<u64, Id>,
+    /// Derived: claims that count toward a limit, per (campaign, user account) and per
+    /// (campaign, local day); entries at zero are removed.
+    pub(crate) claims_per_user: HashMap<(u32, AccountIndex), u64>,
+    pub(crate) claims_per_day: HashMap<(u32, i32), u64>,
     batch: BatchCursor,
     undo: Option<Vec<Undo>>,
 }
@@ -54,6 +66,12 @@ impl PartialEq for Ledger {
             && self.batch_times == other.batch_times
             && self.next_position == other.next_position
             && self.revoked == other.revoked
+            && self.campaigns == other.campaigns
+            && self.campaign_ids == other.campaign_ids
+            && self.claims == other.claims
+            && self.claim_pendings == other.claim_pendings
+            && self.claims_per_user == other.claims_per_user
+            && self.claims_per_day == other.claims_per_day
     }
 }
 
@@ -182,6 +200,24 @@ pub enum Reply {
         /// Whether this command revoked it.
         created: bool,
     },
+    /// The campaign at `index` is defined (or published), by this command (`created`) or an
+    /// earlier one with the same body.
+    Campaign {
+        /// Its index.
+        index: u32,
+        /// Whether this command changed it.
+        created: bool,
+    },
+    /// The claim `order_id` is recorded (or settled, or its attempt recorded), by this command
+    /// (`created`) or an earlier one with the same body.
+    Claim {
+        /// Its order id.
+        order_id: Id,
+        /// Whether this command changed it.
+        created: bool,
+    },
+    /// A campaign or claim command was refused; nothing is recorded.
+    Refused(CampaignCode),
 }
 
 /// What a recorded transfer looked like when it was first answered.
@@ -489,7 +525,32 @@ impl Ledger {
                 }
                 replies.push(Reply::Revoked { created });
             }
+            Command::DefineCampaign(definition) => {
+                replies.push(self.define_campaign(definition, events))
+            }
+            Command::PublishCampaign { id } => replies.push(self.publish_campaign(id, events)),
+            Command::Claim {
+                campaign,
+                order_id,
+                user,
+            } => replies.push(self.claim_gift(campaign, order_id, user, events)),
+            Command::SettleClaim { order_id, outcome } => {
+                replies.push(self.settle_claim(order_id, *outcome, events))
+            }
+            Command::RecordClaimAttempt { order_id, attempt } => {
+                replies.push(self.record_attempt(order_id, *attempt, events))
+            }
         }
+    }
+
+    /// The timestamp of the batch in progress.
+    pub(crate) fn batch_timestamp_ns(&self) -> u64 {
+        self.batch.timestamp_ns
+    }
+
+    /// Whether no linked chain is being applied.
+    pub(crate) fn undo_is_off(&self) -> bool {
+        self.undo.is_none()
     }
 
     fn create_account(
@@ -724,7 +785,7 @@ impl Ledger {
             .ok_or(RejectCode::NotFound)
     }
 
-    fn external_of(&self, account: AccountIndex) -> AccountIndex {
+    pub(crate) fn external_of(&self, account: AccountIndex) -> AccountIndex {
         self.ledgers[self.accounts[account as usize].ledger as usize].external
     }
 
@@ -754,7 +815,7 @@ impl Ledger {
 
     /// Whether `transfer` may be applied to the current state: the ledger rules every recorded
     /// transfer obeys, checked both when deciding and when replaying.
-    fn admissible(&self, transfer: &TransferEvent) -> Result<(), RejectCode> {
+    pub(crate) fn admissible(&self, transfer: &TransferEvent) -> Result<(), RejectCode> {
         let debit = &self.accounts[transfer.debit as usize];
         let credit = &self.accounts[transfer.credit as usize];
         if debit.ledger != credit.ledger {
@@ -957,6 +1018,9 @@ impl Ledger {
                         if record.state != PendingState::Pending || overdue || !matches || !amount_ok {
                             return fail(format!("transfer {} does not match pending transfer at {pending}", transfer.id));
                         }
+                        if let Err(reason) = self.check_claim_resolution(pending, transfer.kind) {
+                            return fail(reason);
+                        }
                     }
                     TransferKind::Deposit | TransferKind::Withdrawal => {
                         let (external, own) = match transfer.kind {
@@ -995,6 +1059,15 @@ impl Ledger {
                 }
                 _ => return fail(format!("expiry of position {pending}, which is not an open pending transfer with a timeout")),
             },
+            Event::CampaignDefined(_)
+            | Event::CampaignPublished { .. }
+            | Event::ClaimRecorded { .. }
+            | Event::ClaimSettled { .. }
+            | Event::ClaimAttempted { .. } => {
+                if let Err(reason) = self.check_campaign_event(event) {
+                    return fail(reason);
+                }
+            }
         }
         self.apply(event);
         Ok(())
@@ -1039,6 +1112,11 @@ impl Ledger {
             Event::Expired { pending } => {
                 self.release(*pending, PendingState::Expired { position }, 0)
             }
+            Event::CampaignDefined(_)
+            | Event::CampaignPublished { .. }
+            | Event::ClaimRecorded { .. }
+            | Event::ClaimSettled { .. }
+            | Event::ClaimAttempted { .. } => self.apply_campaign_event(event),
         }
         self.next_position += 1;
         self.record(Undo::Position);
@@ -1367,6 +1445,6 @@ impl Ledger {
         if self.account_ids.len() + self.ledgers.len() != self.accounts.len() {
             return fail("the account id index does not match the accounts".into());
         }
-        Ok(())
+        self.check_campaign_invariants().map_err(InvariantViolation)
     }
 }

@@ -37,6 +37,7 @@
 //! [`Ledger::check_invariants`] asserts and `tally verify` checks on every data directory.
 #![deny(missing_docs)]
 
+pub mod campaign;
 mod command;
 mod event;
 mod id;
@@ -46,6 +47,10 @@ mod reject;
 pub mod script;
 mod snapshot;
 
+pub use campaign::{
+    Campaign, CampaignCode, CampaignDefinition, CampaignState, Claim, ClaimState,
+    InvalidDefinition, OffsetChange,
+};
 pub use command::{Command, InvalidCommand, PendingOptions, TransferBody, TransferCommand};
 pub use event::{
     decode_events, encode_event, encode_events, AccountIndex, DecodeError, Event, LedgerIndex,

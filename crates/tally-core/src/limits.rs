@@ -33,3 +33,34 @@ pub const TIMESTAMP_NS_MAX: u64 = i64::MAX as u64;
 
 const _: () = assert!(LEDGERS_MAX < ACCOUNTS_MAX);
 const _: () = assert!(ID_BYTES_MAX <= u8::MAX as usize);
+
+/// Campaigns in one Tally instance. Each keeps its definition (up to
+/// [`CAMPAIGN_SPEC_BYTES_MAX`]) in memory, so the bound caps that memory at about 1 GiB in the
+/// worst case; real deployments run a handful of campaigns at a time.
+pub const CAMPAIGNS_MAX: usize = 4096;
+
+/// Longest campaign id, in bytes: the pool account's id `tally:pool:{campaign}` must be an id
+/// ([`ID_BYTES_MAX`]), and so must the funding deposit's `tally:fund:{campaign}`.
+pub const CAMPAIGN_ID_BYTES_MAX: usize = ID_BYTES_MAX - "tally:pool:".len();
+
+/// Largest stored campaign definition, in bytes: the spec's own bound (a campaign file or
+/// request body), so that every accepted spec fits.
+pub const CAMPAIGN_SPEC_BYTES_MAX: usize = 256 * 1024;
+
+/// UTC offset changes one campaign carries. Tally's clock spans 1970–2262, about 600 daylight
+/// saving changes in the zones that change most, so every real window fits.
+pub const CAMPAIGN_OFFSET_CHANGES_MAX: usize = 1024;
+
+/// Largest UTC offset, in seconds: jiff's bound (25:59:59), above every zone in use.
+pub const UTC_OFFSET_SECONDS_MAX: u32 = 26 * 60 * 60 - 1;
+
+/// Claims remembered, over every campaign. Every claim stays in memory (for its order id's
+/// idempotency and the limits), about 100 bytes each with its order id: 1.6 GiB at the bound.
+pub const CLAIMS_MAX: usize = 1 << 24;
+
+/// Delivery attempts recorded for one claim: the dispatcher's retry policy allows at most 11 per
+/// delivery; the rest is room for the retry queue's later rounds, bounded so that a runaway
+/// worker is refused rather than counting forever.
+pub const CLAIM_ATTEMPTS_MAX: u32 = 10_000;
+
+const _: () = assert!(CAMPAIGN_ID_BYTES_MAX + "tally:fund:".len() <= ID_BYTES_MAX);

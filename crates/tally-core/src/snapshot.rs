@@ -4,15 +4,21 @@
 //! rebuilt on load, which keeps the format small and the two copies from disagreeing. Decoding
 //! treats its input as untrusted: every count is checked against the bytes left.
 
-use crate::event::AccountIndex;
+use crate::campaign::{
+    claim_body_hash, pool_account_id, Campaign, CampaignState, Claim, ClaimState,
+};
+use crate::event::{decode_definition, encode_definition, AccountIndex};
 use crate::id::{Id, LedgerCode};
 use crate::ledger::{
     Account, Balances, Decided, IdKey, Ledger, LedgerInfo, PendingRecord, PendingState,
 };
-use crate::limits::{POSITION_MAX, TIMESTAMP_NS_MAX};
+use crate::limits::{
+    CAMPAIGNS_MAX, CLAIMS_MAX, CLAIM_ATTEMPTS_MAX, POSITION_MAX, TIMESTAMP_NS_MAX,
+};
 
-/// Version of the snapshot body encoding.
-pub const SNAPSHOT_VERSION: u32 = 1;
+/// Version of the snapshot body encoding. Version 2 appends campaigns and claims; version 1
+/// bodies (written before campaigns existed) still load.
+pub const SNAPSHOT_VERSION: u32 = 2;
 
 /// Why bytes are not a valid snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -92,6 +98,26 @@ impl Ledger {
         for token_id in &self.revoked {
             put_str(&mut out, token_id.as_str());
         }
+        put_u64(&mut out, self.campaigns.len() as u64);
+        let mut definition = Vec::new();
+        for campaign in &self.campaigns {
+            definition.clear();
+            encode_definition(&campaign.definition, &mut definition);
+            put_u64(&mut out, definition.len() as u64);
+            out.extend_from_slice(&definition);
+            out.push(
+                u8::from(campaign.state == CampaignState::Live)
+                    | (u8::from(campaign.verified) << 1),
+            );
+        }
+        put_u64(&mut out, self.claims.len() as u64);
+        for (order_id, claim) in &self.claims {
+            put_str(&mut out, order_id.as_str());
+            put_u32(&mut out, claim.campaign);
+            put_u64(&mut out, claim.pending);
+            out.push(claim.state.to_byte());
+            put_u32(&mut out, claim.attempts);
+        }
         out
     }
 
@@ -99,7 +125,8 @@ impl Ledger {
     /// every invariant.
     pub fn decode_snapshot(bytes: &[u8]) -> Result<Ledger, SnapshotError> {
         let mut reader = Reader { bytes, offset: 0 };
-        if reader.u32()? != SNAPSHOT_VERSION {
+        let version = reader.u32()?;
+        if !(1..=SNAPSHOT_VERSION).contains(&version) {
             return Err(reader.error("unsupported snapshot version"));
         }
         let mut ledger = Ledger::new();
@@ -275,6 +302,9 @@ impl Ledger {
                 return Err(reader.error("duplicate revoked token"));
             }
         }
+        if version >= 2 {
+            decode_campaigns(&mut reader, &mut ledger)?;
+        }
         if reader.offset != bytes.len() {
             return Err(reader.error("bytes left after the snapshot"));
         }
@@ -291,6 +321,105 @@ impl Ledger {
         }
         Ok(ledger)
     }
+}
+
+/// Reads the campaigns and claims of a version 2 body, and rebuilds what derives from them.
+/// A claim's user and day are derived too: the user is its transfer's credit account, and the
+/// day is its campaign's local day at the time of the transfer's batch.
+fn decode_campaigns(reader: &mut Reader<'_>, ledger: &mut Ledger) -> Result<(), SnapshotError> {
+    let count = reader.count(9)?;
+    if count > CAMPAIGNS_MAX {
+        return Err(reader.error("more campaigns than the bound"));
+    }
+    for index in 0..count {
+        let length = reader.count(1)?;
+        let definition = decode_definition(reader.take(length)?)
+            .map_err(|_| reader.error("campaign definition does not decode"))?;
+        if definition.validate().is_err() {
+            return Err(reader.error("invalid campaign definition"));
+        }
+        let flags = reader.byte()?;
+        if flags > 3 {
+            return Err(reader.error("unknown campaign flags"));
+        }
+        let pool = match ledger.account_by_id(&pool_account_id(&definition.id)) {
+            Some((pool, account))
+                if ledger.ledgers[account.ledger as usize].code == definition.gift_ledger =>
+            {
+                pool
+            }
+            _ => return Err(reader.error("campaign without its pool account")),
+        };
+        if ledger
+            .campaign_ids
+            .insert(definition.id.clone(), index as u32)
+            .is_some()
+        {
+            return Err(reader.error("duplicate campaign"));
+        }
+        ledger.campaigns.push(Campaign {
+            body_hash: definition.body_hash(),
+            definition,
+            state: if flags & 1 != 0 {
+                CampaignState::Live
+            } else {
+                CampaignState::Draft
+            },
+            pool,
+            verified: flags & 2 != 0,
+        });
+    }
+    let count = reader.count(19)?;
+    if count > CLAIMS_MAX {
+        return Err(reader.error("more claims than the bound"));
+    }
+    ledger.claims.reserve(count);
+    for _ in 0..count {
+        let order_id = Id::new(reader.text()?).map_err(|_| reader.error("invalid order id"))?;
+        let campaign = reader.u32()?;
+        let pending = reader.u64()?;
+        let state = ClaimState::from_byte(reader.byte()?)
+            .ok_or_else(|| reader.error("unknown claim state"))?;
+        let attempts = reader.u32()?;
+        let Some(found) = ledger.campaigns.get(campaign as usize) else {
+            return Err(reader.error("claim of an unknown campaign"));
+        };
+        let Some(record) = ledger.pendings.get(&pending) else {
+            return Err(reader.error("claim without its pending transfer"));
+        };
+        let user = record.credit;
+        let Some(user_id) = ledger.accounts[user as usize].id.as_ref() else {
+            return Err(reader.error("claim for an external account"));
+        };
+        if record.debit != found.pool || attempts > CLAIM_ATTEMPTS_MAX {
+            return Err(reader.error("claim does not match its campaign"));
+        }
+        let claim = Claim {
+            campaign,
+            user,
+            pending,
+            day: found.definition.local_day(ledger.timestamp_at(pending)),
+            body_hash: claim_body_hash(&found.definition.id, user_id),
+            state,
+            attempts,
+        };
+        if state != ClaimState::Voided {
+            *ledger.claims_per_user.entry((campaign, user)).or_insert(0) += 1;
+            *ledger
+                .claims_per_day
+                .entry((campaign, claim.day))
+                .or_insert(0) += 1;
+        }
+        if ledger
+            .claim_pendings
+            .insert(pending, order_id.clone())
+            .is_some()
+            || ledger.claims.insert(order_id, claim).is_some()
+        {
+            return Err(reader.error("duplicate claim"));
+        }
+    }
+    Ok(())
 }
 
 fn put_u32(out: &mut Vec<u8>, value: u32) {

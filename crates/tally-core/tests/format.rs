@@ -1,5 +1,6 @@
-//! The event encoding is persisted: these bytes were written by format version 1 and must
-//! decode to the same events in every later release. Never edit the expected bytes; add a new
+//! The event encoding is persisted: these bytes were written by format version 1 (and, for
+//! the campaign events, by the release that added them) and must decode to the same events in
+//! every later release. Never edit the expected bytes; add a new
 //! version instead.
 
 use tally_core::{
@@ -59,4 +60,60 @@ fn version_1_event_bytes_still_decode() {
         bytes,
         "the encoder must still write version 1"
     );
+}
+
+fn campaign_events() -> Vec<Event> {
+    let id = |text: &str| Id::new(text).unwrap();
+    vec![
+        Event::CampaignDefined(Box::new(tally_core::CampaignDefinition {
+            id: id("spring"),
+            gift_ledger: LedgerCode::new("GIFT").unwrap(),
+            inventory: 300,
+            per_user_limit: 3,
+            daily_limit: 200,
+            starts_at_ns: 1_000,
+            ends_at_ns: 2_000_000,
+            verification_account: id("ver"),
+            offsets: vec![
+                tally_core::OffsetChange {
+                    from_ns: 1_000,
+                    offset_seconds: 3600,
+                },
+                tally_core::OffsetChange {
+                    from_ns: 5_000,
+                    offset_seconds: -18_000,
+                },
+            ],
+            spec: b"{}".to_vec(),
+        })),
+        Event::CampaignPublished {
+            campaign: id("spring"),
+        },
+        Event::ClaimRecorded {
+            order_id: id("o1"),
+            campaign: 2,
+            pending: 300,
+        },
+        Event::ClaimSettled {
+            order_id: id("o1"),
+            outcome: tally_core::ClaimState::Voided,
+        },
+        Event::ClaimAttempted {
+            order_id: id("o1"),
+            attempt: 129,
+        },
+    ]
+}
+
+/// Tags 6–10, added for campaigns: pinned from their first release on.
+const CAMPAIGN_EVENTS: &str = "0606737072696e670447494654ac0203c801e80780897a0376657202e807a03888279f9902027b7d0706737072696e6708026f3102ac0209026f31020a026f318101";
+
+#[test]
+fn campaign_event_bytes_still_decode() {
+    let bytes: Vec<u8> = (0..CAMPAIGN_EVENTS.len())
+        .step_by(2)
+        .map(|index| u8::from_str_radix(&CAMPAIGN_EVENTS[index..index + 2], 16).unwrap())
+        .collect();
+    assert_eq!(decode_events(&bytes, 5).unwrap(), campaign_events());
+    assert_eq!(encode_events(&campaign_events()), bytes);
 }

@@ -59,6 +59,26 @@ fn describe(ledger: &Ledger, reply: &Reply) -> String {
         ),
         Reply::Conflict => "conflict".to_string(),
         Reply::Revoked { created } => format!("revoked{}", if *created { "" } else { " (again)" }),
+        Reply::Campaign { index, created } => {
+            let campaign = &ledger.campaigns()[*index as usize];
+            format!(
+                "campaign {} {}{}",
+                campaign.definition.id,
+                campaign.state.name(),
+                if *created { "" } else { " (again)" }
+            )
+        }
+        Reply::Claim { order_id, created } => {
+            let claim = ledger.claim(order_id).unwrap();
+            format!(
+                "claim {order_id} {} day {} attempts {}{}",
+                claim.state.name(),
+                claim.day,
+                claim.attempts,
+                if *created { "" } else { " (again)" }
+            )
+        }
+        Reply::Refused(code) => format!("refused {}", code.as_str()),
     }
 }
 
@@ -462,6 +482,269 @@ fn replay_refuses_timestamps_beyond_the_limit() {
     ledger
         .begin_replayed_batch(0, tally_core::limits::TIMESTAMP_NS_MAX)
         .unwrap();
+}
+
+#[test]
+fn campaigns_hold_their_window_and_limits_and_settle_claims_through_transfers() {
+    check(
+        "
+        campaign spring GIFT 4 2 3 10 100000 ver
+        campaign spring GIFT 4 2 3 10 100000 ver
+        campaign spring GIFT 5 2 3 10 100000 ver
+        open eve EUR
+        claim o1 spring alice
+        publish spring
+        claim v1 spring ver
+        attempt v1 1
+        attempt v1 1
+        attempt v1 3
+        settle v1 delivered
+        settle v1 voided
+        attempt v1 2
+        publish spring
+        publish spring
+        claim o1 spring alice
+        tick 20
+        claim o1 spring alice
+        claim o1 spring alice
+        claim o1 spring bob
+        claim o2 spring alice
+        claim o3 spring alice
+        claim o4 spring bob
+        claim o9 spring eve
+        settle o2 voided
+        claim o4 spring bob
+        tick 86400
+        claim o5 spring bob
+        claim o6 spring carol
+        settle o1 unknown
+        settle o1 unknown
+        settle o1 delivered
+        tick 100000
+        claim o7 spring carol
+        claim o8 autumn alice
+        settle zz delivered
+        ",
+        "
+        campaign spring GIFT 4 2 3 10 100000 ver: campaign spring draft
+        campaign spring GIFT 4 2 3 10 100000 ver: campaign spring draft (again)
+        campaign spring GIFT 5 2 3 10 100000 ver: conflict
+        open eve EUR: account eve created
+        claim o1 spring alice: refused campaign_not_live
+        publish spring: refused campaign_not_verified
+        claim v1 spring ver: claim v1 pending_delivery day 0 attempts 0
+        attempt v1 1: claim v1 pending_delivery day 0 attempts 1
+        attempt v1 1: claim v1 pending_delivery day 0 attempts 1 (again)
+        attempt v1 3: refused attempt_out_of_order
+        settle v1 delivered: claim v1 delivered day 0 attempts 1
+        settle v1 voided: refused claim_already_settled
+        attempt v1 2: refused claim_already_settled
+        publish spring: campaign spring live
+        publish spring: campaign spring live (again)
+        claim o1 spring alice: refused campaign_not_started
+        claim o1 spring alice: claim o1 pending_delivery day 0 attempts 0
+        claim o1 spring alice: claim o1 pending_delivery day 0 attempts 0 (again)
+        claim o1 spring bob: conflict
+        claim o2 spring alice: claim o2 pending_delivery day 0 attempts 0
+        claim o3 spring alice: refused per_user_limit_reached
+        claim o4 spring bob: refused daily_limit_reached
+        claim o9 spring eve: refused ledger_mismatch
+        settle o2 voided: claim o2 voided day 0 attempts 0
+        claim o4 spring bob: claim o4 pending_delivery day 0 attempts 0
+        claim o5 spring bob: claim o5 pending_delivery day 1 attempts 0
+        claim o6 spring carol: refused inventory_exhausted
+        settle o1 unknown: claim o1 unknown_needs_reconciliation day 0 attempts 0
+        settle o1 unknown: claim o1 unknown_needs_reconciliation day 0 attempts 0 (again)
+        settle o1 delivered: claim o1 delivered day 0 attempts 0
+        claim o7 spring carol: refused campaign_ended
+        claim o8 autumn alice: refused campaign_not_found
+        settle zz delivered: refused claim_not_found
+        @GIFT: balance -4 pending -0 +0
+        tally:pool:spring: balance 2 pending -2 +0
+        @EUR: balance 0 pending -0 +0
+        eve: balance 0 pending -0 +0
+        ver: balance 1 pending -0 +0
+        alice: balance 1 pending -0 +0
+        bob: balance 0 pending -0 +2
+        ",
+    );
+}
+
+#[test]
+fn the_local_day_follows_the_campaigns_utc_offsets() {
+    let definition = tally_core::CampaignDefinition {
+        id: id("c"),
+        gift_ledger: tally_core::LedgerCode::new("GIFT").unwrap(),
+        inventory: 1,
+        per_user_limit: 1,
+        daily_limit: 1,
+        starts_at_ns: 0,
+        ends_at_ns: 10 * 86_400 * 1_000_000_000,
+        verification_account: id("v"),
+        // UTC+1, then UTC+2 from the start of day 3 (UTC).
+        offsets: vec![
+            tally_core::OffsetChange {
+                from_ns: 0,
+                offset_seconds: 3600,
+            },
+            tally_core::OffsetChange {
+                from_ns: 3 * 86_400 * 1_000_000_000,
+                offset_seconds: 7200,
+            },
+        ],
+        spec: Vec::new(),
+    };
+    definition.validate().unwrap();
+    let at = |seconds: u64| definition.local_day(seconds * 1_000_000_000);
+    assert_eq!(at(0), 0);
+    assert_eq!(at(86_400 - 3601), 0, "22:59:59 UTC is 23:59:59 local");
+    assert_eq!(at(86_400 - 3600), 1, "23:00 UTC is local midnight");
+    assert_eq!(at(3 * 86_400 - 3601), 2);
+    assert_eq!(at(3 * 86_400 - 3600), 3, "still UTC+1 before the change");
+    assert_eq!(at(4 * 86_400 - 7200), 4, "UTC+2 after it");
+    assert_eq!(at(4 * 86_400 - 7201), 3);
+    assert_eq!(at(100 * 86_400), 10, "clamped into the window");
+
+    let mut broken = definition.clone();
+    broken.offsets[1].from_ns = 0;
+    assert!(broken.validate().is_err(), "offsets must increase");
+    let mut broken = definition.clone();
+    broken.offsets[0].from_ns = 1;
+    assert!(
+        broken.validate().is_err(),
+        "the first offset applies from starts_at"
+    );
+    let mut broken = definition;
+    broken.id = id(&"c".repeat(tally_core::limits::CAMPAIGN_ID_BYTES_MAX + 1));
+    assert!(broken.validate().is_err(), "the pool id would be too long");
+}
+
+#[test]
+fn clients_cannot_name_the_ledgers_own_ids() {
+    for line in [
+        "open tally:pool:x GIFT",
+        "deposit d tally:pool:spring 5",
+        "withdraw tally:w a 5",
+        "transfer t tally:pool:spring a 1",
+        "void v tally:claim:0123",
+        "claim o spring tally:pool:spring",
+    ] {
+        let error = parse(line).validate().unwrap_err();
+        assert!(
+            matches!(error, tally_core::InvalidCommand::Reserved(_)),
+            "{line}: {error}"
+        );
+    }
+}
+
+#[test]
+fn replay_refuses_campaign_events_that_break_the_rules() {
+    let mut ledger = Ledger::new();
+    let mut events = Vec::new();
+    ledger.begin_batch(20_000_000_000, &mut events);
+    for line in ["campaign c G 5 1 1 10 1000 v", "claim v1 c v"] {
+        ledger.execute(&parse(line), &mut events, &mut Vec::new());
+    }
+    let settle_first = |events: &[Event]| {
+        let mut replayed = Ledger::new();
+        replayed.begin_replayed_batch(0, 20_000_000_000).unwrap();
+        for event in events {
+            replayed.apply_checked(event)?;
+        }
+        Ok::<_, tally_core::ReplayError>(replayed)
+    };
+    settle_first(&events).unwrap();
+    // A claim's transfer posted without the claim's settlement before it.
+    let mut delivered = Vec::new();
+    ledger.execute(
+        &parse("settle v1 delivered"),
+        &mut delivered,
+        &mut Vec::new(),
+    );
+    assert!(matches!(delivered[0], Event::ClaimSettled { .. }));
+    let mut forged = events.clone();
+    forged.push(delivered[1].clone());
+    let error = settle_first(&forged).unwrap_err();
+    assert!(
+        error.reason.contains("while the claim is pending_delivery"),
+        "{error}"
+    );
+    // A second claim of the same user beyond the per-user limit of 1.
+    let mut again = events.clone();
+    again.push(events[events.len() - 2].clone());
+    assert!(settle_first(&again).is_err());
+    let Event::ClaimRecorded {
+        pending, campaign, ..
+    } = events[events.len() - 1].clone()
+    else {
+        panic!("the claim comes last")
+    };
+    let mut twice = events.clone();
+    twice.push(Event::ClaimRecorded {
+        order_id: id("v2"),
+        campaign,
+        pending,
+    });
+    let error = settle_first(&twice).unwrap_err();
+    assert!(error.reason.contains("fresh reservation"), "{error}");
+    // Publishing an unverified campaign.
+    let mut early = events[..3].to_vec();
+    early.push(Event::CampaignPublished { campaign: id("c") });
+    let error = settle_first(&early).unwrap_err();
+    assert!(error.reason.contains("not a verified draft"), "{error}");
+}
+
+#[test]
+fn version_1_snapshots_still_load() {
+    let ledger = Ledger::new();
+    let mut bytes = ledger.encode_snapshot();
+    bytes[..4].copy_from_slice(&1u32.to_le_bytes());
+    // Version 1 bodies end before the campaign counts.
+    bytes.truncate(bytes.len() - 16);
+    assert_eq!(Ledger::decode_snapshot(&bytes).unwrap(), ledger);
+}
+
+fn arb_campaign_line() -> impl Strategy<Value = String> {
+    let order = (0..24u8).prop_map(|index| format!("o{index}"));
+    let campaign = prop_oneof![Just("c0"), Just("c1")];
+    let user = prop_oneof![Just("u0"), Just("u1"), Just("u2"), Just("u3"), Just("ver")];
+    let outcome = prop_oneof![Just("delivered"), Just("voided"), Just("unknown")];
+    prop_oneof![
+        8 => (order.clone(), campaign.clone(), user).prop_map(|(o, c, u)| format!("claim {o} {c} {u}")),
+        4 => (order.clone(), outcome).prop_map(|(o, s)| format!("settle {o} {s}")),
+        1 => (order, 1..4u32).prop_map(|(o, n)| format!("attempt {o} {n}")),
+        1 => campaign.prop_map(|c| format!("publish {c}")),
+        2 => (1..40_000u64).prop_map(|step| format!("tick +{step}")),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    /// For any interleaving of claims, settlements, publications and days passing, no user
+    /// and no local day holds more counted claims than its limit (`run` checks every invariant,
+    /// the limits included, after every command), and replay and snapshots equal live state.
+    #[test]
+    fn claims_never_exceed_the_limits(lines in proptest::collection::vec(arb_campaign_line(), 1..120)) {
+        let mut script = String::from(
+            "campaign c0 GIFT 6 2 3 10 300000 ver 3600\ncampaign c1 GIFT 3 1 2 0 200000 ver -7200\n\
+             claim v0 c0 ver\nsettle v0 delivered\npublish c0\n",
+        );
+        let mut clock_s = 1;
+        for line in &lines {
+            match line.strip_prefix("tick +") {
+                Some(step) => {
+                    clock_s += step.parse::<u64>().unwrap();
+                    script.push_str(&format!("tick {clock_s}\n"));
+                }
+                None => {
+                    script.push_str(line);
+                    script.push('\n');
+                }
+            }
+        }
+        run(&script);
+    }
 }
 
 // Random command sequences over a small universe of ids, so that repeats, conflicts, overdrafts,

@@ -1,7 +1,11 @@
 //! What the engine answers, rendered from the ledger state on the state thread: ids resolved,
 //! nothing that needs the state afterwards.
 
-use tally_core::{Account, Id, InvalidCommand, Ledger, LedgerCode, RejectCode, TransferReply};
+use tally_core::campaign::{claim_transfer_id, pool_account_id};
+use tally_core::{
+    Account, CampaignCode, CampaignDefinition, CampaignState, ClaimState, Id, InvalidCommand,
+    Ledger, LedgerCode, RejectCode, TransferReply,
+};
 
 /// The engine's answer to one command, or to one transfer of a linked chain.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,6 +42,95 @@ pub enum Answer {
         /// Whether this command revoked it.
         created: bool,
     },
+    /// The campaign as of this answer: defined or published now (`created`) or before.
+    Campaign {
+        /// The campaign.
+        view: Box<CampaignView>,
+        /// Whether this command changed it.
+        created: bool,
+    },
+    /// The claim as of this answer: recorded, settled or attempted now (`created`) or before.
+    Claim {
+        /// The claim.
+        view: ClaimView,
+        /// Whether this command changed it.
+        created: bool,
+    },
+    /// A campaign or claim command was refused; nothing changed.
+    Refused(CampaignCode),
+}
+
+/// A campaign as the API shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CampaignView {
+    /// The definition as recorded, the stored spec included.
+    pub definition: CampaignDefinition,
+    /// Draft or live.
+    pub state: CampaignState,
+    /// Whether the verification account has a delivered claim in it.
+    pub verified: bool,
+    /// The pool account's id.
+    pub pool_account: Id,
+    /// Units in the pool not reserved by a claim.
+    pub available: i128,
+}
+
+/// A claim as the API shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimView {
+    /// The client's order id.
+    pub order_id: Id,
+    /// The campaign's id.
+    pub campaign: Id,
+    /// The user (an account of the gift ledger).
+    pub user: Id,
+    /// Where it stands.
+    pub state: ClaimState,
+    /// Delivery attempts started.
+    pub attempts: u32,
+    /// The local day (days since 1970-01-01 in the campaign's zone) it counts on.
+    pub day: i32,
+    /// The id of its pending transfer.
+    pub transfer_id: Id,
+    /// Position of its pending transfer in the log.
+    pub position: u64,
+    /// When it was recorded (its batch's timestamp), in nanoseconds since the Unix epoch.
+    pub claimed_at_ns: u64,
+}
+
+impl CampaignView {
+    pub(crate) fn of(ledger: &Ledger, index: u32) -> CampaignView {
+        let campaign = &ledger.campaigns()[index as usize];
+        CampaignView {
+            definition: campaign.definition.clone(),
+            state: campaign.state,
+            verified: campaign.verified,
+            pool_account: pool_account_id(&campaign.definition.id),
+            available: ledger.account(campaign.pool).balances.available(),
+        }
+    }
+}
+
+impl ClaimView {
+    pub(crate) fn of(ledger: &Ledger, order_id: &Id) -> Option<ClaimView> {
+        let claim = ledger.claim(order_id)?;
+        let campaign = &ledger.campaigns()[claim.campaign as usize];
+        Some(ClaimView {
+            order_id: order_id.clone(),
+            campaign: campaign.definition.id.clone(),
+            user: ledger
+                .account(claim.user)
+                .id
+                .clone()
+                .expect("users have ids"),
+            state: claim.state,
+            attempts: claim.attempts,
+            day: claim.day,
+            transfer_id: claim_transfer_id(order_id),
+            position: claim.pending,
+            claimed_at_ns: ledger.timestamp_at(claim.pending),
+        })
+    }
 }
 
 /// How much an answer renders. Batches of thousands answer compactly.

@@ -50,7 +50,7 @@ use tally_log::{
 };
 use tokio::sync::{oneshot, watch};
 
-pub use answer::{AccountView, Answer, Detail, TransferDetail};
+pub use answer::{AccountView, Answer, CampaignView, ClaimView, Detail, TransferDetail};
 pub use clock::{Clock, SystemClock};
 pub use metrics::EngineMetrics;
 pub use names::{AccountName, AccountNames};
@@ -509,6 +509,20 @@ impl EngineHandle {
             restriction,
             reply,
         })?;
+        answer.await.map_err(|_| self.shared.unavailable())?
+    }
+
+    /// The campaign `id` as of everything durable when the request was taken.
+    pub async fn campaign(&self, id: Id) -> Result<Option<CampaignView>, EngineError> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Request::Campaign { id, reply })?;
+        answer.await.map_err(|_| self.shared.unavailable())?
+    }
+
+    /// The claim with order id `order_id` as of everything durable when the request was taken.
+    pub async fn claim(&self, order_id: Id) -> Result<Option<ClaimView>, EngineError> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Request::Claim { order_id, reply })?;
         answer.await.map_err(|_| self.shared.unavailable())?
     }
 

@@ -23,7 +23,7 @@ use tally_core::{encode_events, AccountIndex, Command, Event, Id, Ledger, Reply}
 use tally_log::{Batch, BatchHeader, EventLog};
 use tokio::sync::oneshot;
 
-use crate::answer::{AccountView, Answer, Detail, TransferDetail};
+use crate::answer::{AccountView, Answer, CampaignView, ClaimView, Detail, TransferDetail};
 use crate::clock::Clock;
 use crate::limits::{COMMAND_QUEUE_COMMANDS_MAX, COMMIT_BATCH_COMMANDS_MAX, IDLE_TICK_MS};
 use crate::metrics::EngineMetrics;
@@ -44,6 +44,14 @@ pub(crate) enum Request {
         restriction: Option<Arc<Restriction>>,
         reply: oneshot::Sender<Result<Option<AccountView>, EngineError>>,
     },
+    Campaign {
+        id: Id,
+        reply: oneshot::Sender<Result<Option<CampaignView>, EngineError>>,
+    },
+    Claim {
+        order_id: Id,
+        reply: oneshot::Sender<Result<Option<ClaimView>, EngineError>>,
+    },
     Shutdown,
 }
 
@@ -55,7 +63,10 @@ impl Request {
             Request::Execute { commands, .. } => {
                 commands.iter().map(command_weight).sum::<usize>().max(1)
             }
-            Request::Account { .. } | Request::Shutdown => 1,
+            Request::Account { .. }
+            | Request::Campaign { .. }
+            | Request::Claim { .. }
+            | Request::Shutdown => 1,
         }
     }
 }
@@ -63,7 +74,14 @@ impl Request {
 fn command_weight(command: &Command) -> usize {
     match command {
         Command::Linked(chain) => chain.len(),
-        Command::CreateAccount { .. } | Command::Transfer(_) | Command::RevokeToken { .. } => 1,
+        Command::CreateAccount { .. }
+        | Command::Transfer(_)
+        | Command::RevokeToken { .. }
+        | Command::DefineCampaign(_)
+        | Command::PublishCampaign { .. }
+        | Command::Claim { .. }
+        | Command::SettleClaim { .. }
+        | Command::RecordClaimAttempt { .. } => 1,
     }
 }
 
@@ -259,6 +277,17 @@ impl Decider {
                     ))));
                 }
             }
+            Request::Campaign { id, reply } => {
+                let view = self
+                    .ledger
+                    .campaign_by_id(&id)
+                    .map(|(index, _)| CampaignView::of(&self.ledger, index));
+                batch.deliveries.push(deliver(reply, view));
+            }
+            Request::Claim { order_id, reply } => {
+                let view = ClaimView::of(&self.ledger, &order_id);
+                batch.deliveries.push(deliver(reply, view));
+            }
         }
         if batch.taken >= COMMIT_BATCH_COMMANDS_MAX {
             Taken::Full
@@ -337,6 +366,8 @@ impl Decider {
         match request {
             Request::Execute { reply, .. } => drop(reply.send(Err(error))),
             Request::Account { reply, .. } => drop(reply.send(Err(error))),
+            Request::Campaign { reply, .. } => drop(reply.send(Err(error))),
+            Request::Claim { reply, .. } => drop(reply.send(Err(error))),
             Request::Shutdown => return true,
         }
         false
@@ -384,6 +415,15 @@ impl Decider {
             },
             Reply::Conflict => Answer::Conflict,
             Reply::Revoked { created } => Answer::Revoked { created },
+            Reply::Campaign { index, created } => Answer::Campaign {
+                view: Box::new(CampaignView::of(&self.ledger, index)),
+                created,
+            },
+            Reply::Claim { order_id, created } => Answer::Claim {
+                view: ClaimView::of(&self.ledger, &order_id).expect("a claim just answered exists"),
+                created,
+            },
+            Reply::Refused(code) => Answer::Refused(code),
         }
     }
 }

@@ -39,6 +39,21 @@ impl Restriction {
             Command::RevokeToken { .. } => {
                 Err("a token restricted to ledgers or accounts cannot revoke tokens".into())
             }
+            Command::Claim { campaign, user, .. } => match ledger.campaign_by_id(campaign) {
+                Some((_, found)) => {
+                    self.require(Some(found.definition.gift_ledger.as_str()), user.as_str())
+                }
+                // Refused with `campaign_not_found` anyway, before it could touch a ledger.
+                None => self.require_account(user.as_str()),
+            },
+            // Campaigns belong to the whole instance: defining, publishing and settling them is
+            // for unrestricted tokens (the routes ask for the admin scope besides).
+            Command::DefineCampaign(_)
+            | Command::PublishCampaign { .. }
+            | Command::SettleClaim { .. }
+            | Command::RecordClaimAttempt { .. } => {
+                Err("a token restricted to ledgers or accounts cannot manage campaigns".into())
+            }
         }
     }
 

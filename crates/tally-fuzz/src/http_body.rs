@@ -151,6 +151,7 @@ fn check_error(status: StatusCode, answer: &Value) {
         StatusCode::CONFLICT => &["conflict"],
         StatusCode::PAYLOAD_TOO_LARGE => &["payload_too_large"],
         StatusCode::UNPROCESSABLE_ENTITY => &[
+            "reserved_id",
             "insufficient_funds",
             "ledger_mismatch",
             "already_resolved",

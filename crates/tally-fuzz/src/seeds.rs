@@ -65,8 +65,8 @@ fn same_snapshot(a: &[u8], b: &[u8]) -> bool {
 
 /// Batches of a history that uses every kind of event: accounts in two ledgers, deposits,
 /// withdrawals, transfers, refusals, two-phase transfers resolved every way (post, void, expiry),
-/// a linked chain and a token revocation.
-const HISTORY: [(u64, &[&str]); 3] = [
+/// a linked chain, a token revocation, and a campaign with claims settled every way.
+const HISTORY: [(u64, &[&str]); 4] = [
     (
         1_000_000_000,
         &[
@@ -95,6 +95,21 @@ const HISTORY: [(u64, &[&str]); 3] = [
     ),
     // Later than p1's timeout: the batch starts by expiring it.
     (4_000_000_000, &["deposit d2 e 5"]),
+    // A campaign: defined, verified, published, claimed and settled every way.
+    (
+        5_000_000_000,
+        &[
+            "campaign spring GIFT 10 2 5 0 100000 ver 3600",
+            "claim o0 spring ver",
+            "attempt o0 1",
+            "settle o0 delivered",
+            "publish spring",
+            "claim o1 spring a2",
+            "claim o2 spring a2",
+            "settle o1 voided",
+            "settle o2 unknown",
+        ],
+    ),
 ];
 
 /// The ledger after [`HISTORY`], and its batches as the engine would append them.

@@ -103,6 +103,22 @@ pub enum FeedBody {
         /// The token's id.
         token_id: String,
     },
+    /// A campaign or claim changed; the gifts themselves move as the transfers around it.
+    Campaign {
+        /// `campaign_defined`, `campaign_published`, `claim_recorded`, `claim_settled` or
+        /// `claim_attempted`.
+        event_type: &'static str,
+        /// The campaign's id (campaign events).
+        campaign: Option<String>,
+        /// The claim's order id (claim events).
+        order_id: Option<String>,
+        /// `claim_settled`: the claim's new state.
+        state: Option<&'static str>,
+        /// `claim_attempted`: the attempt's number.
+        attempt: Option<u32>,
+        /// `claim_recorded`: position of the claim's pending transfer.
+        pending_position: Option<u64>,
+    },
 }
 
 /// A page of the feed.
@@ -278,12 +294,56 @@ fn render(
         Event::TokenRevoked { token_id } => FeedBody::TokenRevoked {
             token_id: token_id.to_string(),
         },
+        Event::CampaignDefined(definition) => campaign_body("campaign_defined", |body| {
+            body.0 = Some(definition.id.to_string())
+        }),
+        Event::CampaignPublished { campaign } => campaign_body("campaign_published", |body| {
+            body.0 = Some(campaign.to_string())
+        }),
+        Event::ClaimRecorded {
+            order_id, pending, ..
+        } => campaign_body("claim_recorded", |body| {
+            body.1 = Some(order_id.to_string());
+            body.4 = Some(pending);
+        }),
+        Event::ClaimSettled { order_id, outcome } => campaign_body("claim_settled", |body| {
+            body.1 = Some(order_id.to_string());
+            body.2 = Some(outcome.name());
+        }),
+        Event::ClaimAttempted { order_id, attempt } => campaign_body("claim_attempted", |body| {
+            body.1 = Some(order_id.to_string());
+            body.3 = Some(attempt);
+        }),
     })
+}
+
+/// Campaign, order id, state, attempt and pending position of a campaign event, as `fill` sets
+/// them.
+type CampaignFields = (
+    Option<String>,
+    Option<String>,
+    Option<&'static str>,
+    Option<u32>,
+    Option<u64>,
+);
+
+fn campaign_body(event_type: &'static str, fill: impl FnOnce(&mut CampaignFields)) -> FeedBody {
+    let mut fields: CampaignFields = (None, None, None, None, None);
+    fill(&mut fields);
+    let (campaign, order_id, state, attempt, pending_position) = fields;
+    FeedBody::Campaign {
+        event_type,
+        campaign,
+        order_id,
+        state,
+        attempt,
+        pending_position,
+    }
 }
 
 impl FeedFilter {
     /// Whether `body` passes. An event that names no ledger or account (a rejection, an expiry,
-    /// a revocation) passes only a filter without that condition: an expiry is found through
+    /// a revocation, a campaign or claim event) passes only a filter without that condition: an expiry is found through
     /// the pending transfer it names, which a filtered reader has seen.
     fn keeps(&self, body: &FeedBody) -> bool {
         let (ledger, accounts): (Option<&str>, [Option<&str>; 2]) = match body {
@@ -295,7 +355,8 @@ impl FeedFilter {
             } => (Some(ledger), [from.as_deref(), to.as_deref()]),
             FeedBody::Rejected { .. }
             | FeedBody::Expired { .. }
-            | FeedBody::TokenRevoked { .. } => (None, [None, None]),
+            | FeedBody::TokenRevoked { .. }
+            | FeedBody::Campaign { .. } => (None, [None, None]),
         };
         let ledger_ok = self
             .ledger

@@ -165,8 +165,15 @@ impl Projection {
             }
             Event::Transfer(transfer) => self.apply_transfer(tables, transfer, timestamp_ns)?,
             // A rejection leaves no trace but its position: its id is not a transfer. Token
-            // revocations concern authentication, not the read model.
-            Event::Rejected { .. } | Event::TokenRevoked { .. } => {}
+            // revocations concern authentication, not the read model; campaigns and claims live
+            // in the ledger state (their gifts move as the transfers around them).
+            Event::Rejected { .. }
+            | Event::TokenRevoked { .. }
+            | Event::CampaignDefined(_)
+            | Event::CampaignPublished { .. }
+            | Event::ClaimRecorded { .. }
+            | Event::ClaimSettled { .. }
+            | Event::ClaimAttempted { .. } => {}
             Event::Expired { pending } => self.apply_expired(tables, *pending, timestamp_ns)?,
         }
         self.position += 1;

@@ -8,10 +8,11 @@ use std::num::NonZeroU64;
 use std::time::{Duration, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use tally_campaign::CampaignSpec;
 use tally_core::{
     Id, LedgerCode, PendingOptions, TransferBody, TransferCommand, TransferKind, TransferReply,
 };
-use tally_engine::{AccountView, TransferDetail};
+use tally_engine::{AccountView, CampaignView, ClaimView, TransferDetail};
 use tally_read::{
     DailyPage, Day, FeedBody, FeedEvent, FeedPage, HistoryEntry, HistoryPage, LedgerTotals,
     TransferView,
@@ -366,7 +367,9 @@ pub struct EventJson {
     pub position: u64,
     /// When its batch was recorded (RFC 3339).
     pub timestamp: String,
-    /// `account_created`, `transfer`, `rejected`, `expired` or `token_revoked`.
+    /// `account_created`, `transfer`, `rejected`, `expired`, `token_revoked`,
+    /// `campaign_defined`, `campaign_published`, `claim_recorded`, `claim_settled` or
+    /// `claim_attempted`.
     #[serde(rename = "type")]
     pub event_type: &'static str,
     /// `account_created`: the account.
@@ -394,7 +397,8 @@ pub struct EventJson {
     /// `transfer`: amount in minor units.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub amount: Option<u64>,
-    /// `transfer` (post or void) and `expired`: position of the pending transfer.
+    /// `transfer` (post or void), `expired` and `claim_recorded`: position of the pending
+    /// transfer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pending_position: Option<u64>,
     /// `rejected`: the error code the command got.
@@ -403,6 +407,18 @@ pub struct EventJson {
     /// `token_revoked`: the token's id.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_id: Option<String>,
+    /// `campaign_defined` and `campaign_published`: the campaign's id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub campaign: Option<String>,
+    /// `claim_recorded`, `claim_settled` and `claim_attempted`: the claim's order id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub order_id: Option<String>,
+    /// `claim_settled`: the claim's new state.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<&'static str>,
+    /// `claim_attempted`: the delivery attempt's number, from 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
 }
 
 impl From<FeedEvent> for EventJson {
@@ -422,6 +438,10 @@ impl From<FeedEvent> for EventJson {
             pending_position: None,
             code: None,
             token_id: None,
+            campaign: None,
+            order_id: None,
+            state: None,
+            attempt: None,
         };
         match event.body {
             FeedBody::AccountCreated {
@@ -464,6 +484,21 @@ impl From<FeedEvent> for EventJson {
             FeedBody::TokenRevoked { token_id } => {
                 json.event_type = "token_revoked";
                 json.token_id = Some(token_id);
+            }
+            FeedBody::Campaign {
+                event_type,
+                campaign,
+                order_id,
+                state,
+                attempt,
+                pending_position,
+            } => {
+                json.event_type = event_type;
+                json.campaign = campaign;
+                json.order_id = order_id;
+                json.state = state;
+                json.attempt = attempt;
+                json.pending_position = pending_position;
             }
         }
         json
@@ -722,4 +757,191 @@ impl DailyJson {
             next: page.next.map(|day| day.to_string()),
         }
     }
+}
+
+/// A gift campaign, as `POST /v1/campaigns` takes it; the same fields as a campaign file
+/// (`docs/campaigns.md`). Only the schema of the body: the server reads it with the same parser
+/// as `tally campaign check`, so that both report the same faults.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CampaignRequest {
+    /// Campaign id: 1–117 characters of `[A-Za-z0-9._:-]`, not starting with `tally:`.
+    #[schema(min_length = 1, max_length = 117, pattern = "^[A-Za-z0-9._:-]+$")]
+    pub id: String,
+    /// The ledger the gifts are counted in.
+    #[schema(min_length = 1, max_length = 32, pattern = "^[A-Za-z0-9._:-]+$")]
+    pub gift_ledger: String,
+    /// Gift units put in the pool.
+    pub inventory: u64,
+    /// Most gifts one user may claim.
+    pub per_user_limit: u64,
+    /// Most gifts claimed per local day.
+    pub daily_limit: u64,
+    /// IANA time zone whose midnight starts a new day, such as `Europe/Berlin`.
+    pub timezone: String,
+    /// When claims open (RFC 3339 with an offset), between 1970 and 2262.
+    #[schema(format = DateTime)]
+    pub starts_at: String,
+    /// When claims close, exclusive (RFC 3339 with an offset), between 1970 and 2262.
+    #[schema(format = DateTime)]
+    pub ends_at: String,
+    /// The account that must claim and receive a gift before the campaign may go live.
+    #[schema(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._:-]+$")]
+    pub verification_account: String,
+    /// Where and how gifts are delivered.
+    pub delivery: DeliveryJson,
+    /// Where campaign statistics are posted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats_webhook: Option<String>,
+}
+
+/// A campaign's delivery target.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryJson {
+    /// Endpoints that receive deliveries while healthy.
+    pub primary: Vec<String>,
+    /// Endpoints that take over when every primary one is ejected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<Vec<String>>,
+    /// Time allowed to connect, in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Time allowed for the answer once connected, in milliseconds.
+    pub read_timeout_ms: u64,
+    /// Read timeouts one delivery may suffer before it waits for reconciliation.
+    pub max_read_timeouts: u32,
+    /// Retries of one delivery after its first attempt (default 3).
+    #[serde(default)]
+    pub max_retries: Option<u32>,
+    /// Retries allowed, as a percentage of first attempts.
+    pub retry_budget_percent: u32,
+}
+
+/// A campaign: its definition as stored (times in UTC, every default written out), and where
+/// it stands.
+#[derive(Serialize, ToSchema)]
+pub struct CampaignJson {
+    /// The campaign id.
+    pub id: String,
+    /// The ledger the gifts are counted in.
+    pub gift_ledger: String,
+    /// Gift units put in the pool.
+    pub inventory: u64,
+    /// Most gifts one user may claim.
+    pub per_user_limit: u64,
+    /// Most gifts claimed per local day.
+    pub daily_limit: u64,
+    /// IANA time zone whose midnight starts a new day.
+    pub timezone: String,
+    /// When claims open (RFC 3339, UTC).
+    pub starts_at: String,
+    /// When claims close, exclusive (RFC 3339, UTC).
+    pub ends_at: String,
+    /// The account that must claim and receive a gift before the campaign may go live.
+    pub verification_account: String,
+    /// Where and how gifts are delivered.
+    pub delivery: DeliveryJson,
+    /// Where campaign statistics are posted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stats_webhook: Option<String>,
+    /// `draft` until published, then `live`.
+    pub state: &'static str,
+    /// Whether the verification account has received a gift of it (publishing needs it).
+    pub verified: bool,
+    /// The pool account, in the gift ledger: `tally:pool:{id}`.
+    pub pool_account: String,
+    /// Units in the pool not reserved by a claim.
+    pub available: i64,
+}
+
+impl CampaignJson {
+    /// Renders `view`, whose stored spec is `spec`.
+    pub fn of(view: &CampaignView, spec: &CampaignSpec) -> CampaignJson {
+        let stored: CampaignRequest =
+            serde_json::from_value(serde_json::to_value(spec).expect("a spec serializes"))
+                .expect("the stored form has the request's fields");
+        CampaignJson {
+            id: stored.id,
+            gift_ledger: stored.gift_ledger,
+            inventory: stored.inventory,
+            per_user_limit: stored.per_user_limit,
+            daily_limit: stored.daily_limit,
+            timezone: stored.timezone,
+            starts_at: stored.starts_at,
+            ends_at: stored.ends_at,
+            verification_account: stored.verification_account,
+            delivery: stored.delivery,
+            stats_webhook: stored.stats_webhook,
+            state: view.state.name(),
+            verified: view.verified,
+            pool_account: view.pool_account.to_string(),
+            available: i64::try_from(view.available).unwrap_or(i64::MAX),
+        }
+    }
+}
+
+/// Claims one gift of a campaign.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimRequest {
+    /// The client's order id: the claim's idempotency key.
+    #[schema(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._:-]+$")]
+    pub order_id: String,
+    /// The user: an account of the gift ledger, created if missing.
+    #[schema(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._:-]+$")]
+    pub user: String,
+}
+
+/// A claim and where its delivery stands.
+#[derive(Serialize, ToSchema)]
+pub struct ClaimJson {
+    /// The client's order id.
+    pub order_id: String,
+    /// The campaign's id.
+    pub campaign: String,
+    /// The user.
+    pub user: String,
+    /// `pending_delivery`, `delivered`, `voided` or `unknown_needs_reconciliation`.
+    pub state: &'static str,
+    /// Delivery attempts started.
+    pub attempts: u32,
+    /// The local day it counts on, in the campaign's time zone (`YYYY-MM-DD`).
+    pub day: String,
+    /// Its pending transfer of one unit from the pool to the user: `tally:claim:{hash}`.
+    pub transfer_id: String,
+    /// Position of that transfer in the log.
+    pub position: u64,
+    /// When it was recorded (RFC 3339).
+    pub claimed_at: String,
+}
+
+impl From<ClaimView> for ClaimJson {
+    fn from(view: ClaimView) -> ClaimJson {
+        ClaimJson {
+            order_id: view.order_id.to_string(),
+            campaign: view.campaign.to_string(),
+            user: view.user.to_string(),
+            state: view.state.name(),
+            attempts: view.attempts,
+            // Days are at least -1 (1969-12-31, west of Greenwich at the epoch): a campaign's
+            // window starts at or after the epoch.
+            day: u32::try_from(view.day)
+                .ok()
+                .and_then(Day::from_since_epoch)
+                .map_or_else(|| "1969-12-31".to_string(), |day| day.to_string()),
+            transfer_id: view.transfer_id.to_string(),
+            position: view.position,
+            claimed_at: rfc3339(view.claimed_at_ns),
+        }
+    }
+}
+
+/// How a claim's delivery ended, as an operator (or the delivery worker) records it.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SettleRequest {
+    /// `delivered` (the transfer is posted), `voided` (the unit goes back to the pool) or
+    /// `unknown_needs_reconciliation`.
+    #[schema(pattern = "^(delivered|voided|unknown_needs_reconciliation)$")]
+    pub state: String,
 }

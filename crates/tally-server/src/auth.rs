@@ -156,6 +156,12 @@ fn required_scope(method: &Method, route: Option<&str>) -> Option<Scope> {
         (_, "/healthz" | "/readyz" | "/v1/openapi.json") => None,
         (_, "/metrics" | "/status" | "/status.json") => Some(Scope::Operator),
         (&Method::POST, "/v1/revocations") => Some(Scope::Admin),
+        // Campaigns are managed, and claims settled by hand, by administrators; claiming is a
+        // write like any other.
+        (
+            &Method::POST,
+            "/v1/campaigns" | "/v1/campaigns/{id}/publish" | "/v1/claims/{order_id}/settle",
+        ) => Some(Scope::Admin),
         (&Method::GET | &Method::HEAD, _) => Some(Scope::Read),
         _ => Some(Scope::Write),
     }
@@ -226,6 +232,7 @@ pub(crate) async fn authenticate(
 /// A 401 with `message` for the client; `reason` (never shown to the client) is counted.
 fn unauthorized(message: &str, reason: UnauthorizedReason) -> Response {
     let mut response = ApiError {
+        violations: None,
         status: StatusCode::UNAUTHORIZED,
         code: "unauthorized",
         message: message.to_string(),

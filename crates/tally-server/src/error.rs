@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
-use tally_core::RejectCode;
+use tally_core::{CampaignCode, InvalidCommand, RejectCode};
 use tally_engine::EngineError;
 use utoipa::ToSchema;
 
@@ -20,6 +20,21 @@ pub struct ApiError {
     pub code: &'static str,
     /// A sentence for humans.
     pub message: String,
+    /// For an invalid campaign: every rule it breaks.
+    pub violations: Option<Vec<ViolationJson>>,
+}
+
+/// One rule a campaign breaks, as `tally campaign check --json` prints it.
+#[derive(Serialize, ToSchema, Clone, Debug, PartialEq, Eq)]
+pub struct ViolationJson {
+    /// The field, dotted (`delivery.read_timeout_ms`, `delivery.primary[0]`).
+    pub field: String,
+    /// The rule's stable code, such as `read_timeout_not_above_connect`.
+    pub rule: String,
+    /// What is wrong, with the values found.
+    pub message: String,
+    /// How to fix it.
+    pub fix: String,
 }
 
 /// The body of every error answer.
@@ -35,7 +50,12 @@ pub struct RequestError {
     /// Stable code: `invalid_request`, `not_found`, `conflict`, `insufficient_funds`,
     /// `ledger_mismatch`, `already_resolved`, `not_pending`, `exceeds_pending_amount`,
     /// `overflow`, `linked_failed`, `payload_too_large`, `method_not_allowed`, `overloaded`,
-    /// `unauthorized`, `forbidden`, `unavailable`, `internal`.
+    /// `unauthorized`, `forbidden`, `unavailable`, `internal`, `reserved_id`, and for campaigns
+    /// and claims
+    /// `campaign_invalid`, `campaign_not_found`, `claim_not_found`, `campaign_not_live`,
+    /// `campaign_not_started`, `campaign_ended`, `per_user_limit_reached`,
+    /// `daily_limit_reached`, `inventory_exhausted`, `campaign_not_verified`,
+    /// `claim_already_settled`, `attempt_out_of_order`, `capacity_exceeded`.
     pub code: String,
     /// A sentence for humans.
     pub message: String,
@@ -44,6 +64,9 @@ pub struct RequestError {
     /// server generated. The server's log lines about the request carry it; quote it when
     /// reporting a problem.
     pub request_id: String,
+    /// `campaign_invalid` only: every rule the campaign breaks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub violations: Option<Vec<ViolationJson>>,
 }
 
 /// What went wrong with one transfer of a batch. The batch's own answer names the request (in
@@ -60,6 +83,7 @@ impl ApiError {
     /// A 400 `invalid_request`.
     pub fn invalid(message: impl Into<String>) -> ApiError {
         ApiError {
+            violations: None,
             status: StatusCode::BAD_REQUEST,
             code: "invalid_request",
             message: message.into(),
@@ -69,6 +93,7 @@ impl ApiError {
     /// A 404 `not_found`.
     pub fn not_found(message: impl Into<String>) -> ApiError {
         ApiError {
+            violations: None,
             status: StatusCode::NOT_FOUND,
             code: "not_found",
             message: message.into(),
@@ -78,6 +103,7 @@ impl ApiError {
     /// A 409 `conflict`: the id was used before with another body.
     pub fn conflict(id: &str) -> ApiError {
         ApiError {
+            violations: None,
             status: StatusCode::CONFLICT,
             code: "conflict",
             message: format!(
@@ -86,9 +112,20 @@ impl ApiError {
         }
     }
 
+    /// A 413 `payload_too_large`.
+    pub fn payload_too_large() -> ApiError {
+        ApiError {
+            violations: None,
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            code: "payload_too_large",
+            message: "request body is larger than this endpoint accepts".into(),
+        }
+    }
+
     /// A 403 `forbidden`: the token is valid but does not allow this.
     pub fn forbidden(message: impl Into<String>) -> ApiError {
         ApiError {
+            violations: None,
             status: StatusCode::FORBIDDEN,
             code: "forbidden",
             message: message.into(),
@@ -98,6 +135,7 @@ impl ApiError {
     /// A 503 `overloaded`: retry later.
     pub fn overloaded(message: impl Into<String>) -> ApiError {
         ApiError {
+            violations: None,
             status: StatusCode::SERVICE_UNAVAILABLE,
             code: "overloaded",
             message: message.into(),
@@ -107,6 +145,7 @@ impl ApiError {
     /// A 503 `unavailable`.
     pub fn unavailable(message: impl Into<String>) -> ApiError {
         ApiError {
+            violations: None,
             status: StatusCode::SERVICE_UNAVAILABLE,
             code: "unavailable",
             message: message.into(),
@@ -120,9 +159,65 @@ impl ApiError {
             _ => StatusCode::UNPROCESSABLE_ENTITY,
         };
         ApiError {
+            violations: None,
             status,
             code: code.as_str(),
             message: code.message().to_string(),
+        }
+    }
+
+    /// The answer to a command the engine found malformed: a 400 `invalid_request`, but a 422
+    /// `reserved_id` for an id of the ledger's own (`tally:...`), which is well-formed and only
+    /// refused by the ledger's rules.
+    pub fn invalid_command(invalid: &InvalidCommand) -> ApiError {
+        match invalid {
+            InvalidCommand::Reserved(_) => ApiError {
+                violations: None,
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                code: "reserved_id",
+                message: invalid.to_string(),
+            },
+            other => ApiError::invalid(other.to_string()),
+        }
+    }
+
+    /// The answer to a refusal of a campaign or claim command.
+    pub fn refused(code: CampaignCode) -> ApiError {
+        let status = match code {
+            CampaignCode::CampaignNotFound | CampaignCode::ClaimNotFound => StatusCode::NOT_FOUND,
+            CampaignCode::CampaignNotVerified
+            | CampaignCode::ClaimAlreadySettled
+            | CampaignCode::AttemptOutOfOrder => StatusCode::CONFLICT,
+            _ => StatusCode::UNPROCESSABLE_ENTITY,
+        };
+        ApiError {
+            violations: None,
+            status,
+            code: code.as_str(),
+            message: code.message().to_string(),
+        }
+    }
+
+    /// A 422 `campaign_invalid` listing every rule the campaign breaks.
+    pub fn campaign_invalid(violations: Vec<tally_campaign::Violation>) -> ApiError {
+        ApiError {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code: "campaign_invalid",
+            message: format!(
+                "the campaign breaks {} rule(s); each is listed with its field and a fix",
+                violations.len()
+            ),
+            violations: Some(
+                violations
+                    .into_iter()
+                    .map(|violation| ViolationJson {
+                        field: violation.field,
+                        rule: violation.rule.code().to_string(),
+                        message: violation.message,
+                        fix: violation.fix,
+                    })
+                    .collect(),
+            ),
         }
     }
 
@@ -130,6 +225,7 @@ impl ApiError {
     pub fn internal(detail: impl std::fmt::Display) -> ApiError {
         tracing::error!(%detail, "internal error");
         ApiError {
+            violations: None,
             status: StatusCode::INTERNAL_SERVER_ERROR,
             code: "internal",
             message: "internal error; see the server log".into(),
@@ -164,6 +260,7 @@ impl IntoResponse for ApiError {
                 code: self.code.to_string(),
                 message: self.message,
                 request_id,
+                violations: self.violations,
             },
         };
         let mut response = (self.status, Json(body)).into_response();
@@ -182,6 +279,7 @@ pub async fn from_middleware(error: tower::BoxError) -> ApiError {
         ApiError::unavailable("the request took too long; retry with the same ids")
     } else if error.is::<tower::load_shed::error::Overloaded>() {
         ApiError {
+            violations: None,
             status: StatusCode::SERVICE_UNAVAILABLE,
             code: "overloaded",
             message: "too many requests in flight; retry later with the same ids".into(),

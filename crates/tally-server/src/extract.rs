@@ -29,6 +29,21 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     }
 }
 
+/// A raw body, for parsers of their own; a body over the route's limit is a JSON 413 like
+/// every other error.
+pub struct ApiBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for ApiBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        Bytes::from_request(request, state)
+            .await
+            .map(ApiBody)
+            .map_err(body_error)
+    }
+}
+
 fn serde_path_to_error<T: DeserializeOwned>(
     deserializer: &mut serde_json::Deserializer<serde_json::de::SliceRead<'_>>,
 ) -> Result<T, ApiError> {
@@ -44,11 +59,7 @@ fn serde_path_to_error<T: DeserializeOwned>(
 
 fn body_error(rejection: BytesRejection) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError {
-            status: StatusCode::PAYLOAD_TOO_LARGE,
-            code: "payload_too_large",
-            message: "request body is larger than this endpoint accepts".into(),
-        }
+        ApiError::payload_too_large()
     } else {
         ApiError::invalid(format!("cannot read the request body: {rejection}"))
     }

@@ -18,6 +18,7 @@
 
 pub mod api;
 pub mod auth;
+mod campaigns;
 pub mod error;
 mod extract;
 pub mod feed;
@@ -87,6 +88,23 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/transfers/{id}/post", post(routes::post_pending))
         .route("/v1/transfers/{id}/void", post(routes::void_pending))
         .route("/v1/revocations", post(routes::revoke))
+        .route(
+            "/v1/campaigns",
+            post(campaigns::define_campaign).layer(DefaultBodyLimit::max(
+                tally_campaign::limits::SPEC_BYTES_MAX,
+            )),
+        )
+        .route("/v1/campaigns/{id}", get(campaigns::get_campaign))
+        .route(
+            "/v1/campaigns/{id}/publish",
+            post(campaigns::publish_campaign),
+        )
+        .route("/v1/campaigns/{id}/claims", post(campaigns::claim))
+        .route("/v1/claims/{order_id}", get(campaigns::get_claim))
+        .route(
+            "/v1/claims/{order_id}/settle",
+            post(campaigns::settle_claim),
+        )
         .route("/v1/openapi.json", get(routes::openapi))
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))

@@ -7,8 +7,8 @@ use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use crate::api::*;
-use crate::error::{ErrorBody, ErrorDetail, RequestError};
-use crate::{feed, routes};
+use crate::error::{ErrorBody, ErrorDetail, RequestError, ViolationJson};
+use crate::{campaigns, feed, routes};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -32,6 +32,12 @@ use crate::{feed, routes};
         routes::post_pending,
         routes::void_pending,
         routes::revoke,
+        campaigns::define_campaign,
+        campaigns::get_campaign,
+        campaigns::publish_campaign,
+        campaigns::claim,
+        campaigns::get_claim,
+        campaigns::settle_claim,
         routes::healthz,
         routes::readyz,
         routes::metrics,
@@ -62,7 +68,14 @@ use crate::{feed, routes};
         RequestError,
         ErrorDetail,
         RevocationRequest,
-        RevocationJson
+        RevocationJson,
+        CampaignRequest,
+        DeliveryJson,
+        CampaignJson,
+        ClaimRequest,
+        ClaimJson,
+        SettleRequest,
+        ViolationJson
     )),
     modifiers(&BearerAuth)
 )]

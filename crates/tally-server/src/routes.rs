@@ -44,6 +44,7 @@ fn created_or_repeated(created: bool) -> StatusCode {
     (status = 400, description = "Malformed request", body = ErrorBody),
     (status = 409, description = "The id exists with another ledger or overdraft setting", body = ErrorBody),
     (status = 413, description = "Body too large", body = ErrorBody),
+    (status = 422, description = "`reserved_id`: ids starting with `tally:` are the ledger's own", body = ErrorBody),
     (status = 503, description = "Overloaded or unavailable", body = ErrorBody),
 ))]
 pub async fn create_account(
@@ -64,6 +65,7 @@ pub async fn create_account(
     )? {
         Answer::Account { view, created } => Ok((created_or_repeated(created), Json(view.into()))),
         Answer::Conflict => Err(ApiError::conflict(&request.id)),
+        Answer::Invalid(invalid) => Err(ApiError::invalid_command(&invalid)),
         other => Err(ApiError::internal(format!(
             "unexpected answer to an account creation: {other:?}"
         ))),
@@ -137,7 +139,7 @@ pub async fn get_history(
     (status = 404, description = "No such account", body = ErrorBody),
     (status = 409, description = "The id was used with another body", body = ErrorBody),
     (status = 413, description = "Body too large", body = ErrorBody),
-    (status = 422, description = "Refused by the ledger rules (overflow)", body = ErrorBody),
+    (status = 422, description = "Refused by the ledger rules (overflow), or `reserved_id`: the account is one of the ledger's own (`tally:...`)", body = ErrorBody),
     (status = 503, description = "Overloaded or unavailable", body = ErrorBody),
 ))]
 pub async fn deposit(
@@ -156,7 +158,7 @@ pub async fn deposit(
     (status = 404, description = "No such account", body = ErrorBody),
     (status = 409, description = "The id was used with another body", body = ErrorBody),
     (status = 413, description = "Body too large", body = ErrorBody),
-    (status = 422, description = "Refused by the ledger rules (insufficient_funds, overflow)", body = ErrorBody),
+    (status = 422, description = "Refused by the ledger rules (insufficient_funds, overflow, reserved_id)", body = ErrorBody),
     (status = 503, description = "Overloaded or unavailable", body = ErrorBody),
 ))]
 pub async fn withdraw(
@@ -175,7 +177,7 @@ pub async fn withdraw(
     (status = 404, description = "No such account", body = ErrorBody),
     (status = 409, description = "The id was used with another body", body = ErrorBody),
     (status = 413, description = "Body too large", body = ErrorBody),
-    (status = 422, description = "Refused by the ledger rules (insufficient_funds, ledger_mismatch, overflow)", body = ErrorBody),
+    (status = 422, description = "Refused by the ledger rules (insufficient_funds, ledger_mismatch, overflow, reserved_id)", body = ErrorBody),
     (status = 503, description = "Overloaded or unavailable", body = ErrorBody),
 ))]
 pub async fn transfer(
@@ -195,7 +197,7 @@ pub async fn transfer(
     (status = 404, description = "No such pending transfer", body = ErrorBody),
     (status = 409, description = "The id was used with another body", body = ErrorBody),
     (status = 413, description = "Body too large", body = ErrorBody),
-    (status = 422, description = "Refused (already_resolved, not_pending, exceeds_pending_amount, overflow)", body = ErrorBody),
+    (status = 422, description = "Refused (already_resolved, not_pending, exceeds_pending_amount, overflow, reserved_id)", body = ErrorBody),
     (status = 503, description = "Overloaded or unavailable", body = ErrorBody),
 ))]
 pub async fn post_pending(
@@ -235,7 +237,7 @@ pub async fn post_pending(
     (status = 404, description = "No such pending transfer", body = ErrorBody),
     (status = 409, description = "The id was used with another body", body = ErrorBody),
     (status = 413, description = "Body too large", body = ErrorBody),
-    (status = 422, description = "Refused (already_resolved, not_pending)", body = ErrorBody),
+    (status = 422, description = "Refused (already_resolved, not_pending, reserved_id)", body = ErrorBody),
     (status = 503, description = "Overloaded or unavailable", body = ErrorBody),
 ))]
 pub async fn void_pending(
@@ -282,7 +284,7 @@ async fn submit_transfer(
         )),
         Answer::Rejected { code, .. } => Err(ApiError::rejected(code)),
         Answer::Conflict => Err(ApiError::conflict(command.id.as_str())),
-        Answer::Invalid(invalid) => Err(ApiError::invalid(invalid.to_string())),
+        Answer::Invalid(invalid) => Err(ApiError::invalid_command(&invalid)),
         other => Err(ApiError::internal(format!(
             "unexpected answer to a transfer: {other:?}"
         ))),
@@ -378,9 +380,13 @@ fn batch_item(id: String, answer: Answer) -> BatchItem {
             "rejected",
             None,
             None,
-            Some(ApiError::invalid(invalid.to_string()).detail()),
+            Some(ApiError::invalid_command(&invalid).detail()),
         ),
-        Answer::Account { .. } | Answer::Revoked { .. } => item(
+        Answer::Account { .. }
+        | Answer::Revoked { .. }
+        | Answer::Campaign { .. }
+        | Answer::Claim { .. }
+        | Answer::Refused(_) => item(
             "rejected",
             None,
             None,
@@ -662,6 +668,7 @@ pub async fn no_route() -> ApiError {
 /// A path that exists, with another method.
 pub async fn wrong_method() -> ApiError {
     ApiError {
+        violations: None,
         status: StatusCode::METHOD_NOT_ALLOWED,
         code: "method_not_allowed",
         message: "method not allowed on this path; see /v1/openapi.json".into(),

@@ -1,8 +1,9 @@
 //! Simulated clients and what they were told.
 //!
 //! Each client keeps at most one request in flight: one to four commands (accounts, deposits,
-//! withdrawals, transfers, two-phase transfers and their posts and voids, linked chains), with
-//! ids it never reuses for another body. A client that gets no answer before its deadline, or
+//! withdrawals, transfers, two-phase transfers and their posts and voids, linked chains, and a
+//! gift campaign: its definition, claims, their settlements and attempts, its publication),
+//! with ids it never reuses for another body. A client that gets no answer before its deadline, or
 //! whose answer was lost with a crashed engine, sends the same commands again with the same ids,
 //! as a real client must. The [`Model`] remembers every answer a client received: those are the
 //! promises the engine must keep.
@@ -12,7 +13,11 @@ use std::num::NonZeroU64;
 
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
-use tally_core::{Command, Id, LedgerCode, Outcome, PendingOptions, TransferBody, TransferCommand};
+use tally_core::limits::TIMESTAMP_NS_MAX;
+use tally_core::{
+    CampaignDefinition, ClaimState, Command, Id, LedgerCode, OffsetChange, Outcome, PendingOptions,
+    TransferBody, TransferCommand,
+};
 use tally_engine::{Answer, Ticket};
 use tokio::sync::oneshot::error::TryRecvError;
 
@@ -108,6 +113,68 @@ fn create_account(index: u32) -> Command {
     }
 }
 
+/// The simulation's one campaign: every client defining it sends this body. Open over the whole
+/// clock, so that its limits, not its window, decide; small limits, so that they bind.
+fn define_campaign() -> Command {
+    Command::DefineCampaign(Box::new(CampaignDefinition {
+        id: id(CAMPAIGN),
+        gift_ledger: LedgerCode::new("GIFT").expect("valid code"),
+        inventory: 40,
+        per_user_limit: 3,
+        daily_limit: 12,
+        starts_at_ns: 0,
+        ends_at_ns: TIMESTAMP_NS_MAX,
+        verification_account: id(VERIFIER),
+        offsets: vec![OffsetChange {
+            from_ns: 0,
+            offset_seconds: 3600,
+        }],
+        spec: b"simulated".to_vec(),
+    }))
+}
+
+const CAMPAIGN: &str = "sim-gifts";
+const VERIFIER: &str = "gift-verifier";
+
+fn campaign_command(prefix: &str, rng: &mut ChaCha8Rng, model: &Model) -> Command {
+    let claimed = (!model.claims.is_empty())
+        .then(|| {
+            model
+                .claims
+                .keys()
+                .nth(rng.random_range(0..model.claims.len()))
+        })
+        .flatten()
+        .cloned();
+    match (rng.random_range(0..100), claimed) {
+        (0..10, _) => define_campaign(),
+        (10..15, _) => Command::PublishCampaign { id: id(CAMPAIGN) },
+        (15..40, Some(order_id)) => Command::SettleClaim {
+            order_id,
+            outcome: [
+                ClaimState::Delivered,
+                ClaimState::Voided,
+                ClaimState::Unknown,
+            ][rng.random_range(0..3)],
+        },
+        (40..50, Some(order_id)) => Command::RecordClaimAttempt {
+            order_id,
+            attempt: rng.random_range(1..=3),
+        },
+        _ => {
+            let user = match rng.random_range(0..6) {
+                0 => id(VERIFIER),
+                user => id(&format!("gift-user-{user}")),
+            };
+            Command::Claim {
+                campaign: id(CAMPAIGN),
+                order_id: id(&format!("{prefix}-order")),
+                user,
+            }
+        }
+    }
+}
+
 fn random_command(prefix: &str, rng: &mut ChaCha8Rng, model: &Model) -> Command {
     let one = |rng: &mut ChaCha8Rng, suffix: &str| TransferCommand {
         id: id(&format!("{prefix}{suffix}")),
@@ -115,7 +182,8 @@ fn random_command(prefix: &str, rng: &mut ChaCha8Rng, model: &Model) -> Command 
     };
     match rng.random_range(0..100) {
         0..10 => create_account(rng.random_range(0..ACCOUNTS)),
-        10..88 => Command::Transfer(one(rng, "")),
+        10..80 => Command::Transfer(one(rng, "")),
+        80..90 => campaign_command(prefix, rng, model),
         _ => {
             let len = rng.random_range(2..=4);
             Command::Linked((0..len).map(|i| one(rng, &format!("-l{i}"))).collect())
@@ -200,6 +268,12 @@ pub(crate) struct Model {
     pendings: Vec<Id>,
     /// Every command id ever sent, acknowledged or not.
     pub(crate) sent: BTreeSet<Id>,
+    /// Acknowledged claims: the position of each one's pending transfer.
+    pub(crate) claims: BTreeMap<Id, u64>,
+    /// Whether the campaign's definition was acknowledged.
+    pub(crate) campaign_defined: bool,
+    /// Claim orders and campaign definitions answered, even if refused: they were answered.
+    pub(crate) campaign_answered: BTreeSet<Id>,
 }
 
 impl Model {
@@ -227,9 +301,13 @@ impl Model {
             .iter()
             .flat_map(|command| -> Vec<(&Id, bool)> {
                 match command {
-                    Command::CreateAccount { id, .. } | Command::RevokeToken { token_id: id } => {
-                        vec![(id, false)]
-                    }
+                    Command::DefineCampaign(definition) => vec![(&definition.id, false)],
+                    Command::CreateAccount { id, .. }
+                    | Command::RevokeToken { token_id: id }
+                    | Command::PublishCampaign { id }
+                    | Command::Claim { order_id: id, .. }
+                    | Command::SettleClaim { order_id: id, .. }
+                    | Command::RecordClaimAttempt { order_id: id, .. } => vec![(id, false)],
                     Command::Transfer(transfer) => vec![(&transfer.id, is_pending(transfer))],
                     Command::Linked(chain) => chain
                         .iter()
@@ -245,21 +323,60 @@ impl Model {
                 transfers.len()
             ));
         }
-        for ((id, pending), answer) in transfers.into_iter().zip(answers) {
-            let told = match answer {
-                Answer::Account { .. } => {
+        for (((id, pending), answer), command) in
+            transfers
+                .into_iter()
+                .zip(answers)
+                .zip(commands.iter().flat_map(|command| match command {
+                    Command::Linked(chain) => vec![command; chain.len()],
+                    _ => vec![command],
+                }))
+        {
+            let told = match (answer, command) {
+                (Answer::Account { .. }, _) => {
                     self.accounts.insert(id.clone());
                     continue;
                 }
-                Answer::Transfer { reply, .. } => Told {
+                (Answer::Campaign { .. }, Command::DefineCampaign(_)) => {
+                    self.campaign_defined = true;
+                    self.campaign_answered.insert(id.clone());
+                    continue;
+                }
+                (Answer::Claim { view, .. }, Command::Claim { .. }) => {
+                    match self.claims.insert(id.clone(), view.position) {
+                        Some(earlier) if earlier != view.position => {
+                            return Err(format!(
+                                "claim {id:?} was answered at {earlier} and later at {}",
+                                view.position
+                            ))
+                        }
+                        _ => {}
+                    }
+                    self.campaign_answered.insert(id.clone());
+                    continue;
+                }
+                // A refused claim or definition is not remembered: a retry may succeed.
+                (Answer::Refused(_), Command::Claim { .. } | Command::DefineCampaign(_)) => {
+                    self.campaign_answered.insert(id.clone());
+                    continue;
+                }
+                // Publications, settlements and attempts change state that the ledger's own
+                // checks (invariants, replay) cover; any of their answers is possible.
+                (
+                    Answer::Campaign { .. } | Answer::Claim { .. } | Answer::Refused(_),
+                    Command::PublishCampaign { .. }
+                    | Command::SettleClaim { .. }
+                    | Command::RecordClaimAttempt { .. },
+                ) => continue,
+                (Answer::Transfer { reply, .. }, _) => Told {
                     committed: true,
                     position: reply.position,
                 },
-                Answer::Rejected { position, .. } => Told {
+                (Answer::Rejected { position, .. }, _) => Told {
                     committed: false,
                     position: *position,
                 },
-                other => {
+                (other, _) => {
                     return Err(format!(
                         "command {id:?}, sent with one body only, was answered {other:?}"
                     ))
@@ -294,11 +411,17 @@ fn is_pending(transfer: &TransferCommand) -> bool {
     )
 }
 
+/// The ids a command must be answered for; publications, settlements and attempts have none of
+/// their own.
 fn command_ids(command: &Command) -> Vec<Id> {
     match command {
-        Command::CreateAccount { id, .. } | Command::RevokeToken { token_id: id } => {
-            vec![id.clone()]
-        }
+        Command::DefineCampaign(definition) => vec![definition.id.clone()],
+        Command::CreateAccount { id, .. }
+        | Command::RevokeToken { token_id: id }
+        | Command::Claim { order_id: id, .. } => vec![id.clone()],
+        Command::PublishCampaign { .. }
+        | Command::SettleClaim { .. }
+        | Command::RecordClaimAttempt { .. } => Vec::new(),
         Command::Transfer(transfer) => vec![transfer.id.clone()],
         Command::Linked(chain) => chain.iter().map(|transfer| transfer.id.clone()).collect(),
     }

@@ -338,7 +338,9 @@ impl Sim {
             .sent
             .iter()
             .filter(|id| {
-                !self.model.transfers.contains_key(*id) && !self.model.accounts.contains(*id)
+                !self.model.transfers.contains_key(*id)
+                    && !self.model.accounts.contains(*id)
+                    && !self.model.campaign_answered.contains(*id)
             })
             .collect();
         if let Some(id) = unanswered.first() {
@@ -616,6 +618,19 @@ impl Sim {
         for id in &self.model.accounts {
             if ledger.account_by_id(id).is_none() {
                 return Err(format!("acknowledged account {id:?} is missing"));
+            }
+        }
+        if self.model.campaign_defined && ledger.campaigns().is_empty() {
+            return Err("the acknowledged campaign is missing".into());
+        }
+        for (order_id, position) in &self.model.claims {
+            match ledger.claim(order_id) {
+                Some(claim) if claim.pending == *position => {}
+                other => {
+                    return Err(format!(
+                        "acknowledged claim {order_id:?} at {position} is {other:?} in the state"
+                    ))
+                }
             }
         }
         for (id, told) in &self.model.transfers {

@@ -98,6 +98,20 @@ pub fn describe(answer: &Answer) -> String {
         Answer::Conflict => "conflict".to_string(),
         Answer::Invalid(invalid) => format!("invalid: {invalid}"),
         Answer::Revoked { created } => format!("revoked{}", if *created { "" } else { " (again)" }),
+        Answer::Campaign { view, created } => format!(
+            "campaign {} {}{}",
+            view.definition.id,
+            view.state.name(),
+            if *created { "" } else { " (again)" }
+        ),
+        Answer::Claim { view, created } => format!(
+            "claim {} {} attempts {}{}",
+            view.order_id,
+            view.state.name(),
+            view.attempts,
+            if *created { "" } else { " (again)" }
+        ),
+        Answer::Refused(code) => format!("refused {}", code.as_str()),
     }
 }
 

@@ -72,8 +72,18 @@ const fn on(server: Server, producer: Producer) -> Producer {
 const READ: Caller = Caller::Only(Scope::Read);
 const WRITE: Caller = Caller::Only(Scope::Write);
 
+/// A live campaign open from 2020 to 2200, one gift per user.
+const SPRING: &str = r#"{"id":"spring","gift_ledger":"GIFT","inventory":100,"per_user_limit":1,"daily_limit":100,"timezone":"UTC","starts_at":"2020-01-01T00:00:00Z","ends_at":"2200-01-01T00:00:00Z","verification_account":"ver","delivery":{"primary":["https://gifts.example.com/deliver"],"connect_timeout_ms":200,"read_timeout_ms":1500,"max_read_timeouts":2,"retry_budget_percent":10}}"#;
+/// A campaign left in draft.
+const DRAFT: &str = r#"{"id":"draft","gift_ledger":"GIFT","inventory":100,"per_user_limit":1,"daily_limit":100,"timezone":"UTC","starts_at":"2020-01-01T00:00:00Z","ends_at":"2200-01-01T00:00:00Z","verification_account":"ver","delivery":{"primary":["https://gifts.example.com/deliver"],"connect_timeout_ms":200,"read_timeout_ms":1500,"max_read_timeouts":2,"retry_budget_percent":10}}"#;
+/// A new campaign, and the same id with another inventory.
+const AUTUMN: &str = r#"{"id":"autumn","gift_ledger":"GIFT","inventory":100,"per_user_limit":1,"daily_limit":100,"timezone":"UTC","starts_at":"2020-01-01T00:00:00Z","ends_at":"2200-01-01T00:00:00Z","verification_account":"ver","delivery":{"primary":["https://gifts.example.com/deliver"],"connect_timeout_ms":200,"read_timeout_ms":1500,"max_read_timeouts":2,"retry_budget_percent":10}}"#;
+const AUTUMN_OTHER: &str = r#"{"id":"autumn","gift_ledger":"GIFT","inventory":101,"per_user_limit":1,"daily_limit":100,"timezone":"UTC","starts_at":"2020-01-01T00:00:00Z","ends_at":"2200-01-01T00:00:00Z","verification_account":"ver","delivery":{"primary":["https://gifts.example.com/deliver"],"connect_timeout_ms":200,"read_timeout_ms":1500,"max_read_timeouts":2,"retry_budget_percent":10}}"#;
+/// A campaign that breaks a rule: the read timeout is below the connect timeout.
+const BROKEN: &str = r#"{"id":"broken","gift_ledger":"GIFT","inventory":100,"per_user_limit":1,"daily_limit":100,"timezone":"UTC","starts_at":"2020-01-01T00:00:00Z","ends_at":"2200-01-01T00:00:00Z","verification_account":"ver","delivery":{"primary":["https://gifts.example.com/deliver"],"connect_timeout_ms":200,"read_timeout_ms":150,"max_read_timeouts":1,"retry_budget_percent":10}}"#;
+
 /// What the running server holds before the producers run, in order.
-const SETUP: [(&str, &str); 7] = [
+const SETUP: [(&str, &str); 12] = [
     ("/v1/accounts", r#"{"id":"a","ledger":"USD"}"#),
     ("/v1/accounts", r#"{"id":"b","ledger":"USD"}"#),
     ("/v1/accounts", r#"{"id":"e","ledger":"EUR"}"#),
@@ -90,11 +100,23 @@ const SETUP: [(&str, &str); 7] = [
         "/v1/transfers",
         r#"{"id":"p3","from":"a","to":"b","amount":5,"pending":true}"#,
     ),
+    ("/v1/campaigns", SPRING),
+    ("/v1/campaigns", DRAFT),
+    (
+        "/v1/campaigns/spring/claims",
+        r#"{"order_id":"v1","user":"ver"}"#,
+    ),
+    ("/v1/claims/v1/settle", r#"{"state":"delivered"}"#),
+    ("/v1/campaigns/spring/publish", ""),
 ];
 
-/// A body over the 64 KiB limit of a single command, and one over the 8 MiB limit of a batch.
+/// A body over the 64 KiB limit of a single command, one over the 8 MiB limit of a batch, and
+/// one over the 256 KiB limit of a campaign.
 const BIG: &str = "BIG";
 const HUGE: &str = "HUGE";
+const BIG_CAMPAIGN: &str = "BIG_CAMPAIGN";
+
+const CLAIM: &str = r#"{"order_id":"c1","user":"alice"}"#;
 
 /// Requests that produce each documented status, run in this order within each server state.
 const PRODUCERS: &[Producer] = &[
@@ -142,6 +164,13 @@ const PRODUCERS: &[Producer] = &[
         r#"{"id":"n","ledger":"EUR"}"#,
     ),
     produce("POST", "/v1/accounts", 413, "/v1/accounts", BIG),
+    produce(
+        "POST",
+        "/v1/accounts",
+        422,
+        "/v1/accounts",
+        r#"{"id":"tally:pool:x","ledger":"USD"}"#,
+    ),
     on(
         Server::EngineStopped,
         produce(
@@ -150,6 +179,269 @@ const PRODUCERS: &[Producer] = &[
             503,
             "/v1/accounts",
             r#"{"id":"x","ledger":"USD"}"#,
+        ),
+    ),
+    // POST /v1/campaigns
+    produce("POST", "/v1/campaigns", 201, "/v1/campaigns", AUTUMN),
+    produce("POST", "/v1/campaigns", 200, "/v1/campaigns", AUTUMN),
+    produce("POST", "/v1/campaigns", 400, "/v1/campaigns", "{}"),
+    by(
+        Caller::Anonymous,
+        produce("POST", "/v1/campaigns", 401, "/v1/campaigns", AUTUMN),
+    ),
+    by(
+        WRITE,
+        produce("POST", "/v1/campaigns", 403, "/v1/campaigns", AUTUMN),
+    ),
+    produce("POST", "/v1/campaigns", 409, "/v1/campaigns", AUTUMN_OTHER),
+    produce("POST", "/v1/campaigns", 413, "/v1/campaigns", BIG_CAMPAIGN),
+    produce("POST", "/v1/campaigns", 422, "/v1/campaigns", BROKEN),
+    on(
+        Server::EngineStopped,
+        produce("POST", "/v1/campaigns", 503, "/v1/campaigns", SPRING),
+    ),
+    // GET /v1/campaigns/{id}
+    produce("GET", "/v1/campaigns/{id}", 200, "/v1/campaigns/spring", ""),
+    produce("GET", "/v1/campaigns/{id}", 400, "/v1/campaigns/a%20b", ""),
+    by(
+        Caller::Anonymous,
+        produce("GET", "/v1/campaigns/{id}", 401, "/v1/campaigns/spring", ""),
+    ),
+    by(
+        WRITE,
+        produce("GET", "/v1/campaigns/{id}", 403, "/v1/campaigns/spring", ""),
+    ),
+    produce("GET", "/v1/campaigns/{id}", 404, "/v1/campaigns/nope", ""),
+    on(
+        Server::EngineStopped,
+        produce("GET", "/v1/campaigns/{id}", 503, "/v1/campaigns/spring", ""),
+    ),
+    // POST /v1/campaigns/{id}/publish
+    produce(
+        "POST",
+        "/v1/campaigns/{id}/publish",
+        200,
+        "/v1/campaigns/spring/publish",
+        "",
+    ),
+    produce(
+        "POST",
+        "/v1/campaigns/{id}/publish",
+        400,
+        "/v1/campaigns/a%20b/publish",
+        "",
+    ),
+    by(
+        Caller::Anonymous,
+        produce(
+            "POST",
+            "/v1/campaigns/{id}/publish",
+            401,
+            "/v1/campaigns/spring/publish",
+            "",
+        ),
+    ),
+    by(
+        WRITE,
+        produce(
+            "POST",
+            "/v1/campaigns/{id}/publish",
+            403,
+            "/v1/campaigns/spring/publish",
+            "",
+        ),
+    ),
+    produce(
+        "POST",
+        "/v1/campaigns/{id}/publish",
+        404,
+        "/v1/campaigns/nope/publish",
+        "",
+    ),
+    produce(
+        "POST",
+        "/v1/campaigns/{id}/publish",
+        409,
+        "/v1/campaigns/draft/publish",
+        "",
+    ),
+    on(
+        Server::EngineStopped,
+        produce(
+            "POST",
+            "/v1/campaigns/{id}/publish",
+            503,
+            "/v1/campaigns/spring/publish",
+            "",
+        ),
+    ),
+    // POST /v1/campaigns/{id}/claims
+    produce(
+        "POST",
+        "/v1/campaigns/{id}/claims",
+        201,
+        "/v1/campaigns/spring/claims",
+        CLAIM,
+    ),
+    produce(
+        "POST",
+        "/v1/campaigns/{id}/claims",
+        200,
+        "/v1/campaigns/spring/claims",
+        CLAIM,
+    ),
+    produce(
+        "POST",
+        "/v1/campaigns/{id}/claims",
+        400,
+        "/v1/campaigns/spring/claims",
+        "{}",
+    ),
+    by(
+        Caller::Anonymous,
+        produce(
+            "POST",
+            "/v1/campaigns/{id}/claims",
+            401,
+            "/v1/campaigns/spring/claims",
+            CLAIM,
+        ),
+    ),
+    by(
+        READ,
+        produce(
+            "POST",
+            "/v1/campaigns/{id}/claims",
+            403,
+            "/v1/campaigns/spring/claims",
+            CLAIM,
+        ),
+    ),
+    produce(
+        "POST",
+        "/v1/campaigns/{id}/claims",
+        404,
+        "/v1/campaigns/nope/claims",
+        r#"{"order_id":"c9","user":"alice"}"#,
+    ),
+    produce(
+        "POST",
+        "/v1/campaigns/{id}/claims",
+        409,
+        "/v1/campaigns/spring/claims",
+        r#"{"order_id":"c1","user":"bob"}"#,
+    ),
+    produce(
+        "POST",
+        "/v1/campaigns/{id}/claims",
+        413,
+        "/v1/campaigns/spring/claims",
+        BIG,
+    ),
+    produce(
+        "POST",
+        "/v1/campaigns/{id}/claims",
+        422,
+        "/v1/campaigns/spring/claims",
+        r#"{"order_id":"c2","user":"alice"}"#,
+    ),
+    on(
+        Server::EngineStopped,
+        produce(
+            "POST",
+            "/v1/campaigns/{id}/claims",
+            503,
+            "/v1/campaigns/spring/claims",
+            CLAIM,
+        ),
+    ),
+    // GET /v1/claims/{order_id}
+    produce("GET", "/v1/claims/{order_id}", 200, "/v1/claims/c1", ""),
+    produce("GET", "/v1/claims/{order_id}", 400, "/v1/claims/a%20b", ""),
+    by(
+        Caller::Anonymous,
+        produce("GET", "/v1/claims/{order_id}", 401, "/v1/claims/c1", ""),
+    ),
+    by(
+        WRITE,
+        produce("GET", "/v1/claims/{order_id}", 403, "/v1/claims/c1", ""),
+    ),
+    produce("GET", "/v1/claims/{order_id}", 404, "/v1/claims/nope", ""),
+    on(
+        Server::EngineStopped,
+        produce("GET", "/v1/claims/{order_id}", 503, "/v1/claims/c1", ""),
+    ),
+    // POST /v1/claims/{order_id}/settle
+    produce(
+        "POST",
+        "/v1/claims/{order_id}/settle",
+        201,
+        "/v1/claims/c1/settle",
+        r#"{"state":"unknown_needs_reconciliation"}"#,
+    ),
+    produce(
+        "POST",
+        "/v1/claims/{order_id}/settle",
+        200,
+        "/v1/claims/c1/settle",
+        r#"{"state":"unknown_needs_reconciliation"}"#,
+    ),
+    produce(
+        "POST",
+        "/v1/claims/{order_id}/settle",
+        400,
+        "/v1/claims/c1/settle",
+        r#"{"state":"lost"}"#,
+    ),
+    by(
+        Caller::Anonymous,
+        produce(
+            "POST",
+            "/v1/claims/{order_id}/settle",
+            401,
+            "/v1/claims/c1/settle",
+            r#"{"state":"voided"}"#,
+        ),
+    ),
+    by(
+        WRITE,
+        produce(
+            "POST",
+            "/v1/claims/{order_id}/settle",
+            403,
+            "/v1/claims/c1/settle",
+            r#"{"state":"voided"}"#,
+        ),
+    ),
+    produce(
+        "POST",
+        "/v1/claims/{order_id}/settle",
+        404,
+        "/v1/claims/nope/settle",
+        r#"{"state":"voided"}"#,
+    ),
+    produce(
+        "POST",
+        "/v1/claims/{order_id}/settle",
+        409,
+        "/v1/claims/v1/settle",
+        r#"{"state":"voided"}"#,
+    ),
+    produce(
+        "POST",
+        "/v1/claims/{order_id}/settle",
+        413,
+        "/v1/claims/c1/settle",
+        BIG,
+    ),
+    on(
+        Server::EngineStopped,
+        produce(
+            "POST",
+            "/v1/claims/{order_id}/settle",
+            503,
+            "/v1/claims/c1/settle",
+            r#"{"state":"voided"}"#,
         ),
     ),
     // GET /v1/accounts/{id}
@@ -913,6 +1205,10 @@ fn body(body: &str) -> String {
         HUGE => format!(
             r#"{{"transfers":[],"atomic":{}}}"#,
             " ".repeat(tally_server::limits::BATCH_BODY_BYTES_MAX)
+        ),
+        BIG_CAMPAIGN => format!(
+            r#"{{"id":"{}"}}"#,
+            "x".repeat(tally_campaign::limits::SPEC_BYTES_MAX)
         ),
         other => other.to_string(),
     }

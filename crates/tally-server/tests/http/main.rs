@@ -1,6 +1,7 @@
 //! The HTTP API, driven through the router without a socket: one integration-test binary.
 
 mod auth;
+mod campaigns;
 mod documented;
 mod errors;
 mod feed;

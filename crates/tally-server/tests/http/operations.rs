@@ -9,6 +9,12 @@ use crate::support::TestApp;
 
 /// Every route of the router, with its methods, as `tally_server::app` builds it.
 const ROUTES: &[(&str, &str)] = &[
+    ("/v1/campaigns", "post"),
+    ("/v1/campaigns/{id}", "get"),
+    ("/v1/campaigns/{id}/publish", "post"),
+    ("/v1/campaigns/{id}/claims", "post"),
+    ("/v1/claims/{order_id}", "get"),
+    ("/v1/claims/{order_id}/settle", "post"),
     ("/v1/accounts", "post"),
     ("/v1/accounts/{id}", "get"),
     ("/v1/accounts/{id}/history", "get"),
