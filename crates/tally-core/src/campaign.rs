@@ -343,6 +343,10 @@ pub struct Claim {
     pub state: ClaimState,
     /// Delivery attempts started.
     pub attempts: u32,
+    /// The last attempt recorded as ended without settling the claim (0: none).
+    pub attempts_ended: u32,
+    /// The order's read timeouts as of the end of attempt `attempts_ended`.
+    pub read_timeouts: u32,
 }
 
 /// The hash of a claim's body, by which a repeated order id is told from a conflicting one.
@@ -816,6 +820,54 @@ impl Ledger {
         }
     }
 
+    pub(crate) fn end_attempt(
+        &mut self,
+        order_id: &Id,
+        attempt: u32,
+        read_timeouts: u32,
+        events: &mut Vec<Event>,
+    ) -> Reply {
+        let Some(claim) = self.claims.get(order_id) else {
+            return Reply::Refused(CampaignCode::ClaimNotFound);
+        };
+        if attempt == claim.attempts_ended && read_timeouts == claim.read_timeouts {
+            return Reply::Claim {
+                order_id: order_id.clone(),
+                created: false,
+            };
+        }
+        if claim.state.is_final() {
+            return Reply::Refused(CampaignCode::ClaimAlreadySettled);
+        }
+        // Only the attempt in progress can end, once, and read timeouts only grow: anything
+        // else is a worker out of step with the log.
+        if attempt != claim.attempts
+            || attempt <= claim.attempts_ended
+            || read_timeouts < claim.read_timeouts
+        {
+            return Reply::Refused(CampaignCode::AttemptOutOfOrder);
+        }
+        let ended = Event::ClaimAttemptEnded {
+            order_id: order_id.clone(),
+            attempt,
+            read_timeouts,
+        };
+        self.emit(ended, events);
+        Reply::Claim {
+            order_id: order_id.clone(),
+            created: true,
+        }
+    }
+
+    /// Claims whose pending transfer comes after position `after` (every claim for `None`), in
+    /// the order they were recorded.
+    pub fn claims_after(&self, after: Option<u64>) -> impl Iterator<Item = (&Id, &Claim)> {
+        let start = after.map_or(0, |after| after.saturating_add(1));
+        self.claim_pendings
+            .range(start..)
+            .map(|(_, order_id)| (order_id, &self.claims[order_id]))
+    }
+
     /// Applies a campaign event; see [`Ledger::apply`].
     pub(crate) fn apply_campaign_event(&mut self, event: &Event) {
         // Campaign commands never run inside a linked chain, so they need no undo.
@@ -860,6 +912,8 @@ impl Ledger {
                     body_hash: claim_body_hash(&definition.id, user_id),
                     state: ClaimState::PendingDelivery,
                     attempts: 0,
+                    attempts_ended: 0,
+                    read_timeouts: 0,
                 };
                 self.count(&claim, 1);
                 assert!(self
@@ -889,6 +943,16 @@ impl Ledger {
                 let claim = self.claims.get_mut(order_id).expect("a recorded claim");
                 assert_eq!(*attempt, claim.attempts + 1);
                 claim.attempts = *attempt;
+            }
+            Event::ClaimAttemptEnded {
+                order_id,
+                attempt,
+                read_timeouts,
+            } => {
+                let claim = self.claims.get_mut(order_id).expect("a recorded claim");
+                assert_eq!(*attempt, claim.attempts);
+                claim.attempts_ended = *attempt;
+                claim.read_timeouts = *read_timeouts;
             }
             _ => unreachable!("not a campaign event"),
         }
@@ -1003,6 +1067,22 @@ impl Ledger {
                 _ => {
                     return Err(format!(
                         "attempt {attempt} of claim {order_id} is out of order"
+                    ))
+                }
+            },
+            Event::ClaimAttemptEnded {
+                order_id,
+                attempt,
+                read_timeouts,
+            } => match self.claims.get(order_id) {
+                Some(claim)
+                    if !claim.state.is_final()
+                        && *attempt == claim.attempts
+                        && *attempt > claim.attempts_ended
+                        && *read_timeouts >= claim.read_timeouts => {}
+                _ => {
+                    return Err(format!(
+                        "the end of attempt {attempt} of claim {order_id} is out of order"
                     ))
                 }
             },

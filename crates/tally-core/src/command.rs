@@ -63,6 +63,18 @@ pub enum Command {
         /// The attempt's number: the previous one plus one (a repeat changes nothing).
         attempt: u32,
     },
+    /// Record that delivery attempt `attempt` of a claim ended without settling it, and the
+    /// order's read timeouts so far (this attempt's included). An attempt started but never
+    /// ended this way may have delivered: after a restart the worker counts it as read
+    /// timeouts, so the cap on read timeouts holds across crashes.
+    EndClaimAttempt {
+        /// The claim's order id.
+        order_id: Id,
+        /// The attempt that ended: the last one started.
+        attempt: u32,
+        /// The order's read timeouts so far; never fewer than recorded before.
+        read_timeouts: u32,
+    },
 }
 
 /// A command that moves value, identified by its client-chosen transfer id.
@@ -191,7 +203,8 @@ impl Command {
                 ClaimState::PendingDelivery => Err(InvalidCommand::NotASettlement),
                 _ => Ok(()),
             },
-            Command::RecordClaimAttempt { attempt, .. } => {
+            Command::RecordClaimAttempt { attempt, .. }
+            | Command::EndClaimAttempt { attempt, .. } => {
                 if (1..=CLAIM_ATTEMPTS_MAX).contains(attempt) {
                     Ok(())
                 } else {

@@ -82,6 +82,16 @@ pub enum Event {
         /// The attempt's number, from 1.
         attempt: u32,
     },
+    /// Delivery attempt `attempt` of a claim ended without settling it (appended in format
+    /// version 1 as tag 11; older logs never hold it).
+    ClaimAttemptEnded {
+        /// The claim's order id.
+        order_id: Id,
+        /// The attempt's number, the last one started.
+        attempt: u32,
+        /// The order's read timeouts so far.
+        read_timeouts: u32,
+    },
 }
 
 /// A committed transfer command.
@@ -163,6 +173,7 @@ const TAG_CAMPAIGN_PUBLISHED: u8 = 7;
 const TAG_CLAIM_RECORDED: u8 = 8;
 const TAG_CLAIM_SETTLED: u8 = 9;
 const TAG_CLAIM_ATTEMPTED: u8 = 10;
+const TAG_CLAIM_ATTEMPT_ENDED: u8 = 11;
 
 const KIND_DEPOSIT: u8 = 1;
 const KIND_WITHDRAWAL: u8 = 2;
@@ -249,6 +260,16 @@ pub fn encode_event(event: &Event, out: &mut Vec<u8>) {
             out.push(TAG_CLAIM_ATTEMPTED);
             put_str(out, order_id.as_str());
             put_varint(out, u64::from(*attempt));
+        }
+        Event::ClaimAttemptEnded {
+            order_id,
+            attempt,
+            read_timeouts,
+        } => {
+            out.push(TAG_CLAIM_ATTEMPT_ENDED);
+            put_str(out, order_id.as_str());
+            put_varint(out, u64::from(*attempt));
+            put_varint(out, u64::from(*read_timeouts));
         }
     }
 }
@@ -538,6 +559,11 @@ impl<'a> Reader<'a> {
                 order_id: self.id()?,
                 attempt: self.varint_u32()?,
             }),
+            TAG_CLAIM_ATTEMPT_ENDED => Ok(Event::ClaimAttemptEnded {
+                order_id: self.id()?,
+                attempt: self.varint_u32()?,
+                read_timeouts: self.varint_u32()?,
+            }),
             _ => Err(self.error("unknown event tag")),
         }
     }
@@ -611,6 +637,11 @@ mod tests {
             Event::ClaimAttempted {
                 order_id: id("o1"),
                 attempt: u32::MAX,
+            },
+            Event::ClaimAttemptEnded {
+                order_id: id("o1"),
+                attempt: u32::MAX,
+                read_timeouts: u32::MAX,
             },
         ]
     }

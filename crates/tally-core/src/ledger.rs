@@ -5,7 +5,7 @@
 //! cannot drift apart. Linked chains are applied with an undo log and rolled back when one of
 //! their transfers fails.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use hashbrown::HashMap;
 
@@ -41,8 +41,10 @@ pub struct Ledger {
     pub(crate) campaign_ids: HashMap<Id, u32>,
     /// Claims by order id.
     pub(crate) claims: HashMap<Id, Claim>,
-    /// Derived: a claim's pending transfer position → its order id.
-    pub(crate) claim_pendings: HashMap<u64, Id>,
+    /// Derived: a claim's pending transfer position → its order id. Ordered, because positions
+    /// grow with recording: the delivery worker pages through claims by it, and learns of new
+    /// claims as the range after the last position it saw.
+    pub(crate) claim_pendings: BTreeMap<u64, Id>,
     /// Derived: claims that count toward a limit, per (campaign, user account) and per
     /// (campaign, local day); entries at zero are removed.
     pub(crate) claims_per_user: HashMap<(u32, AccountIndex), u64>,
@@ -540,6 +542,11 @@ impl Ledger {
             Command::RecordClaimAttempt { order_id, attempt } => {
                 replies.push(self.record_attempt(order_id, *attempt, events))
             }
+            Command::EndClaimAttempt {
+                order_id,
+                attempt,
+                read_timeouts,
+            } => replies.push(self.end_attempt(order_id, *attempt, *read_timeouts, events)),
         }
     }
 
@@ -1063,7 +1070,8 @@ impl Ledger {
             | Event::CampaignPublished { .. }
             | Event::ClaimRecorded { .. }
             | Event::ClaimSettled { .. }
-            | Event::ClaimAttempted { .. } => {
+            | Event::ClaimAttempted { .. }
+            | Event::ClaimAttemptEnded { .. } => {
                 if let Err(reason) = self.check_campaign_event(event) {
                     return fail(reason);
                 }
@@ -1116,7 +1124,8 @@ impl Ledger {
             | Event::CampaignPublished { .. }
             | Event::ClaimRecorded { .. }
             | Event::ClaimSettled { .. }
-            | Event::ClaimAttempted { .. } => self.apply_campaign_event(event),
+            | Event::ClaimAttempted { .. }
+            | Event::ClaimAttemptEnded { .. } => self.apply_campaign_event(event),
         }
         self.next_position += 1;
         self.record(Undo::Position);

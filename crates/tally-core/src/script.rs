@@ -15,6 +15,7 @@
 //! publish spring
 //! claim o1 spring alice     # order id, campaign, user
 //! attempt o1 1
+//! ended o1 1 0              # attempt 1 ended without settling; read timeouts so far
 //! settle o1 delivered       # or voided, unknown
 //! ```
 //!
@@ -97,6 +98,15 @@ pub fn parse(line: &str) -> Result<Command, ScriptError> {
             attempt: number
                 .parse()
                 .map_err(|_| fail(format!("attempt {number:?} is not a number")))?,
+        }),
+        ["ended", order, number, read_timeouts] => Ok(Command::EndClaimAttempt {
+            order_id: id(order).map_err(fail)?,
+            attempt: number
+                .parse()
+                .map_err(|_| fail(format!("attempt {number:?} is not a number")))?,
+            read_timeouts: read_timeouts
+                .parse()
+                .map_err(|_| fail(format!("read timeouts {read_timeouts:?} is not a number")))?,
         }),
         _ => Ok(Command::Transfer(transfer(&words).map_err(fail)?)),
     }

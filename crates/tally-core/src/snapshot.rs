@@ -16,9 +16,10 @@ use crate::limits::{
     CAMPAIGNS_MAX, CLAIMS_MAX, CLAIM_ATTEMPTS_MAX, POSITION_MAX, TIMESTAMP_NS_MAX,
 };
 
-/// Version of the snapshot body encoding. Version 2 appends campaigns and claims; version 1
-/// bodies (written before campaigns existed) still load.
-pub const SNAPSHOT_VERSION: u32 = 2;
+/// Version of the snapshot body encoding. Version 2 appends campaigns and claims; version 3
+/// adds each claim's last ended attempt and read timeouts. Version 1 and 2 bodies still load
+/// (a version 2 claim has no ended attempt and no read timeouts recorded).
+pub const SNAPSHOT_VERSION: u32 = 3;
 
 /// Why bytes are not a valid snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -117,6 +118,8 @@ impl Ledger {
             put_u64(&mut out, claim.pending);
             out.push(claim.state.to_byte());
             put_u32(&mut out, claim.attempts);
+            put_u32(&mut out, claim.attempts_ended);
+            put_u32(&mut out, claim.read_timeouts);
         }
         out
     }
@@ -303,7 +306,7 @@ impl Ledger {
             }
         }
         if version >= 2 {
-            decode_campaigns(&mut reader, &mut ledger)?;
+            decode_campaigns(&mut reader, &mut ledger, version)?;
         }
         if reader.offset != bytes.len() {
             return Err(reader.error("bytes left after the snapshot"));
@@ -323,10 +326,14 @@ impl Ledger {
     }
 }
 
-/// Reads the campaigns and claims of a version 2 body, and rebuilds what derives from them.
+/// Reads the campaigns and claims of a version 2 or 3 body, and rebuilds what derives from them.
 /// A claim's user and day are derived too: the user is its transfer's credit account, and the
 /// day is its campaign's local day at the time of the transfer's batch.
-fn decode_campaigns(reader: &mut Reader<'_>, ledger: &mut Ledger) -> Result<(), SnapshotError> {
+fn decode_campaigns(
+    reader: &mut Reader<'_>,
+    ledger: &mut Ledger,
+    version: u32,
+) -> Result<(), SnapshotError> {
     let count = reader.count(9)?;
     if count > CAMPAIGNS_MAX {
         return Err(reader.error("more campaigns than the bound"));
@@ -369,7 +376,7 @@ fn decode_campaigns(reader: &mut Reader<'_>, ledger: &mut Ledger) -> Result<(), 
             verified: flags & 2 != 0,
         });
     }
-    let count = reader.count(19)?;
+    let count = reader.count(if version >= 3 { 27 } else { 19 })?;
     if count > CLAIMS_MAX {
         return Err(reader.error("more claims than the bound"));
     }
@@ -381,6 +388,14 @@ fn decode_campaigns(reader: &mut Reader<'_>, ledger: &mut Ledger) -> Result<(), 
         let state = ClaimState::from_byte(reader.byte()?)
             .ok_or_else(|| reader.error("unknown claim state"))?;
         let attempts = reader.u32()?;
+        let (attempts_ended, read_timeouts) = if version >= 3 {
+            (reader.u32()?, reader.u32()?)
+        } else {
+            (0, 0)
+        };
+        if attempts_ended > attempts {
+            return Err(reader.error("a claim's ended attempt was never started"));
+        }
         let Some(found) = ledger.campaigns.get(campaign as usize) else {
             return Err(reader.error("claim of an unknown campaign"));
         };
@@ -402,6 +417,8 @@ fn decode_campaigns(reader: &mut Reader<'_>, ledger: &mut Ledger) -> Result<(), 
             body_hash: claim_body_hash(&found.definition.id, user_id),
             state,
             attempts,
+            attempts_ended,
+            read_timeouts,
         };
         if state != ClaimState::Voided {
             *ledger.claims_per_user.entry((campaign, user)).or_insert(0) += 1;

@@ -117,3 +117,21 @@ fn campaign_event_bytes_still_decode() {
     assert_eq!(decode_events(&bytes, 5).unwrap(), campaign_events());
     assert_eq!(encode_events(&campaign_events()), bytes);
 }
+
+/// Tag 11, added for the delivery worker's durable retry queue: pinned from its first release.
+const ATTEMPT_ENDED_EVENT: &str = "0b026f31810103";
+
+#[test]
+fn attempt_ended_event_bytes_still_decode() {
+    let event = Event::ClaimAttemptEnded {
+        order_id: Id::new("o1").unwrap(),
+        attempt: 129,
+        read_timeouts: 3,
+    };
+    let bytes: Vec<u8> = (0..ATTEMPT_ENDED_EVENT.len())
+        .step_by(2)
+        .map(|index| u8::from_str_radix(&ATTEMPT_ENDED_EVENT[index..index + 2], 16).unwrap())
+        .collect();
+    assert_eq!(decode_events(&bytes, 1).unwrap(), vec![event.clone()]);
+    assert_eq!(encode_events(&[event]), bytes);
+}

@@ -71,10 +71,18 @@ fn describe(ledger: &Ledger, reply: &Reply) -> String {
         Reply::Claim { order_id, created } => {
             let claim = ledger.claim(order_id).unwrap();
             format!(
-                "claim {order_id} {} day {} attempts {}{}",
+                "claim {order_id} {} day {} attempts {}{}{}",
                 claim.state.name(),
                 claim.day,
                 claim.attempts,
+                if claim.attempts_ended > 0 {
+                    format!(
+                        " ended {} read_timeouts {}",
+                        claim.attempts_ended, claim.read_timeouts
+                    )
+                } else {
+                    String::new()
+                },
                 if *created { "" } else { " (again)" }
             )
         }
@@ -482,6 +490,49 @@ fn replay_refuses_timestamps_beyond_the_limit() {
     ledger
         .begin_replayed_batch(0, tally_core::limits::TIMESTAMP_NS_MAX)
         .unwrap();
+}
+
+#[test]
+fn an_attempt_ends_once_in_order_and_read_timeouts_only_grow() {
+    check(
+        "
+        campaign spring GIFT 4 2 3 10 100000 ver
+        claim v1 spring ver
+        ended v1 1 0
+        attempt v1 1
+        ended v1 1 1
+        ended v1 1 1
+        ended v1 1 2
+        attempt v1 2
+        ended v1 2 0
+        ended v1 2 1
+        attempt v1 3
+        settle v1 unknown
+        ended v1 3 2
+        settle v1 delivered
+        ended v1 3 3
+        ",
+        "
+        campaign spring GIFT 4 2 3 10 100000 ver: campaign spring draft
+        claim v1 spring ver: claim v1 pending_delivery day 0 attempts 0
+        ended v1 1 0: refused attempt_out_of_order
+        attempt v1 1: claim v1 pending_delivery day 0 attempts 1
+        ended v1 1 1: claim v1 pending_delivery day 0 attempts 1 ended 1 read_timeouts 1
+        ended v1 1 1: claim v1 pending_delivery day 0 attempts 1 ended 1 read_timeouts 1 (again)
+        ended v1 1 2: refused attempt_out_of_order
+        attempt v1 2: claim v1 pending_delivery day 0 attempts 2 ended 1 read_timeouts 1
+        ended v1 2 0: refused attempt_out_of_order
+        ended v1 2 1: claim v1 pending_delivery day 0 attempts 2 ended 2 read_timeouts 1
+        attempt v1 3: claim v1 pending_delivery day 0 attempts 3 ended 2 read_timeouts 1
+        settle v1 unknown: claim v1 unknown_needs_reconciliation day 0 attempts 3 ended 2 read_timeouts 1
+        ended v1 3 2: claim v1 unknown_needs_reconciliation day 0 attempts 3 ended 3 read_timeouts 2
+        settle v1 delivered: claim v1 delivered day 0 attempts 3 ended 3 read_timeouts 2
+        ended v1 3 3: refused claim_already_settled
+        @GIFT: balance -4 pending -0 +0
+        tally:pool:spring: balance 3 pending -0 +0
+        ver: balance 1 pending -0 +0
+        ",
+    );
 }
 
 #[test]

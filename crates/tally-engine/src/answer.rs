@@ -1,6 +1,7 @@
 //! What the engine answers, rendered from the ledger state on the state thread: ids resolved,
 //! nothing that needs the state afterwards.
 
+use crate::limits::{CLAIMS_PAGE_MAX, CLAIMS_SCAN_MAX};
 use tally_core::campaign::{claim_transfer_id, pool_account_id};
 use tally_core::{
     Account, CampaignCode, CampaignDefinition, CampaignState, ClaimState, Id, InvalidCommand,
@@ -88,6 +89,10 @@ pub struct ClaimView {
     pub state: ClaimState,
     /// Delivery attempts started.
     pub attempts: u32,
+    /// The last attempt recorded as ended without settling the claim (0: none).
+    pub attempts_ended: u32,
+    /// The order's read timeouts as of the end of attempt `attempts_ended`.
+    pub read_timeouts: u32,
     /// The local day (days since 1970-01-01 in the campaign's zone) it counts on.
     pub day: i32,
     /// The id of its pending transfer.
@@ -96,6 +101,45 @@ pub struct ClaimView {
     pub position: u64,
     /// When it was recorded (its batch's timestamp), in nanoseconds since the Unix epoch.
     pub claimed_at_ns: u64,
+}
+
+/// A page of claims in the order they were recorded (see [`crate::EngineHandle::claims`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimPage {
+    /// The claims kept, in the order they were recorded.
+    pub claims: Vec<ClaimView>,
+    /// The position of the last claim scanned: the `after` of the next page. `None` when
+    /// nothing was scanned: there is nothing after `after` yet.
+    pub next: Option<u64>,
+}
+
+impl ClaimPage {
+    /// Up to `limit` claims in `state` (any state for `None`) recorded after position `after`,
+    /// scanning at most [`CLAIMS_SCAN_MAX`] claims, so that a page of a rare state cannot make
+    /// the state thread walk every claim at once.
+    pub(crate) fn of(
+        ledger: &Ledger,
+        state: Option<ClaimState>,
+        after: Option<u64>,
+        limit: usize,
+    ) -> ClaimPage {
+        assert!((1..=CLAIMS_PAGE_MAX).contains(&limit));
+        let mut page = ClaimPage {
+            claims: Vec::new(),
+            next: None,
+        };
+        for (order_id, claim) in ledger.claims_after(after).take(CLAIMS_SCAN_MAX) {
+            page.next = Some(claim.pending);
+            if state.is_none_or(|state| state == claim.state) {
+                page.claims
+                    .push(ClaimView::of(ledger, order_id).expect("a listed claim"));
+                if page.claims.len() == limit {
+                    break;
+                }
+            }
+        }
+        page
+    }
 }
 
 impl CampaignView {
@@ -125,6 +169,8 @@ impl ClaimView {
                 .expect("users have ids"),
             state: claim.state,
             attempts: claim.attempts,
+            attempts_ended: claim.attempts_ended,
+            read_timeouts: claim.read_timeouts,
             day: claim.day,
             transfer_id: claim_transfer_id(order_id),
             position: claim.pending,

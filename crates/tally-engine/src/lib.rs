@@ -44,13 +44,13 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use tally_core::{Command, Id, Ledger, ReplayError};
+use tally_core::{ClaimState, Command, Id, Ledger, ReplayError};
 use tally_log::{
     EventLog, FsStorage, LogError, LogOptions, LogReader, SegmentedLog, SnapshotStore, Storage,
 };
 use tokio::sync::{oneshot, watch};
 
-pub use answer::{AccountView, Answer, CampaignView, ClaimView, Detail, TransferDetail};
+pub use answer::{AccountView, Answer, CampaignView, ClaimPage, ClaimView, Detail, TransferDetail};
 pub use clock::{Clock, SystemClock};
 pub use metrics::EngineMetrics;
 pub use names::{AccountName, AccountNames};
@@ -523,6 +523,27 @@ impl EngineHandle {
     pub async fn claim(&self, order_id: Id) -> Result<Option<ClaimView>, EngineError> {
         let (reply, answer) = oneshot::channel();
         self.submit(Request::Claim { order_id, reply })?;
+        answer.await.map_err(|_| self.shared.unavailable())?
+    }
+
+    /// Up to `limit` (1 to [`limits::CLAIMS_PAGE_MAX`]) claims in `state` (any for `None`)
+    /// recorded after log position `after`, in the order they were recorded, as of everything
+    /// durable when the request was taken. Page on with the answer's `next`; claims recorded
+    /// later come after every earlier one, so following `next` also finds new claims.
+    pub async fn claims(
+        &self,
+        state: Option<ClaimState>,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<ClaimPage, EngineError> {
+        assert!((1..=limits::CLAIMS_PAGE_MAX).contains(&limit));
+        let (reply, answer) = oneshot::channel();
+        self.submit(Request::Claims {
+            state,
+            after,
+            limit,
+            reply,
+        })?;
         answer.await.map_err(|_| self.shared.unavailable())?
     }
 

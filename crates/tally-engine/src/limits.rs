@@ -30,5 +30,13 @@ pub const IDLE_TICK_MS: u64 = 100;
 /// Events between two snapshots by default: bounds how much of the log a restart replays.
 pub const SNAPSHOT_INTERVAL_EVENTS_DEFAULT: u64 = 1_000_000;
 
+/// Claims one page of a claim listing holds: what one answer may carry.
+pub const CLAIMS_PAGE_MAX: usize = 1024;
+
+/// Claims one page of a claim listing scans, kept or not: bounds the state thread's time on a
+/// listing of a rare state among many claims (the page's `next` says where the scan stopped).
+pub const CLAIMS_SCAN_MAX: usize = 16 * CLAIMS_PAGE_MAX;
+
+const _: () = assert!(CLAIMS_SCAN_MAX >= CLAIMS_PAGE_MAX);
 const _: () = assert!(COMMAND_QUEUE_COMMANDS_MAX >= COMMIT_BATCH_COMMANDS_MAX);
 const _: () = assert!(COMMIT_BATCH_COMMANDS_MAX >= BATCH_TRANSFERS_MAX);

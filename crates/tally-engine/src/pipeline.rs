@@ -19,11 +19,13 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tally_core::{encode_events, AccountIndex, Command, Event, Id, Ledger, Reply};
+use tally_core::{encode_events, AccountIndex, ClaimState, Command, Event, Id, Ledger, Reply};
 use tally_log::{Batch, BatchHeader, EventLog};
 use tokio::sync::oneshot;
 
-use crate::answer::{AccountView, Answer, CampaignView, ClaimView, Detail, TransferDetail};
+use crate::answer::{
+    AccountView, Answer, CampaignView, ClaimPage, ClaimView, Detail, TransferDetail,
+};
 use crate::clock::Clock;
 use crate::limits::{COMMAND_QUEUE_COMMANDS_MAX, COMMIT_BATCH_COMMANDS_MAX, IDLE_TICK_MS};
 use crate::metrics::EngineMetrics;
@@ -52,6 +54,12 @@ pub(crate) enum Request {
         order_id: Id,
         reply: oneshot::Sender<Result<Option<ClaimView>, EngineError>>,
     },
+    Claims {
+        state: Option<ClaimState>,
+        after: Option<u64>,
+        limit: usize,
+        reply: oneshot::Sender<Result<ClaimPage, EngineError>>,
+    },
     Shutdown,
 }
 
@@ -66,6 +74,7 @@ impl Request {
             Request::Account { .. }
             | Request::Campaign { .. }
             | Request::Claim { .. }
+            | Request::Claims { .. }
             | Request::Shutdown => 1,
         }
     }
@@ -81,7 +90,8 @@ fn command_weight(command: &Command) -> usize {
         | Command::PublishCampaign { .. }
         | Command::Claim { .. }
         | Command::SettleClaim { .. }
-        | Command::RecordClaimAttempt { .. } => 1,
+        | Command::RecordClaimAttempt { .. }
+        | Command::EndClaimAttempt { .. } => 1,
     }
 }
 
@@ -288,6 +298,15 @@ impl Decider {
                 let view = ClaimView::of(&self.ledger, &order_id);
                 batch.deliveries.push(deliver(reply, view));
             }
+            Request::Claims {
+                state,
+                after,
+                limit,
+                reply,
+            } => {
+                let page = ClaimPage::of(&self.ledger, state, after, limit);
+                batch.deliveries.push(deliver(reply, page));
+            }
         }
         if batch.taken >= COMMIT_BATCH_COMMANDS_MAX {
             Taken::Full
@@ -368,6 +387,7 @@ impl Decider {
             Request::Account { reply, .. } => drop(reply.send(Err(error))),
             Request::Campaign { reply, .. } => drop(reply.send(Err(error))),
             Request::Claim { reply, .. } => drop(reply.send(Err(error))),
+            Request::Claims { reply, .. } => drop(reply.send(Err(error))),
             Request::Shutdown => return true,
         }
         false

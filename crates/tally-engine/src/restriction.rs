@@ -51,7 +51,8 @@ impl Restriction {
             Command::DefineCampaign(_)
             | Command::PublishCampaign { .. }
             | Command::SettleClaim { .. }
-            | Command::RecordClaimAttempt { .. } => {
+            | Command::RecordClaimAttempt { .. }
+            | Command::EndClaimAttempt { .. } => {
                 Err("a token restricted to ledgers or accounts cannot manage campaigns".into())
             }
         }

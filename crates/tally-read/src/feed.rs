@@ -105,8 +105,8 @@ pub enum FeedBody {
     },
     /// A campaign or claim changed; the gifts themselves move as the transfers around it.
     Campaign {
-        /// `campaign_defined`, `campaign_published`, `claim_recorded`, `claim_settled` or
-        /// `claim_attempted`.
+        /// `campaign_defined`, `campaign_published`, `claim_recorded`, `claim_settled`,
+        /// `claim_attempted` or `claim_attempt_ended`.
         event_type: &'static str,
         /// The campaign's id (campaign events).
         campaign: Option<String>,
@@ -114,8 +114,10 @@ pub enum FeedBody {
         order_id: Option<String>,
         /// `claim_settled`: the claim's new state.
         state: Option<&'static str>,
-        /// `claim_attempted`: the attempt's number.
+        /// `claim_attempted` and `claim_attempt_ended`: the attempt's number.
         attempt: Option<u32>,
+        /// `claim_attempt_ended`: the order's read timeouts so far.
+        read_timeouts: Option<u32>,
         /// `claim_recorded`: position of the claim's pending transfer.
         pending_position: Option<u64>,
     },
@@ -314,29 +316,40 @@ fn render(
             body.1 = Some(order_id.to_string());
             body.3 = Some(attempt);
         }),
+        Event::ClaimAttemptEnded {
+            order_id,
+            attempt,
+            read_timeouts,
+        } => campaign_body("claim_attempt_ended", |body| {
+            body.1 = Some(order_id.to_string());
+            body.3 = Some(attempt);
+            body.5 = Some(read_timeouts);
+        }),
     })
 }
 
-/// Campaign, order id, state, attempt and pending position of a campaign event, as `fill` sets
-/// them.
+/// Campaign, order id, state, attempt, pending position and read timeouts of a campaign
+/// event, as `fill` sets them.
 type CampaignFields = (
     Option<String>,
     Option<String>,
     Option<&'static str>,
     Option<u32>,
     Option<u64>,
+    Option<u32>,
 );
 
 fn campaign_body(event_type: &'static str, fill: impl FnOnce(&mut CampaignFields)) -> FeedBody {
-    let mut fields: CampaignFields = (None, None, None, None, None);
+    let mut fields: CampaignFields = (None, None, None, None, None, None);
     fill(&mut fields);
-    let (campaign, order_id, state, attempt, pending_position) = fields;
+    let (campaign, order_id, state, attempt, pending_position, read_timeouts) = fields;
     FeedBody::Campaign {
         event_type,
         campaign,
         order_id,
         state,
         attempt,
+        read_timeouts,
         pending_position,
     }
 }

@@ -173,7 +173,8 @@ impl Projection {
             | Event::CampaignPublished { .. }
             | Event::ClaimRecorded { .. }
             | Event::ClaimSettled { .. }
-            | Event::ClaimAttempted { .. } => {}
+            | Event::ClaimAttempted { .. }
+            | Event::ClaimAttemptEnded { .. } => {}
             Event::Expired { pending } => self.apply_expired(tables, *pending, timestamp_ns)?,
         }
         self.position += 1;

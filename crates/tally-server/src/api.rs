@@ -368,8 +368,8 @@ pub struct EventJson {
     /// When its batch was recorded (RFC 3339).
     pub timestamp: String,
     /// `account_created`, `transfer`, `rejected`, `expired`, `token_revoked`,
-    /// `campaign_defined`, `campaign_published`, `claim_recorded`, `claim_settled` or
-    /// `claim_attempted`.
+    /// `campaign_defined`, `campaign_published`, `claim_recorded`, `claim_settled`,
+    /// `claim_attempted` or `claim_attempt_ended`.
     #[serde(rename = "type")]
     pub event_type: &'static str,
     /// `account_created`: the account.
@@ -410,15 +410,19 @@ pub struct EventJson {
     /// `campaign_defined` and `campaign_published`: the campaign's id.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub campaign: Option<String>,
-    /// `claim_recorded`, `claim_settled` and `claim_attempted`: the claim's order id.
+    /// `claim_recorded`, `claim_settled`, `claim_attempted` and `claim_attempt_ended`: the
+    /// claim's order id.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub order_id: Option<String>,
     /// `claim_settled`: the claim's new state.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state: Option<&'static str>,
-    /// `claim_attempted`: the delivery attempt's number, from 1.
+    /// `claim_attempted` and `claim_attempt_ended`: the delivery attempt's number, from 1.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attempt: Option<u32>,
+    /// `claim_attempt_ended`: the order's read timeouts so far.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_timeouts: Option<u32>,
 }
 
 impl From<FeedEvent> for EventJson {
@@ -442,6 +446,7 @@ impl From<FeedEvent> for EventJson {
             order_id: None,
             state: None,
             attempt: None,
+            read_timeouts: None,
         };
         match event.body {
             FeedBody::AccountCreated {
@@ -491,6 +496,7 @@ impl From<FeedEvent> for EventJson {
                 order_id,
                 state,
                 attempt,
+                read_timeouts,
                 pending_position,
             } => {
                 json.event_type = event_type;
@@ -498,6 +504,7 @@ impl From<FeedEvent> for EventJson {
                 json.order_id = order_id;
                 json.state = state;
                 json.attempt = attempt;
+                json.read_timeouts = read_timeouts;
                 json.pending_position = pending_position;
             }
         }
