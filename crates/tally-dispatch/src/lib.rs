@@ -91,7 +91,7 @@ use tower::{ServiceBuilder, ServiceExt};
 
 pub use crate::backoff::Backoff;
 pub use crate::config::{DispatchConfig, WebhookConfig};
-pub use crate::metrics::{Figures, Snapshot};
+pub use crate::metrics::{DispatchMetrics, Figures, Snapshot};
 pub use crate::order::Order;
 
 use crate::budget::RetryBudget;
@@ -269,7 +269,25 @@ impl Dispatcher {
     /// called inside a Tokio runtime (the webhook worker and the pools run on it).
     pub fn new(config: DispatchConfig, registry: &mut Registry) -> Result<Dispatcher, Error> {
         let uris = config.validate()?;
-        let metrics = Metrics::register(registry);
+        Dispatcher::build(config, uris, Metrics::register(registry))
+    }
+
+    /// [`Dispatcher::new`] with families registered once and shared by many dispatchers (one
+    /// per campaign, say): a registry may hold a family only once, and the `campaign` and
+    /// `endpoint` labels already tell the dispatchers' series apart.
+    pub fn with_metrics(
+        config: DispatchConfig,
+        metrics: &DispatchMetrics,
+    ) -> Result<Dispatcher, Error> {
+        let uris = config.validate()?;
+        Dispatcher::build(config, uris, metrics.0.clone())
+    }
+
+    fn build(
+        config: DispatchConfig,
+        uris: config::Uris,
+        metrics: Metrics,
+    ) -> Result<Dispatcher, Error> {
         let now = Instant::now();
         let limits = EndpointLimits {
             connect_timeout: config.connect_timeout,

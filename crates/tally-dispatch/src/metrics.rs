@@ -20,6 +20,18 @@ pub(crate) type Labels = Vec<(&'static str, String)>;
 
 type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
 
+/// The dispatcher's metric families, registered once in a registry and shared by every
+/// dispatcher built with [`crate::Dispatcher::with_metrics`].
+#[derive(Clone)]
+pub struct DispatchMetrics(pub(crate) Metrics);
+
+impl DispatchMetrics {
+    /// Registers the families in `registry` (under the `tally_dispatch` prefix).
+    pub fn register(registry: &mut Registry) -> DispatchMetrics {
+        DispatchMetrics(Metrics::register(registry))
+    }
+}
+
 /// Every family the dispatcher registers.
 #[derive(Clone)]
 pub(crate) struct Metrics {

@@ -19,6 +19,7 @@
 pub mod api;
 pub mod auth;
 mod campaigns;
+pub mod deliver;
 pub mod error;
 mod extract;
 pub mod feed;
@@ -162,6 +163,9 @@ pub struct ServeConfig {
     pub open: auth::OpenRoutes,
     /// What the status page watches.
     pub status: status::StatusConfig,
+    /// The delivery worker's settings; `None` (the default) runs no worker, so claims stay
+    /// `pending_delivery` until another process delivers them.
+    pub deliveries: Option<deliver::DeliveryConfig>,
 }
 
 /// Whether the server requires tokens.
@@ -183,6 +187,7 @@ impl ServeConfig {
             auth: AuthConfig::Required,
             open: auth::OpenRoutes::default(),
             status: status::StatusConfig::default(),
+            deliveries: None,
         }
     }
 }
@@ -305,6 +310,14 @@ pub async fn serve(
             EngineError::Unavailable(format!("status evaluation panicked: {error}"))
         })?;
     let monitor = tokio::spawn(status::monitor(state.clone()));
+    let worker = config.deliveries.map(|deliveries| {
+        tracing::info!("delivery worker started");
+        deliver::start(
+            engine.handle(),
+            state.metrics.dispatch().clone(),
+            deliveries,
+        )
+    });
     let hub = Arc::clone(&state.status);
 
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -326,6 +339,10 @@ pub async fn serve(
 
     tracing::info!("shutting down: finishing the batch in flight and writing a snapshot");
     monitor.abort();
+    if let Some(worker) = worker {
+        // Attempts in flight are abandoned; the log says where each claim stands.
+        worker.abort();
+    }
     // The read model may still be opening; its checkpoint is safe either way, so wait briefly.
     let read = read.wait(limits::READ_WAIT_MAX).await.ok();
     tokio::task::spawn_blocking(move || {

@@ -64,15 +64,22 @@ pub struct ServerMetrics {
     requests: Family<RouteLabels, Counter>,
     request_seconds: Family<RouteLabels, Histogram>,
     auth_failures: Family<AuthLabels, Counter>,
+    dispatch: tally_dispatch::DispatchMetrics,
 }
 
 impl ServerMetrics {
+    /// The delivery dispatchers' families, shared by the dispatcher of every campaign.
+    pub fn dispatch(&self) -> &tally_dispatch::DispatchMetrics {
+        &self.dispatch
+    }
+
     /// A registry holding the engine's series, the server's, and the values read at scrape
     /// time from `engine`, `read` and `offline` (the isolation and jobs of offline work).
     pub fn new(engine: &EngineHandle, read: &ReadSlot, offline: &OfflineExecutor) -> ServerMetrics {
         let mut registry = Registry::default();
         engine.metrics().register(&mut registry);
         offline.register_metrics(&mut registry);
+        let dispatch = tally_dispatch::DispatchMetrics::register(&mut registry);
         let requests = Family::<RouteLabels, Counter>::default();
         let request_seconds = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.000_5, 2.0, 14))
@@ -103,6 +110,7 @@ impl ServerMetrics {
             requests,
             request_seconds,
             auth_failures,
+            dispatch,
         }
     }
 

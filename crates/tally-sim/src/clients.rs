@@ -307,7 +307,8 @@ impl Model {
                     | Command::PublishCampaign { id }
                     | Command::Claim { order_id: id, .. }
                     | Command::SettleClaim { order_id: id, .. }
-                    | Command::RecordClaimAttempt { order_id: id, .. } => vec![(id, false)],
+                    | Command::RecordClaimAttempt { order_id: id, .. }
+                    | Command::EndClaimAttempt { order_id: id, .. } => vec![(id, false)],
                     Command::Transfer(transfer) => vec![(&transfer.id, is_pending(transfer))],
                     Command::Linked(chain) => chain
                         .iter()
@@ -421,7 +422,8 @@ fn command_ids(command: &Command) -> Vec<Id> {
         | Command::Claim { order_id: id, .. } => vec![id.clone()],
         Command::PublishCampaign { .. }
         | Command::SettleClaim { .. }
-        | Command::RecordClaimAttempt { .. } => Vec::new(),
+        | Command::RecordClaimAttempt { .. }
+        | Command::EndClaimAttempt { .. } => Vec::new(),
         Command::Transfer(transfer) => vec![transfer.id.clone()],
         Command::Linked(chain) => chain.iter().map(|transfer| transfer.id.clone()).collect(),
     }

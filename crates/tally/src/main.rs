@@ -95,6 +95,13 @@ struct ServeArgs {
     /// for comparison.
     #[arg(long, value_enum, default_value_t = progress::PriorityArg::Idle, env = "TALLY_OFFLINE_PRIORITY")]
     offline_priority: progress::PriorityArg,
+    /// Run the delivery worker: deliver pending claims to their campaigns' targets.
+    #[arg(long)]
+    deliveries: bool,
+    /// The longest wait between two delivery attempts of a claim (the backoff's cap, before
+    /// jitter), in milliseconds.
+    #[arg(long, default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    delivery_retry_max_ms: u64,
 }
 
 /// `4096`, `64KiB`, `256MiB`, `2GiB` (also `K`, `M`, `G`, binary multiples) as bytes.
@@ -232,6 +239,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.engine.batch_wait = Duration::from_micros(args.batch_wait_us);
     config.engine.snapshot_interval_events = args.snapshot_interval_events;
     config.engine.offline = args.offline_priority.executor();
+    if args.deliveries {
+        let mut deliveries = tally_server::deliver::DeliveryConfig::default();
+        deliveries.backoff.cap = Duration::from_millis(args.delivery_retry_max_ms);
+        deliveries.backoff.base = deliveries.backoff.base.min(deliveries.backoff.cap);
+        config.deliveries = Some(deliveries);
+    }
     runtime()?.block_on(tally_server::serve(config, |address| {
         // Scripts and `tally bench` wait for exactly this line.
         println!("listening on http://{address}");

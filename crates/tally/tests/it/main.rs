@@ -6,6 +6,7 @@ mod auth;
 mod campaign;
 mod crash;
 mod crash_loop;
+mod deliveries;
 mod observability;
 mod projector;
 mod status;
