@@ -402,13 +402,13 @@ impl Dispatcher {
         snapshot
     }
 
-    /// Whether the endpoint with this URL is in rotation (not ejected, not waiting for its
-    /// probe); `None` for an unknown URL.
+    /// Whether the endpoint with this URL is healthy: in rotation (not ejected, not waiting
+    /// for its probe) and not failing in a row (see [`outlier`]); `None` for an unknown URL.
     pub fn is_endpoint_healthy(&self, url: &str) -> Option<bool> {
         self.targets.groups.iter().find_map(|group| {
             let position = group.endpoints.iter().position(|e| &*e.url == url)?;
             let detector = group.detector.as_ref()?;
-            Some(metrics::lock(detector).is_healthy(position))
+            Some(metrics::lock(detector).is_dependable(position))
         })
     }
 

@@ -17,6 +17,15 @@
 //!   again with `k + 1`. Unlike Envoy, which re-admits on the timer alone, a recovering
 //!   endpoint takes one request rather than its full share of traffic until it proves healthy.
 //!
+//! The cap limits *ejections*, not the failover decision. An endpoint that fails
+//! `consecutive_failures` times in a row but stays in rotation because of the cap is still not
+//! *dependable*: a group with no dependable endpoint (each ejected, probing or failing in a row)
+//! fails over to the backup group, whatever the cap, since the backup exists for exactly that
+//! case. Meanwhile such an endpoint gets *trials* ([`Detector::admit_dependable`]): one request
+//! at a time, on the schedule its ejection would have had; a successful trial makes it
+//! dependable again, a failed one waits for the next. So a cap of 50 % no longer keeps
+//! deliveries on dead primaries when every primary is dead.
+//!
 //! Pure: time is passed in; the dispatcher keeps one detector per endpoint group under a lock.
 
 use std::time::{Duration, Instant};
@@ -82,8 +91,15 @@ pub enum Transition {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
     Healthy,
-    Ejected { until: Instant },
-    Probing { since: Instant },
+    Ejected {
+        until: Instant,
+    },
+    /// One request in flight to learn whether the endpoint recovered: the probe of an ejected
+    /// endpoint (`ejected`), or the trial of one failing in a row but kept by the cap.
+    Probing {
+        since: Instant,
+        ejected: bool,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -92,6 +108,8 @@ struct Endpoint {
     consecutive_failures: u32,
     /// Ejections not yet forgiven by successful probes: the `k` of `base × 2^k`.
     ejections: u32,
+    /// When an endpoint failing in a row but not ejected (the cap) may have its next trial.
+    trial_after: Instant,
     window: Window,
 }
 
@@ -121,6 +139,7 @@ impl Detector {
             state: State::Healthy,
             consecutive_failures: 0,
             ejections: 0,
+            trial_after: now,
             window: Window::new(config.window, WINDOW_BUCKETS, now),
         };
         Detector {
@@ -138,12 +157,58 @@ impl Detector {
         match endpoint.state {
             State::Healthy => Admission::Admitted,
             State::Ejected { until } if now < until => Admission::Refused,
-            State::Probing { since } if now < since + lost_after => Admission::Refused,
-            State::Ejected { .. } | State::Probing { .. } => {
-                endpoint.state = State::Probing { since: now };
+            State::Probing { since, .. } if now < since + lost_after => Admission::Refused,
+            State::Ejected { .. } => {
+                endpoint.state = State::Probing {
+                    since: now,
+                    ejected: true,
+                };
+                Admission::Probe
+            }
+            State::Probing { ejected, .. } => {
+                endpoint.state = State::Probing {
+                    since: now,
+                    ejected,
+                };
                 Admission::Probe
             }
         }
+    }
+
+    /// [`Detector::admit`] for a group that has no dependable endpoint and is failing over: an
+    /// endpoint failing in a row (kept in rotation only by the cap) gets no regular traffic,
+    /// only a trial when its time is up, so that it can show it recovered.
+    pub fn admit_dependable(&mut self, index: usize, now: Instant) -> Admission {
+        if self.is_dependable(index) {
+            return Admission::Admitted;
+        }
+        let endpoint = &mut self.endpoints[index];
+        match endpoint.state {
+            State::Healthy if now < endpoint.trial_after => Admission::Refused,
+            State::Healthy => {
+                endpoint.state = State::Probing {
+                    since: now,
+                    ejected: false,
+                };
+                Admission::Probe
+            }
+            State::Ejected { .. } | State::Probing { .. } => self.admit(index, now),
+        }
+    }
+
+    /// Whether endpoint `index` can be counted on: in rotation and not failing
+    /// `consecutive_failures` times in a row. Unlike ejection, this does not depend on the
+    /// ejection cap.
+    pub fn is_dependable(&self, index: usize) -> bool {
+        let endpoint = &self.endpoints[index];
+        endpoint.state == State::Healthy
+            && endpoint.consecutive_failures < self.config.consecutive_failures
+    }
+
+    /// Whether any endpoint of the group can be counted on; when none can, the dispatcher
+    /// fails over to the backup group.
+    pub fn has_dependable(&self) -> bool {
+        (0..self.endpoints.len()).any(|index| self.is_dependable(index))
     }
 
     /// Whether endpoint `index` is in rotation (neither ejected nor waiting for its probe).
@@ -151,11 +216,16 @@ impl Detector {
         self.endpoints[index].state == State::Healthy
     }
 
-    /// Endpoints out of rotation (ejected or probing).
+    /// Endpoints ejected (or probing after an ejection): what the cap counts.
     pub fn ejected_count(&self) -> usize {
         self.endpoints
             .iter()
-            .filter(|endpoint| endpoint.state != State::Healthy)
+            .filter(|endpoint| {
+                matches!(
+                    endpoint.state,
+                    State::Ejected { .. } | State::Probing { ejected: true, .. }
+                )
+            })
             .count()
     }
 
@@ -163,8 +233,13 @@ impl Detector {
     /// endpoint): the next request may probe at once.
     pub fn release_probe(&mut self, index: usize, now: Instant) {
         let endpoint = &mut self.endpoints[index];
-        if let State::Probing { .. } = endpoint.state {
-            endpoint.state = State::Ejected { until: now };
+        match endpoint.state {
+            State::Probing { ejected: true, .. } => endpoint.state = State::Ejected { until: now },
+            State::Probing { ejected: false, .. } => {
+                endpoint.state = State::Healthy;
+                endpoint.trial_after = now;
+            }
+            State::Healthy | State::Ejected { .. } => {}
         }
     }
 
@@ -175,6 +250,11 @@ impl Detector {
         match endpoint.state {
             // A request sent before the ejection: the ejection already accounts for it.
             State::Ejected { .. } => Transition::None,
+            State::Probing { ejected: false, .. } => {
+                // A trial: back in rotation either way; a failure counts as one more in a row.
+                endpoint.state = State::Healthy;
+                self.record(index, success, now)
+            }
             State::Probing { .. } if success => {
                 endpoint.state = State::Healthy;
                 endpoint.ejections = endpoint.ejections.saturating_sub(1);
@@ -198,6 +278,9 @@ impl Detector {
                     return Transition::None;
                 }
                 endpoint.consecutive_failures += 1;
+                let wait = self.ejection_time(self.endpoints[index].ejections);
+                let endpoint = &mut self.endpoints[index];
+                endpoint.trial_after = now + wait;
                 let sum = endpoint.window.sum(now);
                 let outlier = endpoint.consecutive_failures >= config.consecutive_failures
                     || (sum.attempts >= config.request_volume_min
@@ -334,6 +417,33 @@ mod tests {
         // Even a single-endpoint group may eject its endpoint (as Envoy does).
         let mut single = Detector::new(config(), 2 * SECOND, 1, t0);
         assert_eq!(fail(&mut single, 0, 3, t0), Transition::Ejected(SECOND));
+    }
+
+    #[test]
+    fn with_no_dependable_endpoint_the_cap_still_limits_ejections_and_trials_recover() {
+        let t0 = Instant::now();
+        let mut detector = Detector::new(config(), 2 * SECOND, 3, t0);
+        assert!(detector.has_dependable());
+        // Every endpoint fails in a row; 50 % of three allows one ejection.
+        assert_eq!(fail(&mut detector, 0, 3, t0), Transition::Ejected(SECOND));
+        assert_eq!(fail(&mut detector, 1, 3, t0), Transition::None);
+        assert_eq!(fail(&mut detector, 2, 3, t0), Transition::None);
+        assert_eq!(detector.ejected_count(), 1);
+        // Yet none can be counted on: the dispatcher fails over.
+        assert!(!detector.has_dependable());
+        assert_eq!(detector.admit_dependable(1, t0), Admission::Refused);
+        // Its trial comes on the ejection schedule, one at a time; success makes it dependable.
+        let t1 = t0 + SECOND;
+        assert_eq!(detector.admit_dependable(1, t1), Admission::Probe);
+        assert_eq!(detector.admit_dependable(1, t1), Admission::Refused);
+        assert_eq!(detector.record(1, true, t1), Transition::None);
+        assert!(detector.is_dependable(1));
+        assert!(detector.has_dependable());
+        // A failed trial waits for the next one and ejects nothing beyond the cap.
+        assert_eq!(detector.admit_dependable(2, t1), Admission::Probe);
+        assert_eq!(detector.record(2, false, t1), Transition::None);
+        assert_eq!(detector.admit_dependable(2, t1), Admission::Refused);
+        assert_eq!(detector.ejected_count(), 1);
     }
 
     #[test]

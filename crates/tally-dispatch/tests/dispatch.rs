@@ -158,8 +158,9 @@ async fn with_every_primary_dead_the_backup_delivers() {
     target.set(1, Behaviour::Refuse).await;
     let mut config = config(vec![target.url(0), target.url(1)]);
     config.backup = vec![target.url(2)];
-    // The whole primary group may go: that is when the backup is for.
-    config.outlier.max_ejection_percent = 100;
+    // The default cap (50 %) ejects only one of the two primaries: failover must not depend
+    // on it, a primary failing in a row is not counted on either.
+    assert_eq!(config.outlier.max_ejection_percent, 50);
     config.outlier.base_ejection = Duration::from_secs(10);
     config.outlier.max_ejection = Duration::from_secs(10);
     let dispatcher = dispatcher(config);

@@ -1,7 +1,10 @@
 //! Picks the endpoint of an attempt and learns from its result.
 //!
 //! Round robin over the primary endpoints the outlier detector admits, those this call has not
-//! tried yet first; when no primary is admitted, the same over the backup group. Round robin
+//! tried yet first; when no primary is admitted, the same over the backup group. When no
+//! primary is dependable (each ejected, probing, or failing in a row but kept in rotation by
+//! the ejection cap), the primaries get only their probes and trials and the backup group the
+//! rest: the cap limits ejections, not failover. Round robin
 //! rather than least-loaded: the endpoints of one target are alike, and the bulkheads already
 //! keep a slow endpoint from accumulating requests. An ejected endpoint whose time is up is
 //! admitted once, as its probe, in its turn.
@@ -67,6 +70,7 @@ struct Choice {
 impl Targets {
     /// The endpoint for the next attempt of a delivery that tried `tried`.
     fn choose(&self, tried: u64, now: Instant) -> Option<Choice> {
+        let has_backup = self.groups[1].detector.is_some();
         for (group_index, group) in self.groups.iter().enumerate() {
             let Some(detector) = &group.detector else {
                 continue;
@@ -74,6 +78,11 @@ impl Targets {
             let count = group.endpoints.len();
             let start = group.next.fetch_add(1, Ordering::Relaxed);
             let mut detector = lock(detector);
+            // No dependable primary (each ejected, probing or failing in a row, whatever the
+            // ejection cap let stay): the primaries get only probes and trials, the rest goes
+            // to the backup group. Without a backup, failing primaries are still better than
+            // nothing.
+            let failing_over = group_index == 0 && has_backup && !detector.has_dependable();
             for untried_only in [true, false] {
                 for step in 0..count {
                     let position = (start + step) % count;
@@ -81,7 +90,12 @@ impl Targets {
                     if untried_only == (tried & bit != 0) {
                         continue;
                     }
-                    match detector.admit(position, now) {
+                    let admission = if failing_over {
+                        detector.admit_dependable(position, now)
+                    } else {
+                        detector.admit(position, now)
+                    };
+                    match admission {
                         Admission::Refused => continue,
                         admission => {
                             return Some(Choice {
