@@ -8,7 +8,8 @@
 //! assert on those records: "never delivered twice", "attempts within the budget".
 //!
 //! Requests without an `Idempotency-Key` (the statistics webhook's) are counted per endpoint
-//! and otherwise only answered.
+//! and otherwise only answered; a GET of `.../orders/{order_id}` answers the order's status as
+//! the README's delivery contract describes (for `tally claims reconcile`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -18,7 +19,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::Router;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
@@ -218,9 +219,14 @@ async fn accept_loop(listener: TcpListener, state: Arc<EndpointState>) {
 
 async fn handle(
     State(state): State<Arc<EndpointState>>,
+    method: Method,
+    uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> (StatusCode, &'static str) {
+    if method == Method::GET {
+        return order_status(&state, uri.path());
+    }
     let attempt = state.attempts.fetch_add(1, Ordering::Relaxed) + 1;
     let behaviour = *lock(&state.behaviour);
     let key = headers
@@ -256,6 +262,21 @@ async fn handle(
             (StatusCode::INTERNAL_SERVER_ERROR, "programmed failure")
         }
         Behaviour::FailEvery(_) => deliver(&state, key.as_deref()),
+    }
+}
+
+/// The order-status endpoint of the README's delivery contract, `GET {endpoint}/orders/{id}`:
+/// whether the shared record delivered the order; 404 for an order never received. Answered
+/// whatever the behaviour (but `Refuse`, which does not listen), as a target's status query
+/// usually goes to its database, not through the delivery path.
+fn order_status(state: &EndpointState, path: &str) -> (StatusCode, &'static str) {
+    let Some((_, order_id)) = path.rsplit_once("/orders/") else {
+        return (StatusCode::NOT_FOUND, "no such route");
+    };
+    match lock(&state.shared.orders).get(order_id) {
+        Some(record) if record.deliveries > 0 => (StatusCode::OK, r#"{"delivered":true}"#),
+        Some(_) => (StatusCode::OK, r#"{"delivered":false}"#),
+        None => (StatusCode::NOT_FOUND, r#"{"error":"unknown order"}"#),
     }
 }
 

@@ -305,6 +305,35 @@ pub struct DailyQuery {
     pub limit: Option<u32>,
 }
 
+/// Listing claims.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ClaimsQuery {
+    /// Only claims in this state: `pending_delivery`, `delivered`, `voided` or
+    /// `unknown_needs_reconciliation`; every state if absent.
+    #[param(pattern = "^(pending_delivery|delivered|voided|unknown_needs_reconciliation)$")]
+    pub state: Option<String>,
+    /// Only claims recorded after this log position (the `next` of the previous page); from
+    /// the first claim if absent.
+    pub after: Option<u64>,
+    /// Claims per page, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+}
+
+/// A page of claims, in the order they were recorded.
+#[derive(Serialize, ToSchema)]
+pub struct ClaimsJson {
+    /// The claims of the page.
+    pub claims: Vec<ClaimJson>,
+    /// The `after` of the next page: the position of the last claim scanned (a page scans a
+    /// bounded number of claims, so it may hold fewer than `limit` with more to come).
+    /// Absent when nothing after `after` was scanned: there is nothing more yet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<u64>,
+}
+
 /// Reading the event feed.
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -912,6 +941,8 @@ pub struct ClaimJson {
     pub state: &'static str,
     /// Delivery attempts started.
     pub attempts: u32,
+    /// The order's read timeouts recorded so far (attempts that may have delivered).
+    pub read_timeouts: u32,
     /// The local day it counts on, in the campaign's time zone (`YYYY-MM-DD`).
     pub day: String,
     /// Its pending transfer of one unit from the pool to the user: `tally:claim:{hash}`.
@@ -930,6 +961,7 @@ impl From<ClaimView> for ClaimJson {
             user: view.user.to_string(),
             state: view.state.name(),
             attempts: view.attempts,
+            read_timeouts: view.read_timeouts,
             // Days are at least -1 (1969-12-31, west of Greenwich at the epoch): a campaign's
             // window starts at or after the epoch.
             day: u32::try_from(view.day)

@@ -162,6 +162,8 @@ fn required_scope(method: &Method, route: Option<&str>) -> Option<Scope> {
             &Method::POST,
             "/v1/campaigns" | "/v1/campaigns/{id}/publish" | "/v1/claims/{order_id}/settle",
         ) => Some(Scope::Admin),
+        // Listing claims shows every user's orders: for administrators (reconciliation).
+        (&Method::GET | &Method::HEAD, "/v1/claims") => Some(Scope::Admin),
         (&Method::GET | &Method::HEAD, _) => Some(Scope::Read),
         _ => Some(Scope::Write),
     }

@@ -15,7 +15,8 @@ use tally_engine::{Answer, CampaignView, Detail};
 use crate::api::*;
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{ApiBody, ApiJson, ApiPath};
+use crate::extract::{ApiBody, ApiJson, ApiPath, ApiQuery};
+use crate::limits::{CLAIMS_PAGE_DEFAULT, CLAIMS_PAGE_MAX};
 use crate::AppState;
 
 type Created<T> = (StatusCode, Json<T>);
@@ -232,6 +233,46 @@ pub async fn get_claim(
         )?;
     }
     Ok(Json(view.into()))
+}
+
+/// List claims, optionally of one state, in the order they were recorded (reconciliation:
+/// `?state=unknown_needs_reconciliation`).
+#[utoipa::path(get, path = "/v1/claims", tag = "campaigns", params(ClaimsQuery), responses(
+    (status = 200, description = "A page of claims", body = ClaimsJson),
+    (status = 400, description = "Malformed query", body = ErrorBody),
+    (status = 503, description = "Overloaded or unavailable", body = ErrorBody),
+))]
+pub async fn list_claims(
+    State(app): State<AppState>,
+    ApiQuery(query): ApiQuery<ClaimsQuery>,
+) -> Result<Json<ClaimsJson>, ApiError> {
+    let state = match query.state.as_deref() {
+        None => None,
+        Some(name) => Some(
+            ClaimState::ALL
+                .into_iter()
+                .find(|state| state.name() == name)
+                .ok_or_else(|| {
+                    ApiError::invalid(format!(
+                        "state: must be pending_delivery, delivered, voided or unknown_needs_reconciliation, found {name:?}"
+                    ))
+                })?,
+        ),
+    };
+    let limit = query.limit.unwrap_or(CLAIMS_PAGE_DEFAULT);
+    if !(1..=CLAIMS_PAGE_MAX).contains(&limit) {
+        return Err(ApiError::invalid(format!(
+            "limit: must be between 1 and {CLAIMS_PAGE_MAX}, found {limit}"
+        )));
+    }
+    let page = app
+        .engine
+        .claims(state, query.after, limit as usize)
+        .await?;
+    Ok(Json(ClaimsJson {
+        claims: page.claims.into_iter().map(ClaimJson::from).collect(),
+        next: page.next,
+    }))
 }
 
 /// Record how a claim's delivery ended (reconciliation by an operator).

@@ -20,10 +20,10 @@
 //! an attempt that did not settle the claim, `EndClaimAttempt { n, read_timeouts }` records the
 //! order's read timeouts so far. Memory holds only the timers. After a restart the claim's
 //! attempts come back from the log, and an attempt started but never ended (a crash while it
-//! was in flight) counts as `attempts_per_call` read timeouts: as many as one `deliver` call can
-//! suffer. So a restart never lets an order be sent more often than its `max_read_timeouts`
-//! allows; the price is that a crash during an attempt may send a claim to reconciliation
-//! earlier than needed.
+//! was in flight) counts as a read timeout: each attempt is one HTTP request
+//! ([`ATTEMPTS_PER_CALL`]), and that request may have delivered. So a restart never lets an
+//! order be sent more often than its `max_read_timeouts` allows; the price is that a crash
+//! during an attempt may send a claim to reconciliation one read timeout early.
 //!
 //! # Bounds
 //!
@@ -63,6 +63,10 @@ pub const RESCAN_INTERVAL: Duration = Duration::from_secs(1);
 /// How long to wait before asking the engine again after it answered `overloaded` or
 /// `unavailable`, or before building a campaign's dispatcher again after it failed.
 pub const ENGINE_RETRY_DELAY: Duration = Duration::from_millis(200);
+
+/// HTTP attempts per `deliver` call: one, so that the log records every request (see
+/// [`dispatch_config`]).
+pub const ATTEMPTS_PER_CALL: u32 = 1;
 
 /// How long the statistics webhook may take per call (a non-core call: short).
 pub const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(1);
@@ -370,8 +374,15 @@ enum Executed {
 }
 
 /// The dispatcher's settings from a campaign's spec, and the HTTP attempts one call may make.
-/// `max_retries` bounds the in-process retries of one call (clamped to the dispatcher's bound);
-/// retries beyond are the durable queue's, with backoff.
+///
+/// One HTTP attempt per call: every request a target may have received is then an attempt in
+/// the log, so an attempt a crash left without its end counts as exactly one possible read
+/// timeout. With in-process retries a call could hide several, and a crash in the middle of
+/// any call would have to count as the whole cap, sending the claim to reconciliation though
+/// it may only have met refused connections. Failover and ejection work across calls (the
+/// dispatcher's round robin and outlier detector persist); the retrying is the durable
+/// queue's, until the claim is delivered, rejected or reaches the cap, so `max_retries` (and
+/// the in-process retry budget) do not apply to the worker.
 fn dispatch_config(spec: &CampaignSpec) -> (DispatchConfig, u32) {
     let delivery = &spec.delivery;
     let mut config = DispatchConfig::new(delivery.primary.clone());
@@ -379,17 +390,13 @@ fn dispatch_config(spec: &CampaignSpec) -> (DispatchConfig, u32) {
     config.connect_timeout = Duration::from_millis(delivery.connect_timeout_ms);
     config.read_timeout = Duration::from_millis(delivery.read_timeout_ms);
     config.max_read_timeouts = delivery.max_read_timeouts;
-    config.attempts_max = delivery
-        .max_retries
-        .saturating_add(1)
-        .min(tally_dispatch::limits::ATTEMPTS_PER_DELIVERY_MAX);
+    config.attempts_max = ATTEMPTS_PER_CALL;
     config.retry_budget.percent = delivery.retry_budget_percent;
     config.webhook = spec.stats_webhook.clone().map(|url| WebhookConfig {
         url,
         timeout: WEBHOOK_TIMEOUT,
     });
-    let attempts = config.attempts_max;
-    (config, attempts)
+    (config, ATTEMPTS_PER_CALL)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

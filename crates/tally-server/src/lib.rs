@@ -101,6 +101,7 @@ pub fn app(state: AppState) -> Router {
             post(campaigns::publish_campaign),
         )
         .route("/v1/campaigns/{id}/claims", post(campaigns::claim))
+        .route("/v1/claims", get(campaigns::list_claims))
         .route("/v1/claims/{order_id}", get(campaigns::get_claim))
         .route(
             "/v1/claims/{order_id}/settle",

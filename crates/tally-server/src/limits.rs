@@ -59,3 +59,12 @@ pub const REQUEST_ID_BYTES_MAX: usize = 64;
 /// logged with the next line. A burst of 503s under overload must not also flood the log.
 /// Every answer is counted in `/metrics` either way.
 pub const SERVER_ERROR_LOGS_PER_SECOND_MAX: u64 = 100;
+
+/// Claims per page of `GET /v1/claims` when the client does not say.
+pub const CLAIMS_PAGE_DEFAULT: u32 = 100;
+
+/// Most claims per page of `GET /v1/claims`: a page is built on the engine's state thread.
+pub const CLAIMS_PAGE_MAX: u32 = 1000;
+
+const _: () = assert!(CLAIMS_PAGE_DEFAULT <= CLAIMS_PAGE_MAX);
+const _: () = assert!(CLAIMS_PAGE_MAX as usize <= tally_engine::limits::CLAIMS_PAGE_MAX);

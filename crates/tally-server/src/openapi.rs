@@ -37,6 +37,7 @@ use crate::{campaigns, feed, routes};
         campaigns::publish_campaign,
         campaigns::claim,
         campaigns::get_claim,
+        campaigns::list_claims,
         campaigns::settle_claim,
         routes::healthz,
         routes::readyz,
@@ -74,6 +75,7 @@ use crate::{campaigns, feed, routes};
         CampaignJson,
         ClaimRequest,
         ClaimJson,
+        ClaimsJson,
         SettleRequest,
         ViolationJson
     )),

@@ -3,6 +3,7 @@
 
 mod bench;
 mod campaign;
+mod claims;
 mod keys;
 mod progress;
 mod project;
@@ -56,6 +57,9 @@ enum CommandLine {
     /// Gift campaigns: check a campaign file against every rule before it is published.
     #[command(subcommand)]
     Campaign(campaign::CampaignCommand),
+    /// Claims: reconcile those whose delivery is unknown with their targets.
+    #[command(subcommand)]
+    Claims(claims::ClaimsCommand),
 }
 
 #[derive(clap::Args)]
@@ -158,6 +162,7 @@ fn main() -> ExitCode {
         CommandLine::Simulate(args) => simulate::run(args),
         CommandLine::Keys(command) => keys::run(command).map(|()| ExitCode::SUCCESS),
         CommandLine::Campaign(command) => campaign::run(command),
+        CommandLine::Claims(command) => claims::run(command),
         CommandLine::BenchOffline(args) => bench::colocation::run(args).map(|()| ExitCode::SUCCESS),
         CommandLine::BenchProject(args) => runtime()
             .and_then(|runtime| runtime.block_on(bench::projection::run(args)))

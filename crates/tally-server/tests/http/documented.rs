@@ -355,6 +355,24 @@ const PRODUCERS: &[Producer] = &[
             CLAIM,
         ),
     ),
+    // GET /v1/claims
+    produce(
+        "GET",
+        "/v1/claims",
+        200,
+        "/v1/claims?state=pending_delivery",
+        "",
+    ),
+    produce("GET", "/v1/claims", 400, "/v1/claims?state=lost", ""),
+    by(
+        Caller::Anonymous,
+        produce("GET", "/v1/claims", 401, "/v1/claims", ""),
+    ),
+    by(READ, produce("GET", "/v1/claims", 403, "/v1/claims", "")),
+    on(
+        Server::EngineStopped,
+        produce("GET", "/v1/claims", 503, "/v1/claims", ""),
+    ),
     // GET /v1/claims/{order_id}
     produce("GET", "/v1/claims/{order_id}", 200, "/v1/claims/c1", ""),
     produce("GET", "/v1/claims/{order_id}", 400, "/v1/claims/a%20b", ""),

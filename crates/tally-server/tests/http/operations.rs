@@ -13,6 +13,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("/v1/campaigns/{id}", "get"),
     ("/v1/campaigns/{id}/publish", "post"),
     ("/v1/campaigns/{id}/claims", "post"),
+    ("/v1/claims", "get"),
     ("/v1/claims/{order_id}", "get"),
     ("/v1/claims/{order_id}/settle", "post"),
     ("/v1/accounts", "post"),
