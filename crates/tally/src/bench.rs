@@ -11,6 +11,7 @@
 //! into small borrowed structs, so the client stays cheap enough to share two
 //! cores with the server it measures.
 
+pub(crate) mod claims;
 pub(crate) mod colocation;
 pub(crate) mod projection;
 mod server;

@@ -46,6 +46,9 @@ enum CommandLine {
     /// Measures the Redis projector: rebuild throughput, lag under steady load, takeover
     /// after a member dies (starts its own redis-server and tally serve).
     BenchProject(bench::projection::ProjectionArgs),
+    /// Measures claims: accepted per second with the delivery worker running, and delivered
+    /// per second, to a healthy fake target (starts its own tally serve --deliveries).
+    BenchClaims(bench::claims::ClaimsBenchArgs),
     /// Show a running server's status: availability, dependencies, offline jobs, incidents.
     Status(status::StatusArgs),
     /// Deterministic simulation: the engine against a simulated clock, faulty disk, clients and
@@ -166,6 +169,9 @@ fn main() -> ExitCode {
         CommandLine::BenchOffline(args) => bench::colocation::run(args).map(|()| ExitCode::SUCCESS),
         CommandLine::BenchProject(args) => runtime()
             .and_then(|runtime| runtime.block_on(bench::projection::run(args)))
+            .map(|()| ExitCode::SUCCESS),
+        CommandLine::BenchClaims(args) => runtime()
+            .and_then(|runtime| runtime.block_on(bench::claims::run(args)))
             .map(|()| ExitCode::SUCCESS),
         CommandLine::Bench(args) => runtime()
             .and_then(|runtime| runtime.block_on(bench::run(args)))

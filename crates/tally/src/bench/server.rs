@@ -41,6 +41,15 @@ impl Server {
     }
 
     pub async fn start(data_dir: Option<&Path>, no_auth: bool) -> anyhow::Result<Server> {
+        Server::start_with(data_dir, no_auth, &[]).await
+    }
+
+    /// [`Server::start`] with more flags for `tally serve`.
+    pub async fn start_with(
+        data_dir: Option<&Path>,
+        no_auth: bool,
+        flags: &[&str],
+    ) -> anyhow::Result<Server> {
         let (temp_dir, data_dir) = match data_dir {
             Some(dir) => (None, dir.to_path_buf()),
             None => {
@@ -56,6 +65,7 @@ impl Server {
             .arg(&data_dir)
             .args(["--listen", "127.0.0.1:0"])
             .args(no_auth.then_some("--no-auth"))
+            .args(flags)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
