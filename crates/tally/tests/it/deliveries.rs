@@ -401,5 +401,14 @@ async fn with_every_primary_dead_the_backup_delivers() {
         "{}",
         target.endpoint_deliveries(3)
     );
+    // The dispatch series, per campaign and endpoint, are in /metrics and clean.
+    let metrics = client.get_settled("/metrics").await.unwrap().text;
+    assert!(
+        metrics
+            .contains("tally_dispatch_deliveries_total{campaign=\"gifts\",outcome=\"delivered\"}"),
+        "{metrics}"
+    );
+    let (clean, printed) = crate::observability::promtool_check(&metrics);
+    assert!(clean, "promtool check metrics: {printed}");
     server.terminate().await;
 }

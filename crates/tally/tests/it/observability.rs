@@ -75,7 +75,7 @@ async fn traffic(client: &Client, tag: &str) {
 }
 
 /// Runs `promtool check metrics` on `text`; returns its exit success and everything it printed.
-fn promtool_check(text: &str) -> (bool, String) {
+pub(crate) fn promtool_check(text: &str) -> (bool, String) {
     let mut child = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
