@@ -282,7 +282,7 @@ impl Shared {
         number: u32,
         read_timeouts: u32,
     ) -> Step {
-        let Ok(_slot) = self.in_flight.acquire().await else {
+        let Ok(slot) = self.in_flight.acquire().await else {
             return Step::Done;
         };
         let record = Command::RecordClaimAttempt {
@@ -295,7 +295,8 @@ impl Shared {
             Executed::Busy => return Step::EngineBusy,
         }
         let outcome = target.dispatcher.deliver(order, read_timeouts).await;
-        drop(_slot);
+        // The slot bounds calls to targets, not the bookkeeping after them.
+        drop(slot);
         let (state, read_timeouts) = match outcome {
             Attempt::Delivered { .. } | Attempt::AlreadyDelivered { .. } => {
                 return self.settle(order_id, ClaimState::Delivered).await
