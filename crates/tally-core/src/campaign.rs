@@ -1136,6 +1136,11 @@ impl Ledger {
             if !consistent || self.claim_pendings.get(&claim.pending) != Some(order_id) {
                 return Err(format!("claim {order_id} disagrees with its transfer"));
             }
+            // Only a settlement resolves a claim's transfer: one that expired by itself would
+            // leave the claim pending over a transfer that is gone.
+            if record.expires_at_ns != 0 {
+                return Err(format!("the transfer of claim {order_id} has a timeout"));
+            }
             if claim.state != ClaimState::Voided {
                 *per_user.entry((claim.campaign, claim.user)).or_insert(0) += 1;
                 *per_day.entry((claim.campaign, claim.day)).or_insert(0) += 1;
