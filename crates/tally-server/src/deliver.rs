@@ -38,10 +38,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
 use tally_campaign::CampaignSpec;
 use tally_core::{CampaignCode, ClaimState, Command, Id};
 use tally_dispatch::{
-    Attempt, Backoff, DispatchConfig, DispatchMetrics, Dispatcher, Order, WebhookConfig,
+    Attempt, Backoff, DispatchConfig, DispatchMetrics, Dispatcher, Figures, Order, WebhookConfig,
 };
 use tally_engine::{Answer, ClaimView, Detail, EngineError, EngineHandle};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -98,8 +102,94 @@ struct Shared {
     config: DeliveryConfig,
     metrics: DispatchMetrics,
     in_flight: Arc<Semaphore>,
-    /// One dispatcher per campaign, built from its stored spec on first use.
-    dispatchers: Mutex<HashMap<Id, Arc<Target>>>,
+    dispatchers: Dispatchers,
+}
+
+/// The worker's dispatchers, one per campaign, built from its stored spec on first use. Shared
+/// with `/metrics`, which reads their 10-minute windows when it is scraped.
+#[derive(Clone, Default)]
+pub struct Dispatchers(Arc<Mutex<HashMap<Id, Arc<Target>>>>);
+
+impl std::fmt::Debug for Dispatchers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatchers").finish_non_exhaustive()
+    }
+}
+
+impl Collector for Dispatchers {
+    /// Every campaign's and endpoint's figures over the current 10-minute window, as gauges:
+    /// what the counters say since the start, a dashboard can read here for the last minutes
+    /// without a time-series database.
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let mut targets: Vec<(Id, Arc<Target>)> = lock(&self.0)
+            .iter()
+            .map(|(campaign, target)| (campaign.clone(), Arc::clone(target)))
+            .collect();
+        targets.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+        // (campaign, endpoint or "", figures): a campaign's own row has no endpoint.
+        let mut rows: Vec<(String, String, Figures)> = Vec::new();
+        for (campaign, target) in &targets {
+            let snapshot = target.dispatcher.snapshot();
+            for figures in snapshot.campaigns {
+                rows.push((campaign.as_str().to_owned(), String::new(), figures));
+            }
+            for figures in snapshot.endpoints {
+                rows.push((campaign.as_str().to_owned(), figures.name.clone(), figures));
+            }
+        }
+        type Value = fn(&Figures) -> Option<f64>;
+        let families: [(&str, &str, Value); 7] = [
+            (
+                "tally_dispatch_window_requests",
+                "Deliver calls (rows without endpoint) or attempts (rows with one) that ended in the last 10 minutes, per campaign of the delivery worker",
+                |figures| Some(figures.requests as f64),
+            ),
+            (
+                "tally_dispatch_window_success_ratio",
+                "Share of those that succeeded in the last 10 minutes (absent without requests)",
+                |figures| figures.success_percent.map(|percent| percent as f64 / 100.0),
+            ),
+            (
+                "tally_dispatch_window_latency_mean_seconds",
+                "Mean latency in the last 10 minutes (absent without requests)",
+                |figures| figures.latency_mean.map(|mean| mean.as_secs_f64()),
+            ),
+            (
+                "tally_dispatch_window_latency_max_seconds",
+                "Largest latency in the last 10 minutes",
+                |figures| Some(figures.latency_max.as_secs_f64()),
+            ),
+            (
+                "tally_dispatch_window_retries",
+                "In-process retries in the last 10 minutes (campaign rows)",
+                |figures| Some(figures.retries as f64),
+            ),
+            (
+                "tally_dispatch_window_retries_refused",
+                "Retries the retry budget refused in the last 10 minutes (campaign rows)",
+                |figures| Some(figures.retries_refused as f64),
+            ),
+            (
+                "tally_dispatch_window_ejections",
+                "Outlier ejections in the last 10 minutes (endpoint rows)",
+                |figures| Some(figures.ejections as f64),
+            ),
+        ];
+        for (name, help, value) in families {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (campaign, endpoint, figures) in &rows {
+                let Some(value) = value(figures) else {
+                    continue;
+                };
+                let labels = [
+                    ("campaign", campaign.as_str()),
+                    ("endpoint", endpoint.as_str()),
+                ];
+                ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A campaign's dispatcher and what the worker needs of its settings.
@@ -116,6 +206,7 @@ struct Target {
 pub fn start(
     engine: EngineHandle,
     metrics: DispatchMetrics,
+    dispatchers: Dispatchers,
     config: DeliveryConfig,
 ) -> tokio::task::JoinHandle<()> {
     let shared = Arc::new(Shared {
@@ -123,7 +214,7 @@ pub fn start(
         config,
         metrics,
         in_flight: Arc::new(Semaphore::new(DELIVERIES_IN_FLIGHT_MAX)),
-        dispatchers: Mutex::new(HashMap::new()),
+        dispatchers,
     });
     tokio::spawn(scan(shared))
 }
@@ -234,7 +325,7 @@ impl Shared {
     /// The campaign's dispatcher, built from its stored spec on first use; `None` (logged) if
     /// the campaign cannot be read or its settings are refused by the dispatcher.
     async fn target(&self, campaign: &Id) -> Option<Arc<Target>> {
-        if let Some(target) = lock(&self.dispatchers).get(campaign) {
+        if let Some(target) = lock(&self.dispatchers.0).get(campaign) {
             return Some(Arc::clone(target));
         }
         let view = loop {
@@ -250,7 +341,7 @@ impl Shared {
                 return None;
             }
         };
-        let mut dispatchers = lock(&self.dispatchers);
+        let mut dispatchers = lock(&self.dispatchers.0);
         if let Some(target) = dispatchers.get(campaign) {
             return Some(Arc::clone(target));
         }

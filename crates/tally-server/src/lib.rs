@@ -316,6 +316,7 @@ pub async fn serve(
         deliver::start(
             engine.handle(),
             state.metrics.dispatch().clone(),
+            state.metrics.dispatchers().clone(),
             deliveries,
         )
     });

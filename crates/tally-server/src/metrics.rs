@@ -65,12 +65,18 @@ pub struct ServerMetrics {
     request_seconds: Family<RouteLabels, Histogram>,
     auth_failures: Family<AuthLabels, Counter>,
     dispatch: tally_dispatch::DispatchMetrics,
+    dispatchers: crate::deliver::Dispatchers,
 }
 
 impl ServerMetrics {
     /// The delivery dispatchers' families, shared by the dispatcher of every campaign.
     pub fn dispatch(&self) -> &tally_dispatch::DispatchMetrics {
         &self.dispatch
+    }
+
+    /// The delivery worker's dispatchers, whose 10-minute windows a scrape reads.
+    pub fn dispatchers(&self) -> &crate::deliver::Dispatchers {
+        &self.dispatchers
     }
 
     /// A registry holding the engine's series, the server's, and the values read at scrape
@@ -105,12 +111,15 @@ impl ServerMetrics {
             engine: engine.clone(),
             read: read.clone(),
         }));
+        let dispatchers = crate::deliver::Dispatchers::default();
+        registry.register_collector(Box::new(dispatchers.clone()));
         ServerMetrics {
             registry,
             requests,
             request_seconds,
             auth_failures,
             dispatch,
+            dispatchers,
         }
     }
 

@@ -408,6 +408,20 @@ async fn with_every_primary_dead_the_backup_delivers() {
             .contains("tally_dispatch_deliveries_total{campaign=\"gifts\",outcome=\"delivered\"}"),
         "{metrics}"
     );
+    // The last 10 minutes, per campaign and per endpoint: the backup answered all it got.
+    let window = |name: &str, endpoint: &str| -> f64 {
+        let series = format!("{name}{{campaign=\"gifts\",endpoint=\"{endpoint}\"}} ");
+        let line = metrics
+            .lines()
+            .find(|line| line.starts_with(&series))
+            .unwrap_or_else(|| panic!("no {series} in {metrics}"));
+        line[series.len()..].trim().parse().unwrap()
+    };
+    assert!(window("tally_dispatch_window_requests", "") >= 300.0);
+    let backup = target.url(3);
+    assert!(window("tally_dispatch_window_requests", &backup) >= 300.0);
+    assert_eq!(window("tally_dispatch_window_success_ratio", &backup), 1.0);
+    assert!(window("tally_dispatch_window_latency_max_seconds", &backup) > 0.0);
     let (clean, printed) = crate::observability::promtool_check(&metrics);
     assert!(clean, "promtool check metrics: {printed}");
     server.terminate().await;
