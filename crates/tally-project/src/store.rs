@@ -51,11 +51,15 @@ impl Keys {
     }
 
     pub fn account(&self, id: &str) -> String {
-        format!("{}account:{id}", self.prefix)
+        let mut key = String::new();
+        self.account_into(&mut key, id);
+        key
     }
 
     pub fn history(&self, id: &str) -> String {
-        format!("{}history:{id}", self.prefix)
+        let mut key = String::new();
+        self.history_into(&mut key, id);
+        key
     }
 
     /// [`Keys::account`], into `key`.
