@@ -47,7 +47,7 @@ enum CommandLine {
     /// after a member dies (starts its own redis-server and tally serve).
     BenchProject(bench::projection::ProjectionArgs),
     /// Measures claims: accepted per second with the delivery worker running, and delivered
-    /// per second, to a healthy fake target (starts its own tally serve --deliveries).
+    /// per second, to a healthy fake target (starts its own tally serve).
     BenchClaims(bench::claims::ClaimsBenchArgs),
     /// Show a running server's status: availability, dependencies, offline jobs, incidents.
     Status(status::StatusArgs),
@@ -102,9 +102,11 @@ struct ServeArgs {
     /// for comparison.
     #[arg(long, value_enum, default_value_t = progress::PriorityArg::Idle, env = "TALLY_OFFLINE_PRIORITY")]
     offline_priority: progress::PriorityArg,
-    /// Run the delivery worker: deliver pending claims to their campaigns' targets.
+    /// Do not run the delivery worker: claims stay `pending_delivery` until they are settled by
+    /// hand (`POST /v1/claims/{id}/settle`), or until a server with the worker runs on this
+    /// data directory.
     #[arg(long)]
-    deliveries: bool,
+    no_deliveries: bool,
     /// The longest wait between two delivery attempts of a claim (the backoff's cap, before
     /// jitter), in milliseconds.
     #[arg(long, default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
@@ -142,6 +144,13 @@ enum LogFormat {
     /// fields, and `spans` (a request's span carries its `request_id`, `method` and `route`).
     Json,
 }
+
+/// mimalloc, not glibc's malloc: the request path, the read model's redb transactions and the
+/// delivery worker allocate many small, short-lived buffers across threads, where glibc's
+/// per-arena locking and chunk coalescing showed up as a tenth of the server's CPU time under
+/// `tally bench-claims` (`_int_malloc`, `_int_free`, `unlink_chunk` in `perf`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -250,7 +259,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.engine.batch_wait = Duration::from_micros(args.batch_wait_us);
     config.engine.snapshot_interval_events = args.snapshot_interval_events;
     config.engine.offline = args.offline_priority.executor();
-    if args.deliveries {
+    if !args.no_deliveries {
         let mut deliveries = tally_server::deliver::DeliveryConfig::default();
         deliveries.backoff.cap = Duration::from_millis(args.delivery_retry_max_ms);
         deliveries.backoff.base = deliveries.backoff.base.min(deliveries.backoff.cap);

@@ -2,7 +2,7 @@
 //! claims delivered per second, against a healthy target.
 //!
 //! It starts the fake target of `tally-dispatch` in this process (every endpoint answers 200
-//! at once) and its own `tally serve --deliveries`, defines and verifies a campaign (not
+//! at once) and its own `tally serve` (delivery worker on), defines and verifies a campaign (not
 //! measured), then claims `--claims` gifts for distinct users from `--concurrency` tasks, each
 //! with its own keep-alive connection and one request in flight. Accepted: a 201
 //! `pending_delivery` answer, durable. Delivered: the target recorded the order. It prints a
@@ -42,7 +42,7 @@ pub async fn run(args: ClaimsBenchArgs) -> anyhow::Result<()> {
         bail!("--claims must be at least 1 and --concurrency between 1 and 1024");
     }
     let target = FakeTarget::start(TARGET_ENDPOINTS).await;
-    let server = Server::start_with(None, false, &["--deliveries"]).await?;
+    let server = Server::start(None, false).await?;
     let token = server
         .admin_token()?
         .context("the server wrote no admin token")?;

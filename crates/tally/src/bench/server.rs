@@ -28,8 +28,6 @@ pub struct Server {
 }
 
 impl Server {
-    /// Spawns the current executable as `serve` on a loopback port and waits
-    /// until it reports that it is listening.
     /// The admin token the server wrote into its data directory on first start, if any.
     pub fn admin_token(&self) -> anyhow::Result<Option<String>> {
         let path = self.data_dir.join("admin.token");
@@ -40,16 +38,9 @@ impl Server {
         }
     }
 
+    /// Spawns the current executable as `serve` on a loopback port and waits
+    /// until it reports that it is listening.
     pub async fn start(data_dir: Option<&Path>, no_auth: bool) -> anyhow::Result<Server> {
-        Server::start_with(data_dir, no_auth, &[]).await
-    }
-
-    /// [`Server::start`] with more flags for `tally serve`.
-    pub async fn start_with(
-        data_dir: Option<&Path>,
-        no_auth: bool,
-        flags: &[&str],
-    ) -> anyhow::Result<Server> {
         let (temp_dir, data_dir) = match data_dir {
             Some(dir) => (None, dir.to_path_buf()),
             None => {
@@ -65,7 +56,6 @@ impl Server {
             .arg(&data_dir)
             .args(["--listen", "127.0.0.1:0"])
             .args(no_auth.then_some("--no-auth"))
-            .args(flags)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

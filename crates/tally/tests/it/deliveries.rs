@@ -1,4 +1,4 @@
-//! The delivery worker end to end: a real `tally serve --deliveries`, the fake target of
+//! The delivery worker end to end: a real `tally serve` (the worker runs by default), the fake target of
 //! `tally-dispatch`, and a SIGKILL in the middle.
 
 use std::path::Path;
@@ -12,12 +12,7 @@ use crate::support::{Client, ServeOptions, Server};
 /// Generous: the CI machine is busy; the tests poll, they do not time.
 const DEADLINE: Duration = Duration::from_secs(180);
 
-const SERVE_ARGS: &[&str] = &[
-    "--deliveries",
-    "--delivery-retry-max-ms",
-    "500",
-    "--open-metrics",
-];
+const SERVE_ARGS: &[&str] = &["--delivery-retry-max-ms", "500", "--open-metrics"];
 
 /// Claims of the "one dead primary" scenario: issue 6's 10,000.
 const CLAIMS_ONE_DEAD: usize = 10_000;
@@ -130,6 +125,47 @@ async fn claim_all(client: &Client, count: usize) -> Vec<String> {
         result.unwrap();
     }
     orders
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_deliveries_claims_wait_for_a_server_with_the_worker() {
+    let target = FakeTarget::start(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = SERVE_ARGS.to_vec();
+    args.push("--no-deliveries");
+    let server = Server::start_with(
+        dir.path(),
+        ServeOptions {
+            args: &args,
+            ..ServeOptions::default()
+        },
+    )
+    .await;
+    let client = server.client();
+    let spec = campaign(target.urls(), Vec::new(), 10);
+    let answer = client.post_settled("/v1/campaigns", &spec).await.unwrap();
+    assert_eq!(answer.status, 201, "{}", answer.text);
+    let claim = json!({"order_id": "verify", "user": "ver"});
+    let answer = client
+        .post_settled("/v1/campaigns/gifts/claims", &claim)
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 201, "{}", answer.text);
+    // Longer than the worker takes to deliver one claim to a healthy target (a few ms), and
+    // than its rescan interval: a worker that ran anyway would have been seen.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        claim_state(&client, "verify").await,
+        ("pending_delivery".to_owned(), 0)
+    );
+    assert_eq!(target.orders().len(), 0, "no request reached the target");
+    server.terminate().await;
+
+    // The claim waited in the log: a server with the worker delivers it.
+    let server = start(dir.path()).await;
+    wait_delivered(&server.client(), &["verify".to_owned()]).await;
+    assert_eq!(target.order("verify").deliveries, 1);
+    server.terminate().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
