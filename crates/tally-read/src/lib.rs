@@ -225,6 +225,8 @@ pub struct ProjectorOptions {
     pub transaction_duration_max: Duration,
     /// Longest time between durable commits.
     pub durable_commit_interval: Duration,
+    /// Shortest time between the starts of two transactions while no query waits.
+    pub commit_interval_min: Duration,
 }
 
 impl Default for ProjectorOptions {
@@ -233,6 +235,7 @@ impl Default for ProjectorOptions {
             transaction_events_max: limits::TRANSACTION_EVENTS_MAX,
             transaction_duration_max: limits::TRANSACTION_DURATION_MAX,
             durable_commit_interval: limits::DURABLE_COMMIT_INTERVAL,
+            commit_interval_min: limits::COMMIT_INTERVAL_MIN,
         }
     }
 }
@@ -378,6 +381,10 @@ impl ReadModel {
     /// when `timeout` passes first, or at once if the projector has stopped short of it.
     pub async fn wait_for(&self, target: u64, timeout: Duration) -> Result<(), ReadError> {
         let mut projected = self.shared.projected.subscribe();
+        if *projected.borrow() < target {
+            // Someone waits: the projector stops gathering events for a larger transaction.
+            self.shared.wake.notify_one();
+        }
         let finished = &self.shared.finished;
         let wait =
             projected.wait_for(|position| *position >= target || finished.load(Ordering::Acquire));

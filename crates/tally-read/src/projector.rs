@@ -29,7 +29,8 @@ pub(crate) struct Shared {
     pub finished: AtomicBool,
     /// Asks the projector to stop.
     pub stop: AtomicBool,
-    /// Wakes the projector when `stop` is set.
+    /// Wakes the projector when `stop` is set or when a query waits for a position it has not
+    /// reached.
     pub wake: Notify,
     /// The log's durable end, for the query side's view of the lag.
     pub durable: watch::Receiver<u64>,
@@ -70,7 +71,9 @@ pub(crate) struct Projector {
 enum Wake {
     LogMoved,
     LogClosed,
-    Other,
+    /// A query waits (or a stop was asked).
+    Asked,
+    Timer,
 }
 
 impl Shared {
@@ -139,12 +142,33 @@ impl Projector {
         let mut last_durable = Instant::now();
         let mut unsynced = false;
         let mut log_open = true;
+        // When the last transaction started, and whether a query asked not to wait for the next
+        // one (see `COMMIT_INTERVAL_MIN`).
+        let mut last_started: Option<Instant> = None;
+        let mut asked = false;
         while !self.shared.stop.load(Ordering::Acquire) {
             let log_end = *self.durable.borrow_and_update();
             if log_end <= self.projection.position() {
                 self.shared.mark_caught_up();
             }
             if log_end > self.projection.position() {
+                let since_started = last_started.map_or(Duration::MAX, |started| started.elapsed());
+                if !asked && since_started < self.options.commit_interval_min {
+                    // Let more events gather unless a query waits; then look again (a stop
+                    // wakes this too).
+                    let wake = &self.shared.wake;
+                    let pause = self.options.commit_interval_min - since_started;
+                    asked = runtime.block_on(async {
+                        tokio::select! {
+                            () = wake.notified() => true,
+                            () = tokio::time::sleep(pause) => false,
+                        }
+                    });
+                    last_started = None;
+                    continue;
+                }
+                asked = false;
+                last_started = Some(Instant::now());
                 let durable = last_durable.elapsed() >= self.options.durable_commit_interval;
                 if self.transaction(durable)? == 0 {
                     // The log announced events its reader does not yield yet; ask again shortly.
@@ -175,8 +199,8 @@ impl Projector {
             let woke = runtime.block_on(async {
                 tokio::select! {
                     changed = durable.changed(), if log_open => if changed.is_ok() { Wake::LogMoved } else { Wake::LogClosed },
-                    () = wake.notified() => Wake::Other,
-                    () = tokio::time::sleep(timeout) => Wake::Other,
+                    () = wake.notified() => Wake::Asked,
+                    () = tokio::time::sleep(timeout) => Wake::Timer,
                 }
             });
             match woke {
@@ -187,7 +211,8 @@ impl Projector {
                     );
                     log_open = false;
                 }
-                Wake::LogMoved | Wake::Other => {}
+                Wake::Asked => asked = true,
+                Wake::LogMoved | Wake::Timer => {}
             }
         }
         if unsynced {
