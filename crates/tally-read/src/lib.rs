@@ -383,6 +383,7 @@ impl ReadModel {
         let mut projected = self.shared.projected.subscribe();
         if *projected.borrow() < target {
             // Someone waits: the projector stops gathering events for a larger transaction.
+            self.shared.asked.fetch_max(target, Ordering::AcqRel);
             self.shared.wake.notify_one();
         }
         let finished = &self.shared.finished;

@@ -32,6 +32,9 @@ pub(crate) struct Shared {
     /// Wakes the projector when `stop` is set or when a query waits for a position it has not
     /// reached.
     pub wake: Notify,
+    /// The highest position a query has waited for: while the projection is short of it, the
+    /// projector does not wait for more events to gather.
+    pub asked: AtomicU64,
     /// The log's durable end, for the query side's view of the lag.
     pub durable: watch::Receiver<u64>,
     /// When the projector last saw itself caught up with the log, in nanoseconds after
@@ -52,6 +55,7 @@ impl Shared {
             finished: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             wake: Notify::new(),
+            asked: AtomicU64::new(0),
             durable,
             caught_up_ns: AtomicU64::new(0),
             opened: (Instant::now(), SystemTime::now()),
@@ -71,7 +75,7 @@ pub(crate) struct Projector {
 enum Wake {
     LogMoved,
     LogClosed,
-    /// A query waits (or a stop was asked).
+    /// A query waits, or a stop was asked.
     Asked,
     Timer,
 }
@@ -142,10 +146,8 @@ impl Projector {
         let mut last_durable = Instant::now();
         let mut unsynced = false;
         let mut log_open = true;
-        // When the last transaction started, and whether a query asked not to wait for the next
-        // one (see `COMMIT_INTERVAL_MIN`).
+        // When the last transaction started (see `COMMIT_INTERVAL_MIN`).
         let mut last_started: Option<Instant> = None;
-        let mut asked = false;
         while !self.shared.stop.load(Ordering::Acquire) {
             let log_end = *self.durable.borrow_and_update();
             if log_end <= self.projection.position() {
@@ -153,21 +155,20 @@ impl Projector {
             }
             if log_end > self.projection.position() {
                 let since_started = last_started.map_or(Duration::MAX, |started| started.elapsed());
+                let asked = self.shared.asked.load(Ordering::Acquire) > self.projection.position();
                 if !asked && since_started < self.options.commit_interval_min {
-                    // Let more events gather unless a query waits; then look again (a stop
-                    // wakes this too).
+                    // Let more events gather until a query waits for them or the interval is
+                    // over, then look again (a stop wakes this too).
                     let wake = &self.shared.wake;
                     let pause = self.options.commit_interval_min - since_started;
-                    asked = runtime.block_on(async {
+                    runtime.block_on(async {
                         tokio::select! {
-                            () = wake.notified() => true,
-                            () = tokio::time::sleep(pause) => false,
+                            () = wake.notified() => {}
+                            () = tokio::time::sleep(pause) => {}
                         }
                     });
-                    last_started = None;
                     continue;
                 }
-                asked = false;
                 last_started = Some(Instant::now());
                 let durable = last_durable.elapsed() >= self.options.durable_commit_interval;
                 if self.transaction(durable)? == 0 {
@@ -211,8 +212,7 @@ impl Projector {
                     );
                     log_open = false;
                 }
-                Wake::Asked => asked = true,
-                Wake::LogMoved | Wake::Timer => {}
+                Wake::LogMoved | Wake::Asked | Wake::Timer => {}
             }
         }
         if unsynced {

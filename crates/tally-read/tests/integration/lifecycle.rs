@@ -151,6 +151,50 @@ async fn wait_for_reports_lagging() {
     );
 }
 
+/// Unobserved writes gather for up to `commit_interval_min` before a transaction; a query that
+/// waits for them wakes the projector at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_query_wakes_a_projector_that_gathers_events() {
+    let dir = dir();
+    let mut sim = Sim::new();
+    let options = ProjectorOptions {
+        commit_interval_min: Duration::from_secs(3600),
+        ..ProjectorOptions::default()
+    };
+    let model =
+        ReadModel::start_with(&dir.path, sim.log.reader(), sim.log.subscribe(), options).unwrap();
+    // The first transaction has nothing before it to wait for.
+    sim.batch(&[open("alice", "USD")]);
+    model.wait_for(sim.log.end(), WAIT).await.unwrap();
+    let first = model.position();
+
+    // The next one would wait for an hour: nobody asked.
+    sim.batch(&[deposit("d1", "alice", 3)]);
+    sim.batch(&[deposit("d2", "alice", 4)]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        model.position(),
+        first,
+        "the projector gathers while nobody waits"
+    );
+
+    // A query asks: it gets its answer in far less than the hour.
+    let asked = std::time::Instant::now();
+    model.wait_for(sim.log.end(), WAIT).await.unwrap();
+    assert!(asked.elapsed() < WAIT, "{:?}", asked.elapsed());
+    assert_eq!(
+        all_history(&model, "alice", 10)
+            .last()
+            .unwrap()
+            .balance_after,
+        7
+    );
+
+    // Stopping does not wait for the hour either.
+    model.clone().shutdown();
+    assert_eq!(model.status(), ProjectorStatus::Stopped);
+}
+
 /// The lag is the events durable but not projected, and, when there are any, the time since the
 /// projection was last caught up: it grows while the projector does not follow.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
