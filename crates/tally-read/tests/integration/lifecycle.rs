@@ -452,3 +452,69 @@ async fn the_projector_runs_at_idle_priority() {
     assert!(policies.iter().all(|&policy| policy == 5), "{policies:?}");
     model.shutdown();
 }
+
+/// A transfer id recorded twice stops the projector, whether the first (a pending transfer) was
+/// recorded in the same transaction or an earlier one, resolved or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_transfer_id_recorded_twice_stops_the_projector() {
+    for (transaction_events_max, resolve_first) in [(100, false), (1, false), (100, true)] {
+        let dir = dir();
+        let mut sim = Sim::new();
+        sim.batch(&[open("alice", "USD"), open("bob", "USD")]);
+        sim.batch(&[deposit("d1", "alice", 10)]);
+        let good_end = sim.log.end();
+        let options = ProjectorOptions {
+            transaction_events_max,
+            ..ProjectorOptions::default()
+        };
+        let model =
+            ReadModel::start_with(&dir.path, sim.log.reader(), sim.log.subscribe(), options)
+                .unwrap();
+        model.wait_for(good_end, WAIT).await.unwrap();
+        let pending = TransferEvent {
+            id: id("x"),
+            body_hash: 1,
+            kind: TransferKind::Pending { expires_at_ns: 0 },
+            debit: 1,
+            credit: 2,
+            amount: 5,
+        };
+        let post = TransferEvent {
+            id: id("p"),
+            body_hash: 2,
+            kind: TransferKind::Post { pending: good_end },
+            ..pending.clone()
+        };
+        let again = TransferEvent {
+            body_hash: 3,
+            kind: TransferKind::Transfer,
+            ..pending.clone()
+        };
+        // Two batches, so that `transaction_events_max: 1` puts them in two transactions.
+        let mut later = Vec::new();
+        if resolve_first {
+            later.push(Event::Transfer(post));
+        }
+        later.push(Event::Transfer(again));
+        for events in [vec![Event::Transfer(pending)], later] {
+            let header = BatchHeader {
+                first_position: sim.log.end(),
+                event_count: events.len() as u32,
+                timestamp_ns: sim.timestamp_ns() + 1,
+            };
+            sim.log.append(Batch {
+                header,
+                body: tally_core::encode_events(&events),
+            });
+        }
+        model.wait_for(sim.log.end(), WAIT).await.unwrap_err();
+        let ProjectorStatus::Failed { reason, .. } = model.status() else {
+            panic!("{:?}", model.status())
+        };
+        assert!(
+            reason.ends_with("transfer id x is recorded twice"),
+            "{transaction_events_max} {resolve_first}: {reason}"
+        );
+        assert_eq!(model.transfer("d1").unwrap().unwrap().amount, 10);
+    }
+}
