@@ -581,6 +581,17 @@ pub fn parse_id(field: &str, text: &str) -> Result<Id, ApiError> {
     Id::new(text).map_err(|error| ApiError::invalid(format!("{field}: {error}")))
 }
 
+/// The page size a query asked for (`default` when it did not), within `1..=max`.
+pub fn parse_page_limit(limit: Option<u32>, default: u32, max: u32) -> Result<u32, ApiError> {
+    let limit = limit.unwrap_or(default);
+    if !(1..=max).contains(&limit) {
+        return Err(ApiError::invalid(format!(
+            "limit: must be between 1 and {max}, found {limit}"
+        )));
+    }
+    Ok(limit)
+}
+
 fn parse_amount(field: &str, amount: u64) -> Result<NonZeroU64, ApiError> {
     NonZeroU64::new(amount).ok_or_else(|| ApiError::invalid(format!("{field}: must be at least 1")))
 }

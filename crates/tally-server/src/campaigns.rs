@@ -259,12 +259,7 @@ pub async fn list_claims(
                 })?,
         ),
     };
-    let limit = query.limit.unwrap_or(CLAIMS_PAGE_DEFAULT);
-    if !(1..=CLAIMS_PAGE_MAX).contains(&limit) {
-        return Err(ApiError::invalid(format!(
-            "limit: must be between 1 and {CLAIMS_PAGE_MAX}, found {limit}"
-        )));
-    }
+    let limit = parse_page_limit(query.limit, CLAIMS_PAGE_DEFAULT, CLAIMS_PAGE_MAX)?;
     let page = app
         .engine
         .claims(state, query.after, limit as usize)

@@ -22,7 +22,9 @@ use tally_log::LogReader;
 use tally_read::{EventFeed, FeedAccount, FeedFilter, FeedPage};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::api::{parse_id, EventJson, EventStreamQuery, EventsJson, EventsQuery};
+use crate::api::{
+    parse_id, parse_page_limit, EventJson, EventStreamQuery, EventsJson, EventsQuery,
+};
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::ApiQuery;
@@ -70,12 +72,7 @@ pub async fn get_events(
     caller: Caller,
     ApiQuery(query): ApiQuery<EventsQuery>,
 ) -> Result<Json<EventsJson>, ApiError> {
-    let limit = query.limit.unwrap_or(EVENTS_PAGE_DEFAULT);
-    if !(1..=EVENTS_PAGE_MAX).contains(&limit) {
-        return Err(ApiError::invalid(format!(
-            "limit: must be between 1 and {EVENTS_PAGE_MAX}, found {limit}"
-        )));
-    }
+    let limit = parse_page_limit(query.limit, EVENTS_PAGE_DEFAULT, EVENTS_PAGE_MAX)?;
     let wait = Duration::from_millis(query.wait_ms.unwrap_or(0));
     if wait > EVENTS_PAGE_WAIT_MAX {
         return Err(ApiError::invalid(format!(

@@ -109,12 +109,7 @@ pub async fn get_history(
     ApiQuery(query): ApiQuery<HistoryQuery>,
 ) -> Result<Json<HistoryJson>, ApiError> {
     let id = parse_id("id", &id)?;
-    let limit = query.limit.unwrap_or(HISTORY_PAGE_DEFAULT);
-    if !(1..=HISTORY_PAGE_MAX).contains(&limit) {
-        return Err(ApiError::invalid(format!(
-            "limit: must be between 1 and {HISTORY_PAGE_MAX}, found {limit}"
-        )));
-    }
+    let limit = parse_page_limit(query.limit, HISTORY_PAGE_DEFAULT, HISTORY_PAGE_MAX)?;
     if caller.restriction.is_some() {
         // The account's ledger is the engine's to know: it answers 403 outside the restriction.
         app.engine
@@ -496,12 +491,7 @@ pub async fn get_ledger_daily(
     ApiQuery(query): ApiQuery<DailyQuery>,
 ) -> Result<Json<DailyJson>, ApiError> {
     let code = parse_ledger_in("code", &code)?;
-    let limit = query.limit.unwrap_or(DAILY_PAGE_DEFAULT);
-    if !(1..=DAILY_PAGE_MAX).contains(&limit) {
-        return Err(ApiError::invalid(format!(
-            "limit: must be between 1 and {DAILY_PAGE_MAX}, found {limit}"
-        )));
-    }
+    let limit = parse_page_limit(query.limit, DAILY_PAGE_DEFAULT, DAILY_PAGE_MAX)?;
     let from = query
         .from
         .as_deref()
