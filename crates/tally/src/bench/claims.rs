@@ -27,6 +27,10 @@ const DELIVERY_WAIT_MAX: Duration = Duration::from_secs(600);
 /// Endpoints of the fake target (the primary group).
 const TARGET_ENDPOINTS: usize = 3;
 
+/// The longest one request is retried while the server answers `overloaded` (503): a server
+/// that stays overloaded this long fails the bench instead of hanging it.
+const OVERLOADED_RETRY_MAX: Duration = Duration::from_secs(60);
+
 #[derive(clap::Args)]
 pub struct ClaimsBenchArgs {
     /// Claims to make in the timed phase.
@@ -171,13 +175,26 @@ async fn send(
     ))
 }
 
-/// POSTs and requires `status`, retrying `overloaded` answers (503) as any client would.
+/// POSTs and requires `status`, retrying `overloaded` answers (503) as any client would, for
+/// at most [`OVERLOADED_RETRY_MAX`].
 async fn expect(
     connection: &mut Connection,
     path: &str,
     body: &str,
     status: u16,
 ) -> anyhow::Result<()> {
+    expect_within(connection, path, body, status, OVERLOADED_RETRY_MAX).await
+}
+
+/// [`expect`], retrying 503 answers for at most `retry_max`.
+async fn expect_within(
+    connection: &mut Connection,
+    path: &str,
+    body: &str,
+    status: u16,
+    retry_max: Duration,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
     loop {
         let (found, text) = send(connection, path, body).await?;
         if found == status {
@@ -186,6 +203,39 @@ async fn expect(
         if found != 503 {
             bail!("{path} answered {found}, expected {status}: {text}");
         }
+        if started.elapsed() >= retry_max {
+            bail!("{path} still answered 503 (overloaded) after {retry_max:?}: {text}");
+        }
         tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tally_dispatch::fake::Behaviour;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_server_that_stays_overloaded_fails_the_bench_after_the_retry_limit() {
+        let target = FakeTarget::start(1).await;
+        target.set(0, Behaviour::Status(503)).await;
+        let url: hyper::Uri = target.url(0).parse().unwrap();
+        let base = format!("http://{}", url.authority().unwrap());
+        let endpoint = Endpoint::parse(&base, None).await.unwrap();
+        let mut connection = Connection::new(endpoint);
+        let limit = Duration::from_millis(200);
+        let started = Instant::now();
+        let error = expect_within(&mut connection, url.path(), "{}", 201, limit)
+            .await
+            .unwrap_err();
+        assert!(started.elapsed() >= limit);
+        assert!(
+            error
+                .to_string()
+                .contains("still answered 503 (overloaded) after 200ms"),
+            "{error}"
+        );
+        assert!(target.endpoint_attempts(0) > 1, "503 was retried");
     }
 }
