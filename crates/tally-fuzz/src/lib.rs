@@ -14,11 +14,18 @@
 //! test; `fuzz/` only wraps each function in libFuzzer's `fuzz_target!`.
 #![deny(missing_docs)]
 
+mod alloc_limit;
 pub mod http_body;
 mod ledger_check;
 pub mod log_record;
 pub mod seeds;
 pub mod snapshot;
+
+pub use alloc_limit::LimitedAllocator;
+
+/// The largest single allocation the fuzz targets allow: what none of their inputs (at most a
+/// few megabytes) justifies. Each target installs a [`LimitedAllocator`] with it.
+pub const ALLOCATION_BYTES_MAX: usize = 256 << 20;
 
 /// How far an input got, so that tests can check that the seeds reach the deep paths.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
