@@ -75,9 +75,9 @@ pub fn rebuild(
 ///
 /// Why: the rebuild's commits skip the fsync, so without this their pages stay in the page cache
 /// until the kernel's flusher writes them out, up to 30 s and hundreds of megabytes later, in one
-/// burst at normal I/O priority. The log's next `fdatasync` then waits behind that burst, in the
-/// device's queue and in ext4's journal (whose commit, in `data=ordered` mode, first writes the
-/// data of newly allocated blocks), and the online path's tail latency jumps. Written back here,
+/// burst at normal I/O priority. The log's next `fdatasync` then waits behind that burst in the
+/// device's queue (and, on a journaling file system, behind the data its journal commit must
+/// write first), and the online path's tail latency jumps. Written back here,
 /// by the rebuild's own thread, the writes leave one transaction at a time (a few megabytes) and
 /// carry that thread's I/O class: idle for a thread at `SCHED_IDLE`, which the block layer's
 /// schedulers serve after every other class. No cache flush and no durability: the final commit

@@ -91,6 +91,9 @@ pub enum Work {
     Verify,
     /// Only the rebuild (reads, CPU and writes to a redb file).
     Rebuild,
+    /// A control: one offline thread that only spins for `--duration` seconds (CPU, no memory
+    /// traffic, no I/O, no allocation), to tell what sharing the CPU costs from the rest.
+    Spin,
 }
 
 /// What runs next to the online load.
@@ -312,6 +315,7 @@ async fn measure(
             &args.offline_data,
             args.rebuild_dir.as_deref().unwrap_or(data.path()),
             args.offline_work,
+            Duration::from_secs(args.duration),
         )?),
     };
     let minimum = Duration::from_secs(args.duration);
@@ -351,6 +355,7 @@ async fn measure(
 struct OfflineWork {
     verify: Option<Job<tally_engine::DataDirReport>>,
     rebuild: Option<Job<u64>>,
+    spin: Option<Job<u64>>,
     /// The rebuild's file, removed at the end.
     target: PathBuf,
     /// Holds the log's lock while the rebuild reads it.
@@ -363,6 +368,7 @@ impl OfflineWork {
         dir: &std::path::Path,
         scratch: &std::path::Path,
         work: Work,
+        spin_for: Duration,
     ) -> anyhow::Result<OfflineWork> {
         let (log, _) =
             SegmentedLog::open(&dir.join("log"), LogOptions::default()).with_context(|| {
@@ -383,18 +389,33 @@ impl OfflineWork {
                     })?,
                 )
             }
-            Work::Verify => None,
+            Work::Verify | Work::Spin => None,
         };
         let verify = match work {
             Work::Both | Work::Verify => Some(tally_engine::offline::spawn_verify(
                 offline,
                 dir.to_path_buf(),
             )?),
-            Work::Rebuild => None,
+            Work::Rebuild | Work::Spin => None,
+        };
+        let spin = match work {
+            Work::Spin => Some(offline.spawn_job("spin", "iterations", move |progress| {
+                let mut iterations: u64 = 0;
+                let started = Instant::now();
+                while started.elapsed() < spin_for {
+                    for _ in 0..100_000 {
+                        iterations = std::hint::black_box(iterations + 1);
+                    }
+                    progress.set_done(iterations);
+                }
+                Ok(iterations)
+            })?),
+            Work::Both | Work::Verify | Work::Rebuild => None,
         };
         Ok(OfflineWork {
             verify,
             rebuild,
+            spin,
             target,
             _log: log,
         })
@@ -403,6 +424,7 @@ impl OfflineWork {
     fn is_finished(&self) -> bool {
         self.verify.as_ref().is_none_or(Job::is_finished)
             && self.rebuild.as_ref().is_none_or(Job::is_finished)
+            && self.spin.as_ref().is_none_or(Job::is_finished)
     }
 
     /// Seconds each took (0 for one not run), and the events of the log (0 without a rebuild).
@@ -424,6 +446,9 @@ impl OfflineWork {
                     report.dir.display()
                 );
             }
+        }
+        if let Some(spin) = self.spin {
+            spin.join().map_err(anyhow::Error::msg)?;
         }
         let events = match self.rebuild {
             Some(rebuild) => rebuild.join().map_err(anyhow::Error::msg)?,

@@ -320,9 +320,10 @@ async fn steady_load(
 /// Two members of a group; once both hold partitions, one is dropped dead. Returns the time from
 /// the last of its leases running out to the survivor holding all partitions (Redis's clock).
 async fn takeover(redis: &Redis, options: Options) -> anyhow::Result<Duration> {
+    let survivor_metrics = Metrics::default();
     let survivor = tokio::spawn(tally_project::run(
         options.clone(),
-        Metrics::default(),
+        survivor_metrics.clone(),
         std::future::pending(),
     ));
     let victim_metrics = Metrics::default();
@@ -341,14 +342,17 @@ async fn takeover(redis: &Redis, options: Options) -> anyhow::Result<Duration> {
     };
     let partitions = tally_project::DEFAULT_PARTITIONS;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while victim_metrics.partitions_owned.get() == 0 {
+    // The assignment settles with each member holding its half; killed before that, the victim
+    // could be handing partitions over, and then no lease of its stands still.
+    let share = i64::from(partitions / 2);
+    while victim_metrics.partitions_owned.get() != share
+        || survivor_metrics.partitions_owned.get() != share
+    {
         if Instant::now() > deadline {
-            bail!("the second member never got a partition");
+            bail!("the two members never held {share} partitions each");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // Let the assignment settle: each member holds its share.
-    tokio::time::sleep(options.lease).await;
     victim.abort();
     let _ = victim.await;
     // The dead member's leases are frozen while the survivor renews its own every fifth of a
