@@ -1,6 +1,6 @@
 //! What every recovered ledger must do, however it was recovered: serve more commands.
 
-use tally_core::limits::{EXPIRATIONS_PER_BATCH_MAX, POSITION_MAX};
+use tally_core::limits::{EXPIRATIONS_PER_BATCH_MAX, POSITION_MAX, TIMESTAMP_NS_MAX};
 use tally_core::{script, AccountIndex, Event, Ledger};
 
 /// Events the two batches of [`keep_working`] record at most: one per command or chained
@@ -48,9 +48,14 @@ pub(crate) fn keep_working(recovered: &Ledger) {
         .checked_add(1)
         .expect("a recovered ledger leaves room for another batch");
     let mut batches = vec![run_batch(&mut live, first, &commands)];
-    // The engine wakes for the next expiry; when there is none, this batch is empty.
+    // The engine wakes for the next expiry; when there is none, this batch is empty. An expiry
+    // past the timestamp limit (a timeout set near the year 2262) never comes: no clock reaches
+    // it, and the engine stamps no batch there.
     let expiry = live.next_expiry_ns().unwrap_or(first).max(first);
-    if let Some(second) = expiry.checked_add(1) {
+    if let Some(second) = expiry
+        .checked_add(1)
+        .filter(|second| *second <= TIMESTAMP_NS_MAX)
+    {
         batches.push(run_batch(&mut live, second, &[]));
     }
 
