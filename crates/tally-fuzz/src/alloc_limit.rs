@@ -5,9 +5,9 @@
 //! own `-malloc_limit_mb` sees allocations only through a sanitizer's malloc hooks, and the
 //! targets run without a sanitizer: the code under test is safe Rust, so AddressSanitizer finds
 //! nothing there that debug assertions and the borrow checker do not, and it costs a third of
-//! the fuzz build's time. Refusing the allocation (a null pointer) sends Rust
-//! to its allocation-failure handler, which names the size and aborts: libFuzzer records the
-//! input as a crash.
+//! the fuzz build's time. Refusing the allocation (a null pointer) sends Rust to its
+//! allocation-failure handler, which names the size and aborts: libFuzzer records the input as a
+//! crash.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 
@@ -21,13 +21,17 @@ impl LimitedAllocator {
     pub const fn new(limit: usize) -> LimitedAllocator {
         LimitedAllocator { limit }
     }
+
+    fn refuses(&self, size: usize) -> bool {
+        size > self.limit
+    }
 }
 
 // SAFETY: every call is forwarded to `System` unchanged, or refused with a null pointer, which
 // `GlobalAlloc` allows for any request.
 unsafe impl GlobalAlloc for LimitedAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if layout.size() > self.limit {
+        if self.refuses(layout.size()) {
             return std::ptr::null_mut();
         }
         // SAFETY: the caller's contract is passed on unchanged.
@@ -35,7 +39,7 @@ unsafe impl GlobalAlloc for LimitedAllocator {
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if layout.size() > self.limit {
+        if self.refuses(layout.size()) {
             return std::ptr::null_mut();
         }
         // SAFETY: the caller's contract is passed on unchanged.
@@ -48,7 +52,7 @@ unsafe impl GlobalAlloc for LimitedAllocator {
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if new_size > self.limit {
+        if self.refuses(new_size) {
             return std::ptr::null_mut();
         }
         // SAFETY: the caller's contract is passed on unchanged.

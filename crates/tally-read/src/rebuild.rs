@@ -77,11 +77,11 @@ pub fn rebuild(
 /// until the kernel's flusher writes them out, up to 30 s and hundreds of megabytes later, in one
 /// burst at normal I/O priority. The log's next `fdatasync` then waits behind that burst in the
 /// device's queue (and, on a journaling file system, behind the data its journal commit must
-/// write first), and the online path's tail latency jumps. Written back here,
-/// by the rebuild's own thread, the writes leave one transaction at a time (a few megabytes) and
-/// carry that thread's I/O class: idle for a thread at `SCHED_IDLE`, which the block layer's
-/// schedulers serve after every other class. No cache flush and no durability: the final commit
-/// is durable, and a crash before it only costs a rebuild.
+/// write first), and the online path's tail latency jumps. Written back here, by the rebuild's own
+/// thread, the writes leave one transaction at a time (a few megabytes) and carry that thread's
+/// I/O class: idle for a thread at `SCHED_IDLE`, which the block layer's schedulers serve after
+/// every other class. No cache flush and no durability: the final commit is durable, and a crash
+/// before it only costs a rebuild.
 struct WriteBack {
     file: File,
     path: std::path::PathBuf,
