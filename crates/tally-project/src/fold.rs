@@ -149,9 +149,13 @@ pub struct HistoryEntry {
 }
 
 impl HistoryEntry {
-    /// Its id in the account's stream: `{position}-{side}`, which grows along the log.
-    pub fn id(&self) -> String {
-        format!("{}-{}", self.position, self.side)
+    /// Its id in the account's stream, `{position}-{side}`, which grows along the log: into
+    /// `id`.
+    pub fn id_into(&self, id: &mut String) {
+        id.clear();
+        id.push_str(itoa::Buffer::new().format(self.position));
+        id.push('-');
+        id.push_str(itoa::Buffer::new().format(self.side));
     }
 }
 

@@ -25,6 +25,7 @@ pub mod fold;
 pub mod group;
 pub mod http;
 pub mod metrics;
+pub mod resp;
 pub mod source;
 pub mod store;
 
@@ -40,7 +41,7 @@ use crate::fold::{Fold, Ownership};
 use crate::group::Member;
 use crate::metrics::Metrics;
 use crate::source::{next_retry, ReadAhead, Source, SourceError, PAGE_EVENTS_MAX};
-use crate::store::{Commit, Committed, Keys, Lease, RedisStore, Transactions};
+use crate::store::{Commit, Committed, Committer, Keys, Lease, RedisStore, Transactions};
 
 /// Partitions of a new group unless `--partitions` says otherwise: enough to spread over a
 /// handful of members, few enough that each commit fences them all cheaply.
@@ -173,9 +174,7 @@ pub async fn run(
     options.validate()?;
     let keys = Keys::new(&options.prefix, &options.group);
     let mut store = RedisStore::connect(&options.store, keys.clone()).await?;
-    // Commits have a connection of their own: `WATCH` is state of the connection, and a commit
-    // runs while the next pages are loaded and folded.
-    let committer = RedisStore::connect(&options.store, keys.clone()).await?;
+    let committer = Committer::connect(&options.store, keys.clone()).await?;
     let mut source = Source::new(&options.source, options.token.as_deref()).await?;
     let stop_at = if options.rebuild {
         let deleted = store.delete_everything().await?;
@@ -234,7 +233,7 @@ struct Projector {
     store: RedisStore,
     transactions: std::sync::Arc<Transactions>,
     /// Sends commits; away (with the task that uses it) while a commit is in flight.
-    committer: Option<RedisStore>,
+    committer: Option<Committer>,
     /// At most one commit is in flight, so commits land in order and one that fails is the
     /// last one sent.
     in_flight: Option<InFlight>,
@@ -604,7 +603,7 @@ impl Projector {
 }
 
 /// What a commit task hands back: its connection, and whether the commit landed.
-type CommitOutcome = (RedisStore, anyhow::Result<Committed>);
+type CommitOutcome = (Committer, anyhow::Result<Committed>);
 
 /// A commit sent and not yet answered.
 struct InFlight {
@@ -635,14 +634,15 @@ enum Failure {
 
 impl Failure {
     fn from_redis(error: anyhow::Error) -> Failure {
-        let transient = error
-            .downcast_ref::<redis::RedisError>()
-            .is_some_and(|error| {
-                error.is_io_error()
-                    || error.is_timeout()
-                    || error.is_connection_dropped()
-                    || error.is_connection_refusal()
-            });
+        let transient = error.is::<resp::ConnectionLost>()
+            || error
+                .downcast_ref::<redis::RedisError>()
+                .is_some_and(|error| {
+                    error.is_io_error()
+                        || error.is_timeout()
+                        || error.is_connection_dropped()
+                        || error.is_connection_refusal()
+                });
         if transient {
             Failure::Transient(error)
         } else {

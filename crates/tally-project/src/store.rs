@@ -31,6 +31,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncCommands, Script};
 
 use crate::fold::{AccountRow, Changes, DayRow, LedgerRow, Missing, PendingRow, Rows};
+use crate::resp::{self, Commands, Reply};
 
 /// How long one Redis call may take before the member treats the connection as broken.
 pub const REDIS_CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -216,8 +217,8 @@ pub struct Commit {
     member: String,
     /// Partition → (the lease it is written under, its new checkpoint).
     pub fences: BTreeMap<u32, (Lease, u64)>,
-    /// The transaction: the rows, then the checkpoints.
-    writes: redis::Pipeline,
+    /// The transaction: `MULTI`, the rows, the checkpoints, `EXEC`.
+    writes: Commands,
 }
 
 /// The outcome of a commit.
@@ -240,6 +241,138 @@ pub struct PartitionState {
     pub event_timestamp: Option<String>,
 }
 
+/// The connection details of `url`.
+fn connection_info(url: &str) -> anyhow::Result<redis::ConnectionInfo> {
+    Ok(redis::IntoConnectionInfo::into_connection_info(url)
+        .with_context(|| format!("{url} is not a Redis URL (redis://HOST:PORT[/DB])"))?
+        // Without it, Nagle's algorithm holds the tail of a large transaction back until
+        // Redis acknowledges the rest, which it may delay by up to 40 ms.
+        .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true)))
+}
+
+/// Sends commits, on a connection of its own: `WATCH` is state of the connection, and a commit
+/// runs while the next pages are loaded and folded. After any failure the connection is in an
+/// unknown state (watching, or half-way through a transaction), so it is dropped, and the next
+/// commit opens a new one.
+pub struct Committer {
+    url: String,
+    keys: Keys,
+    info: redis::ConnectionInfo,
+    connection: Option<resp::Connection>,
+    /// [`FENCES`] with its helpers, sent as `EVAL`.
+    fences: String,
+}
+
+impl Committer {
+    pub async fn connect(url: &str, keys: Keys) -> anyhow::Result<Committer> {
+        let info = connection_info(url)?;
+        let connection = resp::Connection::connect(&info, REDIS_CALL_TIMEOUT)
+            .await
+            .with_context(|| {
+                format!("cannot connect to Redis at {url}; is redis-server running?")
+            })?;
+        Ok(Committer {
+            url: url.to_owned(),
+            keys,
+            info,
+            connection: Some(connection),
+            fences: format!("{NOW_MS}{FENCES}"),
+        })
+    }
+
+    /// Sends `commit`: its writes and every fenced partition's new checkpoint, in one
+    /// transaction, if and only if its member still holds each lease with its token.
+    ///
+    /// The fence is optimistic: the partitions' keys are watched, the leases checked (on Redis's
+    /// clock), and the writes sent as one `MULTI`/`EXEC`. Any other member that takes a lease
+    /// over changes its key, which makes Redis refuse the `EXEC`: nothing is written, and the
+    /// next check finds the lease gone. Plain commands in a transaction cost Redis less than
+    /// half of what the same commands cost called from a Lua script: Redis's `SLOWLOG` put the
+    /// Lua commit of a page of 1,000 transfers at about 19 ms, `redis-benchmark` runs that many
+    /// such commands, pipelined, in about 8 ms.
+    pub async fn commit(&mut self, commit: &Commit) -> anyhow::Result<Committed> {
+        let connection = match self.connection.take() {
+            Some(connection) => connection,
+            None => resp::Connection::connect(&self.info, REDIS_CALL_TIMEOUT)
+                .await
+                .with_context(|| format!("cannot connect to Redis at {}", self.url))?,
+        };
+        let mut connection = connection;
+        let committed = self.attempt(&mut connection, commit).await?;
+        self.connection = Some(connection);
+        Ok(committed)
+    }
+
+    async fn attempt(
+        &self,
+        connection: &mut resp::Connection,
+        commit: &Commit,
+    ) -> anyhow::Result<Committed> {
+        let keys: Vec<String> = commit
+            .fences
+            .keys()
+            .map(|partition| self.keys.partition(*partition))
+            .collect();
+        let mut check = Commands::default();
+        check.command(1 + keys.len()).arg("WATCH");
+        for key in &keys {
+            check.arg(key);
+        }
+        check
+            .command(4 + 2 * keys.len())
+            .arg("EVAL")
+            .arg(&self.fences)
+            .number(keys.len() as u64);
+        for key in &keys {
+            check.arg(key);
+        }
+        check.arg(&commit.member);
+        for (held, _) in commit.fences.values() {
+            check.number(held.token);
+        }
+        for _ in 0..COMMIT_ATTEMPTS_MAX {
+            connection.send(check.bytes()).await?;
+            if let Some(error) = connection.replies(1).await? {
+                bail!("Redis refused to WATCH the partitions: {error}");
+            }
+            let failed = match connection.reply().await? {
+                Reply::Integer(failed) => failed,
+                other => bail!("the fence script answered {other:?}, not a number"),
+            };
+            if failed != 0 {
+                connection.send(b"*1\r\n$7\r\nUNWATCH\r\n").await?;
+                if let Some(error) = connection.replies(1).await? {
+                    bail!("Redis refused to UNWATCH: {error}");
+                }
+                let partition = commit.fences.keys().nth(failed as usize - 1);
+                let partition = partition.ok_or_else(|| {
+                    anyhow!("the fence script named lease {failed} of {}", keys.len())
+                })?;
+                return Ok(Committed::Fenced(*partition));
+            }
+            connection.send(commit.writes.bytes()).await?;
+            // `MULTI`'s `OK` and a `QUEUED` for each command: a command Redis could not queue
+            // (a malformed one) makes it refuse the whole `EXEC`.
+            let queued = connection.replies(commit.writes.count() - 1).await?;
+            match connection.reply().await? {
+                Reply::Array(Some(_)) => return Ok(Committed::Written),
+                // A watched key changed after the check: try again, which tells a lost lease
+                // from a race.
+                Reply::Array(None) => continue,
+                Reply::Error(error) => bail!(
+                    "Redis refused the commit's transaction: {}",
+                    queued.unwrap_or(error)
+                ),
+                other => bail!("Redis answered EXEC with {other:?}"),
+            }
+        }
+        bail!(
+            "{COMMIT_ATTEMPTS_MAX} commits in a row were refused although every lease was held: \
+             something else keeps changing the group's partition keys"
+        )
+    }
+}
+
 pub struct RedisStore {
     connection: MultiplexedConnection,
     pub keys: Keys,
@@ -247,17 +380,11 @@ pub struct RedisStore {
     renew: Script,
     release: Script,
     heartbeat: Script,
-    fences: Script,
 }
 
 impl RedisStore {
     pub async fn connect(url: &str, keys: Keys) -> anyhow::Result<RedisStore> {
-        let info = redis::IntoConnectionInfo::into_connection_info(url)
-            .with_context(|| format!("{url} is not a Redis URL (redis://HOST:PORT[/DB])"))?
-            // Without it, Nagle's algorithm holds the tail of a large transaction back until
-            // Redis acknowledges the rest, which it may delay by up to 40 ms.
-            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-        let client = redis::Client::open(info)
+        let client = redis::Client::open(connection_info(url)?)
             .with_context(|| format!("{url} is not a Redis URL (redis://HOST:PORT[/DB])"))?;
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(REDIS_CALL_TIMEOUT))
@@ -275,7 +402,6 @@ impl RedisStore {
             renew: script(RENEW),
             release: script(RELEASE),
             heartbeat: script(HEARTBEAT),
-            fences: script(FENCES),
         })
     }
 
@@ -445,56 +571,6 @@ impl RedisStore {
         Ok(rows)
     }
 
-    /// Sends `commit`: its writes and every fenced partition's new checkpoint, in one
-    /// transaction, if and only if its member still holds each lease with its token.
-    ///
-    /// The fence is optimistic: the partitions' keys are watched, the leases checked (on Redis's
-    /// clock), and the writes sent as one `MULTI`/`EXEC`. Any other member that takes a lease
-    /// over changes its key, which makes Redis refuse the `EXEC`: nothing is written, and the
-    /// next check finds the lease gone. Plain commands in a transaction cost Redis less than
-    /// half of what the same commands cost called from a Lua script: Redis's `SLOWLOG` put the
-    /// Lua commit of a page of 1,000 transfers at about 19 ms, `redis-benchmark` runs that many
-    /// such commands, pipelined, in about 8 ms.
-    ///
-    /// `WATCH` is state of the connection: a store that commits must not be used for anything
-    /// else until the commit returns (the projector keeps a second store for its commits).
-    pub async fn commit(&mut self, commit: &Commit) -> anyhow::Result<Committed> {
-        let order: Vec<u32> = commit.fences.keys().copied().collect();
-        let partition_keys: Vec<String> = order
-            .iter()
-            .map(|partition| self.keys.partition(*partition))
-            .collect();
-        for _ in 0..COMMIT_ATTEMPTS_MAX {
-            let () = redis::cmd("WATCH")
-                .arg(&partition_keys)
-                .query_async(&mut self.connection)
-                .await?;
-            let mut check = self.fences.prepare_invoke();
-            check.arg(&commit.member);
-            for (key, (held, _)) in partition_keys.iter().zip(commit.fences.values()) {
-                check.key(key).arg(held.token);
-            }
-            let failed: usize = check.invoke_async(&mut self.connection).await?;
-            if failed != 0 {
-                let () = redis::cmd("UNWATCH")
-                    .query_async(&mut self.connection)
-                    .await?;
-                let partition = order.get(failed - 1).ok_or_else(|| {
-                    anyhow!("the fence script named lease {failed} of {}", order.len())
-                })?;
-                return Ok(Committed::Fenced(*partition));
-            }
-            let executed: Option<()> = commit.writes.query_async(&mut self.connection).await?;
-            if executed.is_some() {
-                return Ok(Committed::Written);
-            }
-        }
-        bail!(
-            "{COMMIT_ATTEMPTS_MAX} commits in a row were refused although every lease was held: \
-             something else keeps changing the group's partition keys"
-        )
-    }
-
     /// Every partition of the group, for `tally project status`.
     pub async fn partitions(&mut self, partitions: u32) -> anyhow::Result<Vec<PartitionState>> {
         let mut pipe = redis::pipe();
@@ -593,22 +669,19 @@ impl Transactions {
         let mut writes = self.writes(changes, rows)?;
         // The checkpoints go last, as a rule of the layout: even a transaction Redis broke off
         // half-way never claims rows it did not write.
-        let checkpoints = writes
-            .cmd("EVAL")
+        writes
+            .command(5 + 2 * fences.len())
+            .arg("EVAL")
             .arg(&self.checkpoints)
-            .arg(fences.len())
-            .arg(
-                fences
-                    .keys()
-                    .map(|partition| self.keys.partition(*partition))
-                    .collect::<Vec<_>>(),
-            )
-            .arg(lease.as_millis() as u64)
-            .arg(event_timestamp);
-        for (_, position) in fences.values() {
-            checkpoints.arg(position);
+            .number(fences.len() as u64);
+        for partition in fences.keys() {
+            writes.arg(self.keys.partition(*partition));
         }
-        checkpoints.ignore();
+        writes.number(lease.as_millis() as u64).arg(event_timestamp);
+        for (_, position) in fences.values() {
+            writes.number(*position);
+        }
+        writes.command(1).arg("EXEC");
         Ok(Commit {
             member: member.to_owned(),
             fences,
@@ -616,66 +689,65 @@ impl Transactions {
         })
     }
 
-    /// The writes of `changes` as the start of a transaction of plain commands.
+    /// `MULTI` and the writes of `changes`: the start of the commit's transaction.
     ///
     /// A commit holds thousands of commands and is built for every page while the one before
-    /// it is on its way, so each command is sized up front and keys are formatted into one
-    /// buffer: growing and freeing small buffers was most of the cost of building it.
-    fn writes(&self, changes: &Changes, rows: &Rows) -> anyhow::Result<redis::Pipeline> {
-        let commands = changes.accounts.len()
-            + changes.history.values().map(Vec::len).sum::<usize>()
-            + changes.pendings.len()
-            + changes.ledgers.len()
-            + 2 * changes.days.len()
-            + 1;
-        let mut pipe = redis::Pipeline::with_capacity(commands);
-        pipe.atomic();
+    /// it is on its way, so the commands are written straight into one buffer, sized up front.
+    fn writes(&self, changes: &Changes, rows: &Rows) -> anyhow::Result<Commands> {
+        let history: usize = changes.history.values().map(Vec::len).sum();
+        let mut writes = Commands::with_capacity(
+            changes.accounts.len() * 300
+                + history * 280
+                + (changes.pendings.len() + changes.ledgers.len() + changes.days.len()) * 300
+                + 1024,
+        );
+        writes.command(1).arg("MULTI");
         let keys = &self.keys;
         let mut key = String::with_capacity(128);
-        let mut number = itoa::Buffer::new();
         for account in &changes.accounts {
             let row = rows.accounts.get(account).and_then(Option::as_ref);
             let row = row.ok_or_else(|| anyhow!("changed account {account} has no row"))?;
             keys.account_into(&mut key, account);
-            let mut command = redis::Cmd::with_capacity(18, key.len() + row.ledger.len() + 180);
-            command
+            writes
+                .command(18)
                 .arg("HSET")
                 .arg(&key)
                 .arg("ledger")
                 .arg(&row.ledger)
                 .arg("balance")
-                .arg(number.format(row.balance))
+                .number(row.balance)
                 .arg("debits")
-                .arg(row.debits)
+                .number(row.debits)
                 .arg("credits")
-                .arg(row.credits)
+                .number(row.credits)
                 .arg("debits_pending")
-                .arg(row.debits_pending)
+                .number(row.debits_pending)
                 .arg("credits_pending")
-                .arg(row.credits_pending)
+                .number(row.credits_pending)
                 .arg("allow_overdraft")
-                .arg(u8::from(row.allow_overdraft))
+                .number(u8::from(row.allow_overdraft))
                 .arg("version")
-                .arg(row.version);
-            pipe.add_command(command).ignore();
+                .number(row.version);
         }
+        let mut id = String::with_capacity(24);
         for (account, entries) in &changes.history {
             keys.history_into(&mut key, account);
             for entry in entries {
-                let mut command = redis::Cmd::with_capacity(5, key.len() + entry.json.len() + 40);
-                command
+                entry.id_into(&mut id);
+                writes
+                    .command(5)
                     .arg("XADD")
                     .arg(&key)
-                    .arg(entry.id())
+                    .arg(&id)
                     .arg("entry")
                     .arg(&entry.json);
-                pipe.add_command(command).ignore();
             }
         }
         for (position, row) in &changes.pendings {
             match row {
-                Some(row) => pipe
-                    .cmd("HSET")
+                Some(row) => writes
+                    .command(12)
+                    .arg("HSET")
                     .arg(keys.pending(*position))
                     .arg("ledger")
                     .arg(&row.ledger)
@@ -686,51 +758,53 @@ impl Transactions {
                     .arg("to")
                     .arg(row.to.as_deref().unwrap_or_default())
                     .arg("amount")
-                    .arg(row.amount)
-                    .ignore(),
-                None => pipe.cmd("DEL").arg(keys.pending(*position)).ignore(),
+                    .number(row.amount),
+                None => writes.command(2).arg("DEL").arg(keys.pending(*position)),
             };
         }
         for ledger in &changes.ledgers {
             let row = rows.ledgers.get(ledger).and_then(Option::as_ref);
             let row = row.ok_or_else(|| anyhow!("changed ledger {ledger} has no row"))?;
-            pipe.cmd("HSET")
+            writes
+                .command(16)
+                .arg("HSET")
                 .arg(keys.ledger(ledger))
                 .arg("accounts")
-                .arg(row.accounts)
+                .number(row.accounts)
                 .arg("transfers")
-                .arg(row.transfers)
+                .number(row.transfers)
                 .arg("volume")
-                .arg(row.volume.to_string())
+                .number(row.volume)
                 .arg("deposited")
-                .arg(row.deposited.to_string())
+                .number(row.deposited)
                 .arg("withdrawn")
-                .arg(row.withdrawn.to_string())
+                .number(row.withdrawn)
                 .arg("pending")
-                .arg(row.pending)
+                .number(row.pending)
                 .arg("pending_amount")
-                .arg(row.pending_amount.to_string())
-                .ignore();
+                .number(row.pending_amount);
         }
         for (ledger, day) in &changes.days {
             let key = (ledger.clone(), day.clone());
             let row = rows.days.get(&key).and_then(Option::as_ref);
             let row = row.ok_or_else(|| anyhow!("changed day {day} of {ledger} has no row"))?;
-            pipe.cmd("HSET")
+            writes
+                .command(6)
+                .arg("HSET")
                 .arg(keys.daily(ledger, day))
                 .arg("transfers")
-                .arg(row.transfers)
+                .number(row.transfers)
                 .arg("volume")
-                .arg(row.volume.to_string())
-                .ignore();
+                .number(row.volume);
             let score: String = day.chars().filter(char::is_ascii_digit).collect();
-            pipe.cmd("ZADD")
+            writes
+                .command(4)
+                .arg("ZADD")
                 .arg(keys.days(ledger))
                 .arg(score)
-                .arg(day)
-                .ignore();
+                .arg(day);
         }
-        Ok(pipe)
+        Ok(writes)
     }
 }
 

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use tally_log::{EventLog, LogOptions, SegmentedLog};
 use tally_offline::{Job, OfflineConfig, OfflineExecutor, Priority};
 
-use super::percentile;
+use super::{cpu_seconds, percentile};
 use tally_project::http::{Connection, Endpoint};
 
 /// Longest a window with offline work may last: a bigger offline data directory than this
@@ -594,18 +594,6 @@ fn loadavg() -> f64 {
         .ok()
         .and_then(|text| text.split_whitespace().next()?.parse().ok())
         .unwrap_or(0.0)
-}
-
-/// CPU seconds this process has used, user and system.
-fn cpu_seconds() -> f64 {
-    // SAFETY: `usage` is a valid, writable rusage.
-    let usage = unsafe {
-        let mut usage: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
-        usage
-    };
-    let seconds = |time: libc::timeval| time.tv_sec as f64 + time.tv_usec as f64 / 1e6;
-    seconds(usage.ru_utime) + seconds(usage.ru_stime)
 }
 
 fn round3(value: f64) -> f64 {

@@ -135,19 +135,31 @@ pub async fn run(args: ProjectionArgs) -> anyhow::Result<()> {
         fault: None,
     };
 
-    // 1. Throughput of a rebuild.
+    // 1. Throughput of a rebuild, and what it cost each of the three processes.
+    let server_pid = server.pid().context("the server exited")?;
+    let cpu_before = Cpu::read(&redis, server_pid).await?;
     let summary = tally_project::run(
         options("rebuild", "rebuild:", true),
         Metrics::default(),
         std::future::pending(),
     )
     .await?;
+    let cpu = Cpu::read(&redis, server_pid).await?.since(&cpu_before);
     let throughput = summary.events as f64 / summary.elapsed.as_secs_f64();
     eprintln!(
         "bench-project: rebuilt {} events in {:.2} s, in {} commits",
         summary.events,
         summary.elapsed.as_secs_f64(),
         summary.commits
+    );
+    let per_event_us = |seconds: f64| seconds * 1e6 / summary.events.max(1) as f64;
+    eprintln!(
+        "bench-project: CPU per event during the rebuild: projector {:.1} µs, Redis {:.1} µs, \
+         server {:.1} µs; Redis's costliest commands: {}",
+        per_event_us(cpu.projector),
+        per_event_us(cpu.redis),
+        per_event_us(cpu.server),
+        cpu.commands_summary(summary.events)
     );
 
     // 2. Lag under steady load: a member that caught up, then the load.
@@ -183,6 +195,11 @@ pub async fn run(args: ProjectionArgs) -> anyhow::Result<()> {
     let report = serde_json::json!({
         "events": summary.events,
         "rebuild_events_per_s": throughput.round(),
+        "rebuild_cpu_us_per_event": {
+            "projector": per_event_us(cpu.projector),
+            "redis": per_event_us(cpu.redis),
+            "server": per_event_us(cpu.server),
+        },
         "lag_rate_offered": offered.round(),
         "lag_events_measured": delays.len(),
         "lag_p50_ms": delay_ms(0.50),
@@ -210,6 +227,90 @@ pub async fn run(args: ProjectionArgs) -> anyhow::Result<()> {
     );
     println!("{report}");
     Ok(())
+}
+
+/// CPU seconds used so far by the projector (this process), Redis and the server, with Redis's
+/// time per command (`INFO commandstats`: calls and µs, by command).
+struct Cpu {
+    projector: f64,
+    redis: f64,
+    server: f64,
+    commands: std::collections::BTreeMap<String, (u64, u64)>,
+}
+
+impl Cpu {
+    async fn read(redis: &Redis, server_pid: u32) -> anyhow::Result<Cpu> {
+        let client = redis::Client::open(redis.url.as_str())?;
+        let mut connection = client.get_multiplexed_async_connection().await?;
+        let info: String = redis::cmd("INFO")
+            .arg("cpu")
+            .arg("commandstats")
+            .query_async(&mut connection)
+            .await?;
+        let mut cpu = Cpu {
+            projector: super::cpu_seconds(),
+            redis: 0.0,
+            server: super::process_cpu_seconds(server_pid).unwrap_or(0.0),
+            commands: Default::default(),
+        };
+        for line in info.lines() {
+            if let Some((name, value)) = line.split_once(':') {
+                if name == "used_cpu_sys" || name == "used_cpu_user" {
+                    cpu.redis += value.trim().parse::<f64>().unwrap_or(0.0);
+                }
+                if let Some(command) = name.strip_prefix("cmdstat_") {
+                    // calls=N,usec=N,usec_per_call=…
+                    let field = |key: &str| {
+                        value
+                            .split(',')
+                            .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))
+                            .and_then(|number| number.parse::<u64>().ok())
+                            .unwrap_or(0)
+                    };
+                    cpu.commands
+                        .insert(command.to_owned(), (field("calls"), field("usec")));
+                }
+            }
+        }
+        Ok(cpu)
+    }
+
+    fn since(mut self, before: &Cpu) -> Cpu {
+        self.projector -= before.projector;
+        self.redis -= before.redis;
+        self.server -= before.server;
+        for (command, (calls, usec)) in &mut self.commands {
+            let (calls_before, usec_before) =
+                before.commands.get(command).copied().unwrap_or_default();
+            *calls -= calls_before;
+            *usec -= usec_before;
+        }
+        self
+    }
+
+    /// The commands Redis spent most time in, as `XADD 1.23 µs/event (2.00 calls)`.
+    fn commands_summary(&self, events: u64) -> String {
+        let events = events.max(1) as f64;
+        let mut commands: Vec<_> = self
+            .commands
+            .iter()
+            .filter(|(_, (calls, _))| *calls > 0)
+            .collect();
+        commands.sort_by_key(|(_, (_, usec))| std::cmp::Reverse(*usec));
+        commands
+            .iter()
+            .take(6)
+            .map(|(command, (calls, usec))| {
+                format!(
+                    "{} {:.2} µs/event ({:.2} calls)",
+                    command.to_uppercase(),
+                    *usec as f64 / events,
+                    *calls as f64 / events
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 async fn setup(connection: &mut Connection, args: &ProjectionArgs) -> anyhow::Result<()> {

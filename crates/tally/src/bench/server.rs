@@ -96,6 +96,11 @@ impl Server {
         })
     }
 
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// Sends SIGTERM and waits for a graceful exit, killing the child if it
     /// takes too long.
     pub async fn stop(mut self) -> anyhow::Result<ExitStatus> {
