@@ -570,3 +570,30 @@ async fn a_projector_crashed_around_a_commit_resumes_exactly_and_a_stalled_one_i
         member.kill().await.unwrap();
     }
 }
+
+/// A key under the prefix that Redis cannot write as the layout says (here an account's
+/// history that is a plain string) makes Redis refuse part of a commit: the projector stops,
+/// names what Redis said, and asks for a rebuild, rather than go on past a gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_projector_stops_when_redis_refuses_part_of_a_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path()).await;
+    let server = Server::start(&dir.path().join("data")).await;
+    let client = server.client();
+    open_accounts(&client).await;
+    let mut connection = redis.connection().await;
+    let history = format!("tally:history:{}", account(0, 0));
+    let () = connection.set(&history, "not a stream").await.unwrap();
+    let log = dir.path().join("projector.log");
+    let mut member = projector(&server, &redis, "g", "tally:", &[], &log);
+    let status = tokio::time::timeout(Duration::from_secs(30), member.wait())
+        .await
+        .expect("the projector stops")
+        .unwrap();
+    assert!(!status.success(), "{status}");
+    let text = log_of(&log);
+    assert!(text.contains("WRONGTYPE"), "{text}");
+    assert!(text.contains("tally project --rebuild"), "{text}");
+    let value: String = connection.get(&history).await.unwrap();
+    assert_eq!(value, "not a stream");
+}
