@@ -293,13 +293,12 @@ impl Committer {
     /// Lua commit of a page of 1,000 transfers at about 19 ms, `redis-benchmark` runs that many
     /// such commands, pipelined, in about 8 ms.
     pub async fn commit(&mut self, commit: &Commit) -> anyhow::Result<Committed> {
-        let connection = match self.connection.take() {
+        let mut connection = match self.connection.take() {
             Some(connection) => connection,
             None => resp::Connection::connect(&self.info, REDIS_CALL_TIMEOUT)
                 .await
                 .with_context(|| format!("cannot connect to Redis at {}", self.url))?,
         };
-        let mut connection = connection;
         let committed = self.attempt(&mut connection, commit).await?;
         self.connection = Some(connection);
         Ok(committed)
@@ -346,12 +345,14 @@ impl Committer {
                 if let Some(error) = connection.replies(1).await? {
                     bail!("Redis refused to UNWATCH: {error}");
                 }
-                let partition = commit.fences.keys().nth(failed as usize - 1);
+                let index = usize::try_from(failed - 1).ok();
+                let partition = index.and_then(|index| commit.fences.keys().nth(index));
                 let partition = partition.ok_or_else(|| {
                     anyhow!("the fence script named lease {failed} of {}", keys.len())
                 })?;
                 return Ok(Committed::Fenced(*partition));
             }
+            debug_assert!(commit.writes.count() >= 3, "MULTI, the checkpoints, EXEC");
             connection.send(commit.writes.bytes()).await?;
             // `MULTI`'s `OK` and a `QUEUED` for each command: a command Redis could not queue
             // (a malformed one) makes it refuse the whole `EXEC`.
