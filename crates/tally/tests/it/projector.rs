@@ -24,6 +24,11 @@ struct RedisServer {
 
 impl RedisServer {
     async fn start(dir: &Path) -> RedisServer {
+        RedisServer::start_with(dir, None, 0).await
+    }
+
+    /// A server that wants `password` (if any), used through database `db`.
+    async fn start_with(dir: &Path, password: Option<&str>, db: u32) -> RedisServer {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -42,6 +47,12 @@ impl RedisServer {
             ])
             .arg("--dir")
             .arg(dir)
+            .args(
+                password
+                    .map(|password| ["--requirepass", password])
+                    .into_iter()
+                    .flatten(),
+            )
             .stdout(Stdio::null())
             .kill_on_drop(true)
             .spawn()
@@ -49,7 +60,8 @@ impl RedisServer {
                 "cannot start redis-server: install the Debian package redis-server \
                  (scripts/install-test-deps does)",
             );
-        let url = format!("redis://127.0.0.1:{port}");
+        let login = password.map_or(String::new(), |password| format!(":{password}@"));
+        let url = format!("redis://{login}127.0.0.1:{port}/{db}");
         let client = redis::Client::open(url.as_str()).unwrap();
         for _ in 0..100 {
             if let Ok(mut connection) = client.get_multiplexed_async_connection().await {
@@ -596,4 +608,31 @@ async fn a_projector_stops_when_redis_refuses_part_of_a_commit() {
     assert!(text.contains("tally project --rebuild"), "{text}");
     let value: String = connection.get(&history).await.unwrap();
     assert_eq!(value, "not a stream");
+}
+
+/// A Redis that wants a password, used through another database than 0: the projector's
+/// connections (its commits' own included) log in and select it, and the read model lands there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_projector_logs_in_and_writes_to_the_database_its_url_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start_with(dir.path(), Some("s3cret"), 3).await;
+    let server = Server::start(&dir.path().join("data")).await;
+    let client = server.client();
+    open_accounts(&client).await;
+    let log = dir.path().join("projector.log");
+    let _member = projector(&server, &redis, "g", "tally:", &[], &log);
+    let end = feed_end(&client).await;
+    wait_caught_up(&redis, "tally:", "g", end, Duration::from_secs(30), &[&log]).await;
+    assert_matches_server(&redis, "tally:", &client).await;
+    let database_0 = redis.url.replace("/3", "/0");
+    let mut connection = redis::Client::open(database_0.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys: u64 = redis::cmd("DBSIZE")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(keys, 0, "nothing is written to database 0");
 }
