@@ -19,6 +19,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tally_core::limits::TIMESTAMP_NS_MAX;
 use tally_core::{encode_events, AccountIndex, ClaimState, Command, Event, Id, Ledger, Reply};
 use tally_log::{Batch, BatchHeader, EventLog};
 use tokio::sync::oneshot;
@@ -217,14 +218,29 @@ pub(crate) enum Taken {
 impl Decider {
     /// Starts a batch at the clock's time (after the previous batch's): expires the pending
     /// transfers that are due.
-    pub(crate) fn begin(&mut self) -> OpenBatch {
-        let timestamp_ns = self.clock.now_ns().max(self.last_timestamp_ns + 1);
+    ///
+    /// `None`, and the engine fails, once that time is past the timestamp limit (the year
+    /// 2262): replay refuses such a batch, so writing one would leave a log no restart reads.
+    /// Only a clock that far ahead, or a log that a previous clock took to the limit, gets here.
+    pub(crate) fn begin(&mut self) -> Option<OpenBatch> {
+        let timestamp_ns = self
+            .clock
+            .now_ns()
+            .max(self.last_timestamp_ns.saturating_add(1));
+        if timestamp_ns > TIMESTAMP_NS_MAX {
+            self.shared.fail(format!(
+                "the next batch would be stamped {timestamp_ns} ns, past the timestamp limit \
+                 {TIMESTAMP_NS_MAX} (the last batch is at {}): no later batch can be written",
+                self.last_timestamp_ns
+            ));
+            return None;
+        }
         self.last_timestamp_ns = timestamp_ns;
         let first_position = self.ledger.next_position();
         let accounts_before = self.ledger.account_count();
         let mut events = Vec::new();
         self.ledger.begin_batch(timestamp_ns, &mut events);
-        OpenBatch {
+        Some(OpenBatch {
             first_position,
             accounts_before,
             timestamp_ns,
@@ -232,7 +248,7 @@ impl Decider {
             deliveries: Vec::new(),
             commands: 0,
             taken: 0,
-        }
+        })
     }
 
     /// Decides one request into `batch`.
@@ -484,7 +500,10 @@ impl StateThread {
     /// Decides one batch, starting with `first` (or with expirations only), and stages it.
     /// Returns false once the engine should stop.
     fn run_batch(&mut self, first: Option<Request>) -> bool {
-        let mut batch = self.decider.begin();
+        let Some(mut batch) = self.decider.begin() else {
+            // The engine failed: the request is refused like every one after it.
+            return !first.is_some_and(|request| self.decider.refuse(request));
+        };
         let mut keep_running = true;
         let deadline = Instant::now() + self.batch_wait;
         let mut next = first;

@@ -97,7 +97,10 @@ impl Stepper {
             }
             return true;
         }
-        let mut batch = self.decider.begin();
+        let Some(mut batch) = self.decider.begin() else {
+            // The engine failed; the next call refuses what is queued.
+            return true;
+        };
         for _ in 0..requests {
             let Some(request) = self.queue.pop_front() else {
                 break;

@@ -241,3 +241,43 @@ async fn account_names_follow_durable_batches_only() {
     assert_eq!(names.get(3).unwrap().id.unwrap().as_str(), "b");
     assert_eq!(names.get(4), None);
 }
+
+/// A clock at the last nanosecond a batch can be stamped with (in the year 2262).
+#[derive(Debug)]
+struct AtTheTimestampLimit;
+
+impl tally_engine::Clock for AtTheTimestampLimit {
+    fn now_ns(&self) -> u64 {
+        tally_core::limits::TIMESTAMP_NS_MAX
+    }
+}
+
+/// Batch timestamps increase, so a clock at the limit leaves room for one batch. The engine
+/// then fails rather than stamp a batch past the limit, which replay would refuse: requests are
+/// refused, saying why, and the log a restart reads holds only batches it accepts.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_engine_at_the_timestamp_limit_fails_rather_than_write_a_batch_replay_refuses() {
+    let storage = MemStorage::new();
+    let config = tally_engine::EngineConfig {
+        clock: Arc::new(AtTheTimestampLimit),
+        ..mem_config()
+    };
+    let opened = open_in(Arc::new(storage.clone()), config);
+    let handle = opened.engine.handle();
+    // The first batch (a request's, or an idle tick's) is at the limit; the second cannot be.
+    for name in ["a", "b", "c"] {
+        let answer = handle
+            .execute(commands(&format!("open {name} USD")), Detail::Full)
+            .await;
+        assert!(answer.is_ok() || is_unavailable(&answer), "{answer:?}");
+    }
+    let failure = handle.failure().expect("the engine failed at the limit");
+    assert!(failure.contains("past the timestamp limit"), "{failure}");
+    assert!(is_unavailable(
+        &handle.execute(commands("open d USD"), Detail::Full).await
+    ));
+    let durable = handle.durable_position();
+    let _ = shutdown(opened.engine).await;
+    let reopened = open_mem(&storage.crash_image(Torn::Nothing));
+    assert_eq!(reopened.engine.handle().durable_position(), durable);
+}
