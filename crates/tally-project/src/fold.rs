@@ -14,16 +14,11 @@
 //! version grows by one per event that touches it, creation included; a pending transfer
 //! reserves, a post moves its amount and releases the reservation, a void or an expiry releases.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 
 use anyhow::{anyhow, bail, Context};
 use serde::Deserialize;
-
-/// The fold's maps and sets: a fast hasher (seeded per process), as a fold hashes account ids
-/// several times per event; SipHash, the standard one, took about 4% of a rebuild's CPU.
-pub type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
-pub type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 /// One event of the feed (`GET /v1/events`), as the server renders it.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -58,63 +53,6 @@ pub struct AccountRow {
     pub debits_pending: u64,
     pub credits_pending: u64,
     pub version: u64,
-}
-
-/// Which fields of an account's row a commit changed; the others are as Redis holds them (a
-/// row is in the cache only as loaded from Redis or as written by a commit that landed), so a
-/// commit writes only these. A transfer changes three of the eight, and the fields Redis has
-/// to find and replace were the larger part of its cost of an account's row.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct AccountFields(u8);
-
-impl AccountFields {
-    pub const BALANCE: AccountFields = AccountFields(1);
-    pub const DEBITS: AccountFields = AccountFields(1 << 1);
-    pub const CREDITS: AccountFields = AccountFields(1 << 2);
-    pub const DEBITS_PENDING: AccountFields = AccountFields(1 << 3);
-    pub const CREDITS_PENDING: AccountFields = AccountFields(1 << 4);
-    pub const VERSION: AccountFields = AccountFields(1 << 5);
-    /// Every field, `ledger` and `allow_overdraft` included: a row Redis does not hold yet.
-    pub const ALL: AccountFields = AccountFields(u8::MAX);
-
-    pub fn contains(self, fields: AccountFields) -> bool {
-        self.0 & fields.0 == fields.0
-    }
-
-    /// How many of the row's eight fields these are.
-    pub fn count(self) -> usize {
-        if self == AccountFields::ALL {
-            8
-        } else {
-            self.0.count_ones() as usize
-        }
-    }
-
-    /// The fields that differ between `before` and `after`, two states of one row (`ledger`
-    /// and `allow_overdraft` are set when it is created and never change).
-    fn changed(before: &AccountRow, after: &AccountRow) -> AccountFields {
-        let mut fields = AccountFields::default();
-        for (differs, field) in [
-            (before.balance != after.balance, AccountFields::BALANCE),
-            (before.debits != after.debits, AccountFields::DEBITS),
-            (before.credits != after.credits, AccountFields::CREDITS),
-            (
-                before.debits_pending != after.debits_pending,
-                AccountFields::DEBITS_PENDING,
-            ),
-            (
-                before.credits_pending != after.credits_pending,
-                AccountFields::CREDITS_PENDING,
-            ),
-            (before.version != after.version, AccountFields::VERSION),
-        ] {
-            if differs {
-                fields.0 |= field.0;
-            }
-        }
-        debug_assert_eq!(before.allow_overdraft, after.allow_overdraft);
-        fields
-    }
 }
 
 /// A pending transfer not yet posted, voided or expired, by position.
@@ -191,8 +129,7 @@ impl Missing {
 /// touches these for every event.
 #[derive(Debug, Default)]
 pub struct Changes {
-    /// Account id → the fields of its row to write.
-    pub accounts: HashMap<String, AccountFields>,
+    pub accounts: HashSet<String>,
     /// Account id → its new entries, in log order.
     pub history: HashMap<String, Vec<HistoryEntry>>,
     /// Position → the row to write, or `None` to delete it.
@@ -277,8 +214,8 @@ impl Fold {
     /// accounts). Ask until nothing is missing: at most [`LOAD_ROUNDS_MAX`] rounds.
     pub fn missing(&self, events: &[FeedEvent], owned: &Ownership<'_>) -> Missing {
         let mut missing = Missing::default();
-        let mut created = HashSet::default();
-        let mut days = HashSet::default();
+        let mut created = HashSet::new();
+        let mut days = HashSet::new();
         for event in events {
             let mut pending = |position: Option<u64>| {
                 if let Some(position) = position {
@@ -420,7 +357,7 @@ impl Fold {
                 ..AccountRow::default()
             }),
         );
-        changes.accounts.insert(account, AccountFields::ALL);
+        changes.accounts.insert(account);
         self.ledger(ledger)?.accounts += 1;
         mark(&mut changes.ledgers, ledger);
         Ok(())
@@ -584,14 +521,8 @@ impl Fold {
             .ok_or_else(|| anyhow!("account {account} was not loaded"))?
             .as_mut()
             .ok_or_else(|| anyhow!("the event names account {account}, which was never created"))?;
-        // The numbers only: an empty `String` costs nothing, and the ledger never changes.
-        let before = AccountRow {
-            ledger: String::new(),
-            ..*row
-        };
         change(row)?;
         row.version += 1;
-        let changed = AccountFields::changed(&before, row);
         // The JSON of `GET /v1/accounts/{id}/history`'s entries, keys sorted, written directly:
         // two entries per event make this the fold's hottest line.
         let mut json = String::with_capacity(192);
@@ -618,12 +549,7 @@ impl Fold {
             side: side as u8,
             json,
         };
-        match changes.accounts.get_mut(account) {
-            Some(fields) => fields.0 |= changed.0,
-            None => {
-                changes.accounts.insert(account.clone(), changed);
-            }
-        }
+        mark(&mut changes.accounts, account);
         match changes.history.get_mut(account) {
             Some(entries) => entries.push(entry),
             None => {
@@ -803,39 +729,6 @@ mod tests {
 
     fn transfer(kind: &str, id: &str, from: Option<&str>, to: Option<&str>, amount: u64) -> Value {
         json!({"type": "transfer", "ledger": "USD", "kind": kind, "transfer_id": id, "from": from, "to": to, "amount": amount})
-    }
-
-    #[test]
-    fn a_commit_writes_every_field_of_a_new_row_and_only_the_changed_ones_of_the_others() {
-        let created = |id: &str| json!({"type": "account_created", "account": id, "ledger": "USD", "allow_overdraft": false});
-        let mut state = Fold::default();
-        let first = [
-            event(0, DAY1, created("a")),
-            event(1, DAY1, created("b")),
-            event(2, DAY1, transfer("deposit", "d", None, Some("a"), 100)),
-        ];
-        let changes = fold(&mut state, &first, 0);
-        assert_eq!(changes.accounts["a"], AccountFields::ALL);
-        assert_eq!(changes.accounts["b"], AccountFields::ALL);
-        let second = [
-            event(3, DAY1, transfer("transfer", "t", Some("a"), Some("b"), 30)),
-            event(4, DAY1, transfer("pending", "p", Some("b"), Some("a"), 5)),
-        ];
-        let changes = fold(&mut state, &second, 3);
-        let fields = |list: &[AccountFields]| {
-            AccountFields(list.iter().fold(0, |bits, field| bits | field.0))
-        };
-        use AccountFields as F;
-        assert_eq!(
-            changes.accounts["a"],
-            fields(&[F::BALANCE, F::DEBITS, F::CREDITS_PENDING, F::VERSION])
-        );
-        assert_eq!(
-            changes.accounts["b"],
-            fields(&[F::BALANCE, F::CREDITS, F::DEBITS_PENDING, F::VERSION])
-        );
-        assert_eq!(changes.accounts["a"].count(), 4);
-        assert_eq!(AccountFields::ALL.count(), 8);
     }
 
     #[test]

@@ -12,9 +12,8 @@
 //!   new checkpoints in one transaction fenced by its leases ([`store`]); a crash before the
 //!   transaction changes nothing, a crash after it loses nothing, and a member whose lease moved
 //!   on writes nothing;
-//! - every field is written as its value, never incremented, and a history entry's id is its
-//!   log position, so the only thing that decides whether an event counted is the checkpoint
-//!   written with it;
+//! - every row is written whole, and a history entry's id is its log position, so the only
+//!   thing that decides whether an event counted is the checkpoint written with it;
 //! - one commit is in flight at a time while the next pages are folded on top of it; when it
 //!   fails, what was folded after it is dropped unsent.
 //!

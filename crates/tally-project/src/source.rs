@@ -89,31 +89,27 @@ impl Source {
             .map_err(|error| {
                 SourceError::Transient(error.context(format!("reading {}{path}", self.url)))
             })?;
-        // Only an error is shown: a page is hundreds of kilobytes to check for nothing.
-        let body = || String::from_utf8_lossy(&response.body);
+        let body = String::from_utf8_lossy(&response.body);
         match response.status {
             StatusCode::OK => {}
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
                 return Err(SourceError::Fatal(anyhow!(
                     "{} refused the feed ({}): pass a token without restrictions with --token or \
-                     TALLY_TOKEN: {}",
+                     TALLY_TOKEN: {body}",
                     self.url,
-                    response.status,
-                    body()
+                    response.status
                 )))
             }
             status if status.is_server_error() => {
                 return Err(SourceError::Transient(anyhow!(
-                    "{}{path} answered {status}: {}",
-                    self.url,
-                    body()
+                    "{}{path} answered {status}: {body}",
+                    self.url
                 )))
             }
             status => {
                 return Err(SourceError::Fatal(anyhow!(
-                    "{}{path} answered {status}: {}",
-                    self.url,
-                    body()
+                    "{}{path} answered {status}: {body}",
+                    self.url
                 )))
             }
         }

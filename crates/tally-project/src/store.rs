@@ -30,9 +30,7 @@ use anyhow::{anyhow, bail, Context};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncCommands, Script};
 
-use crate::fold::{
-    AccountFields, AccountRow, Changes, DayRow, LedgerRow, Missing, PendingRow, Rows,
-};
+use crate::fold::{AccountRow, Changes, DayRow, LedgerRow, Missing, PendingRow, Rows};
 use crate::resp::{self, Commands, Reply};
 
 /// How long one Redis call may take before the member treats the connection as broken.
@@ -707,40 +705,30 @@ impl Transactions {
         writes.command(1).arg("MULTI");
         let keys = &self.keys;
         let mut key = String::with_capacity(128);
-        for (account, fields) in &changes.accounts {
+        for account in &changes.accounts {
             let row = rows.accounts.get(account).and_then(Option::as_ref);
             let row = row.ok_or_else(|| anyhow!("changed account {account} has no row"))?;
             keys.account_into(&mut key, account);
-            writes.command(2 + 2 * fields.count()).arg("HSET").arg(&key);
-            if *fields == AccountFields::ALL {
-                writes
-                    .arg("ledger")
-                    .arg(&row.ledger)
-                    .arg("allow_overdraft")
-                    .number(u8::from(row.allow_overdraft));
-            }
-            for (field, name, value) in [
-                (AccountFields::DEBITS, "debits", row.debits),
-                (AccountFields::CREDITS, "credits", row.credits),
-                (
-                    AccountFields::DEBITS_PENDING,
-                    "debits_pending",
-                    row.debits_pending,
-                ),
-                (
-                    AccountFields::CREDITS_PENDING,
-                    "credits_pending",
-                    row.credits_pending,
-                ),
-                (AccountFields::VERSION, "version", row.version),
-            ] {
-                if fields.contains(field) {
-                    writes.arg(name).number(value);
-                }
-            }
-            if fields.contains(AccountFields::BALANCE) {
-                writes.arg("balance").number(row.balance);
-            }
+            writes
+                .command(18)
+                .arg("HSET")
+                .arg(&key)
+                .arg("ledger")
+                .arg(&row.ledger)
+                .arg("balance")
+                .number(row.balance)
+                .arg("debits")
+                .number(row.debits)
+                .arg("credits")
+                .number(row.credits)
+                .arg("debits_pending")
+                .number(row.debits_pending)
+                .arg("credits_pending")
+                .number(row.credits_pending)
+                .arg("allow_overdraft")
+                .number(u8::from(row.allow_overdraft))
+                .arg("version")
+                .number(row.version);
         }
         let mut id = String::with_capacity(24);
         for (account, entries) in &changes.history {
