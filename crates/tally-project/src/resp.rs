@@ -24,6 +24,9 @@ const REPLY_DEPTH_MAX: usize = 4;
 const REPLY_LINE_BYTES_MAX: usize = 64 * 1024;
 /// A bulk string of a reply at most: the commit's commands answer with ids and counts.
 const REPLY_BULK_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Elements of one reply array at most: `EXEC` answers one per command of a commit, a few per
+/// event of at most a few thousand events. A longer array would only grow the read buffer.
+const REPLY_ARRAY_ITEMS_MAX: usize = 1 << 20;
 
 /// Commands in Redis's request encoding (arrays of bulk strings), appended to one buffer.
 #[derive(Debug, Default, Clone)]
@@ -147,6 +150,9 @@ fn scan_at(input: &[u8], depth: usize) -> anyhow::Result<Option<(Reply, usize)>>
             let length = number()?;
             if length < 0 {
                 return Ok(Some((Reply::Array(None), after_line)));
+            }
+            if length as u64 > REPLY_ARRAY_ITEMS_MAX as u64 {
+                bail!("a reply array of {length} elements, more than {REPLY_ARRAY_ITEMS_MAX}");
             }
             if depth >= REPLY_DEPTH_MAX {
                 bail!("a reply nests arrays more than {REPLY_DEPTH_MAX} deep");
@@ -364,6 +370,12 @@ mod tests {
         assert!(scan(b":twelve\r\n").is_err());
         assert!(scan(b"$3\r\nabcde\r\n").is_err());
         assert!(scan(b"*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n:1\r\n").is_err());
+        // Refused from its header, before any element is read.
+        assert!(scan(format!("*{}\r\n", REPLY_ARRAY_ITEMS_MAX + 1).as_bytes()).is_err());
+        assert_eq!(
+            scan(format!("*{REPLY_ARRAY_ITEMS_MAX}\r\n").as_bytes()).unwrap(),
+            None
+        );
     }
 
     /// A reply in RESP2, for the property below.
