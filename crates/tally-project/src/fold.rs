@@ -5,8 +5,7 @@
 //! or written are an authoritative cache. Before a page is folded, [`Fold::missing`] names the
 //! rows the page needs that the cache lacks; the store loads them ([`Fold::load`]); then
 //! [`Fold::apply`] folds the page and returns what changed, for the store to write in one atomic
-//! commit with the checkpoints. Every field is written as its value, never incremented (an
-//! account's row only the fields that changed, the others being as Redis holds them), and history
+//! commit with the checkpoints. Every row is written whole (never incremented) and history
 //! entries are keyed by position, so writing the same change twice leaves the same state; the
 //! checkpoint is what makes each event count once.
 //!
@@ -123,10 +122,9 @@ impl Missing {
     }
 }
 
-/// What a page changed: the rows to write (their values are in [`Fold::rows`]; of an account's
-/// row, the fields named), history entries to add, pending rows to write or delete. Hash sets,
-/// not ordered ones: the order of the writes within a commit does not matter, and a fold
-/// touches these for every event.
+/// What a page changed: the rows to write whole (their values are in [`Fold::rows`]), history
+/// entries to add, pending rows to write or delete. Hash sets, not ordered ones: the order of
+/// the writes within a commit does not matter, and a fold touches these for every event.
 #[derive(Debug, Default)]
 pub struct Changes {
     pub accounts: HashSet<String>,
