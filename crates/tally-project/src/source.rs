@@ -130,6 +130,25 @@ impl Source {
     }
 }
 
+/// Pages of the feed, as [`ReadAhead`] reads them: from the server ([`Source`]), or from a
+/// fake feed in tests.
+pub trait Pages: Send + 'static {
+    /// Up to `limit` events from position `from` on; when there are none yet, waits up to
+    /// `wait` for the next one.
+    fn page(
+        &mut self,
+        from: u64,
+        limit: u32,
+        wait: Duration,
+    ) -> impl std::future::Future<Output = Result<Page, SourceError>> + Send;
+}
+
+impl Pages for Source {
+    async fn page(&mut self, from: u64, limit: u32, wait: Duration) -> Result<Page, SourceError> {
+        Source::page(self, from, limit, wait).await
+    }
+}
+
 impl Source {
     /// The feed's end: the position below which the server serves events.
     pub async fn end(&mut self) -> anyhow::Result<u64> {
@@ -173,13 +192,19 @@ pub fn timestamp(text: &str) -> anyhow::Result<SystemTime> {
     humantime::parse_rfc3339(text).with_context(|| format!("{text:?} is not an RFC 3339 time"))
 }
 
-/// A page the reader read, with the position it starts at.
-type Read = (u64, Result<Page, SourceError>);
+/// A page the reader read: the seek it was read for, the position it starts at, and the page.
+type Read = (u64, u64, Result<Page, SourceError>);
 
 /// Reads the feed on a task of its own, up to [`PAGES_AHEAD_MAX`] pages ahead, so that the next
 /// pages are fetched and parsed while the projector folds and commits the current ones. The
-/// projector names the position it needs; pages read for another position (before a lease was
-/// lost, say) are dropped and the reader moves there.
+/// projector names the position it needs; when that is not where the reader goes next (a lease
+/// was lost, say), it seeks: the reader starts again there, and every page read before the seek
+/// is dropped.
+///
+/// Pages are told apart by seek, not by position alone: a page read before a seek may start at
+/// the very position sought and yet end elsewhere than the same page read again (the log grew
+/// in between). Taking it would move the projector to a position the reader, which started
+/// again at the seek, never passes through.
 pub struct ReadAhead {
     pages: mpsc::Receiver<Read>,
     /// The projector's seeks: a number that grows with each, and the position.
@@ -190,7 +215,7 @@ pub struct ReadAhead {
 }
 
 impl ReadAhead {
-    pub fn start(source: Source, from: u64, limit: u32) -> ReadAhead {
+    pub fn start(source: impl Pages, from: u64, limit: u32) -> ReadAhead {
         assert!((1..=PAGE_EVENTS_MAX).contains(&limit));
         let (pages, receiver) = mpsc::channel(PAGES_AHEAD_MAX);
         let (seek, position) = watch::channel((0, from));
@@ -212,7 +237,7 @@ impl ReadAhead {
             let read = tokio::time::timeout_at(deadline, self.pages.recv())
                 .await
                 .ok()?;
-            if let Some(page) = self.take(from, read) {
+            if let Some(page) = self.take(read) {
                 return Some(page);
             }
         }
@@ -227,7 +252,7 @@ impl ReadAhead {
                 Err(mpsc::error::TryRecvError::Empty) => return None,
                 Err(mpsc::error::TryRecvError::Disconnected) => None,
             };
-            if let Some(page) = self.take(from, read) {
+            if let Some(page) = self.take(read) {
                 return Some(page);
             }
         }
@@ -243,15 +268,17 @@ impl ReadAhead {
         }
     }
 
-    /// `read` if it starts at `from`; `None` (dropping it) otherwise.
-    fn take(&mut self, from: u64, read: Option<Read>) -> Option<Result<Page, SourceError>> {
-        let (start, page) = match read {
+    /// `read` if it was read since the last seek; `None` (dropping it) otherwise.
+    fn take(&mut self, read: Option<Read>) -> Option<Result<Page, SourceError>> {
+        let (seek, start, page) = match read {
             Some(read) => read,
             None => return Some(Err(SourceError::Fatal(anyhow!("the feed reader stopped")))),
         };
-        if start != from {
+        if seek != self.seek.borrow().0 {
             return None;
         }
+        // Since the seek, the reader goes from page to page exactly as the projector does.
+        assert_eq!(start, self.expected, "pages of one seek follow each other");
         if let Ok(page) = &page {
             self.expected = page.events.last().map_or(start, |last| last.position + 1);
         }
@@ -266,7 +293,7 @@ impl Drop for ReadAhead {
 }
 
 async fn read_ahead(
-    mut source: Source,
+    mut source: impl Pages,
     mut seek: watch::Receiver<(u64, u64)>,
     limit: u32,
     pages: mpsc::Sender<Read>,
@@ -277,7 +304,7 @@ async fn read_ahead(
     let mut retry = Duration::ZERO;
     loop {
         let read = tokio::select! {
-            read = source.page(from, limit, LONG_POLL) => read,
+            read = Pages::page(&mut source, from, limit, LONG_POLL) => read,
             changed = seek.changed() => {
                 if changed.is_err() {
                     return;
@@ -306,7 +333,7 @@ async fn read_ahead(
         // A seek while the page waits for room (or the reader waits to retry) drops the page:
         // the projector wants another position.
         tokio::select! {
-            sent = pages.send((from, read)) => {
+            sent = pages.send((sought.0, from, read)) => {
                 if sent.is_err() {
                     return;
                 }
@@ -326,5 +353,90 @@ async fn read_ahead(
             sought = wanted;
             from = wanted.1;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// A feed whose log grows by `GROWTH` events each time a page is read.
+    #[derive(Clone)]
+    struct GrowingFeed {
+        len: Arc<Mutex<u64>>,
+    }
+
+    const GROWTH: u64 = 3;
+
+    impl Pages for GrowingFeed {
+        async fn page(
+            &mut self,
+            from: u64,
+            limit: u32,
+            _wait: Duration,
+        ) -> Result<Page, SourceError> {
+            let mut len = self.len.lock().unwrap();
+            let end = *len;
+            let events = (from..end.min(from + u64::from(limit)))
+                .map(|position| FeedEvent {
+                    position,
+                    timestamp: "2026-12-02T00:00:00Z".into(),
+                    event_type: "token_revoked".into(),
+                    account: None,
+                    ledger: None,
+                    allow_overdraft: None,
+                    transfer_id: None,
+                    kind: None,
+                    from: None,
+                    to: None,
+                    amount: None,
+                    pending_position: None,
+                })
+                .collect::<Vec<_>>();
+            *len += GROWTH;
+            Ok(Page {
+                next: events.last().map(|event| event.position),
+                events,
+                end,
+            })
+        }
+    }
+
+    /// Takes pages from `from` on until `until`, checking that they follow each other.
+    async fn follow(reader: &mut ReadAhead, mut from: u64, until: u64) {
+        while from < until {
+            let page = tokio::time::timeout(Duration::from_secs(10), async {
+                loop {
+                    if let Some(page) = reader.next(from, Duration::from_millis(100)).await {
+                        return page;
+                    }
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("no page from {from} within 10 s"))
+            .unwrap();
+            for event in &page.events {
+                assert_eq!(event.position, from, "pages follow each other");
+                from += 1;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_seek_drops_the_pages_read_ahead_even_one_that_starts_where_it_seeks() {
+        let feed = GrowingFeed {
+            len: Arc::new(Mutex::new(5)),
+        };
+        let mut reader = ReadAhead::start(feed, 0, 10);
+        follow(&mut reader, 0, 5).await;
+        // Let the reader fill its queue with pages read while the log was short: [5, 8),
+        // [8, 11), [11, 14), [14, 17). After a seek to 8 the reader reads [8, 18) and goes on
+        // from 18: the short page at 8 read before the seek leads nowhere it passes.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        follow(&mut reader, 8, 200).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        follow(&mut reader, 150, 400).await;
     }
 }
