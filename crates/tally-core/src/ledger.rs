@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use hashbrown::HashMap;
 
-use crate::campaign::{Campaign, CampaignCode, Claim};
+use crate::campaign::{Campaign, CampaignCode, Claim, ClaimState};
 use crate::command::{Command, PendingOptions, TransferBody, TransferCommand};
 use crate::event::{AccountIndex, Event, LedgerIndex, TransferEvent, TransferKind};
 use crate::id::{Id, LedgerCode};
@@ -383,6 +383,17 @@ struct BatchCursor {
     timestamp_ns: u64,
     /// Whether the current batch has not recorded its first event yet.
     untimed: bool,
+    /// In a replayed batch: a claim settled as delivered or voided, whose post or void the
+    /// engine always writes as the very next event.
+    settlement_awaiting_transfer: Option<Settlement>,
+}
+
+/// A claim's settlement, by the position of its pending transfer and whether it was delivered
+/// (posted) or voided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Settlement {
+    pending: u64,
+    delivered: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -446,12 +457,14 @@ impl Ledger {
         }
     }
 
-    /// Starts a batch read back from the log; its events follow through [`Ledger::apply_checked`].
+    /// Starts a batch read back from the log; its events follow through [`Ledger::apply_checked`],
+    /// and [`Ledger::end_replayed_batch`] closes it.
     pub fn begin_replayed_batch(
         &mut self,
         first_position: u64,
         timestamp_ns: u64,
     ) -> Result<(), ReplayError> {
+        self.end_replayed_batch()?;
         if first_position != self.next_position {
             return Err(ReplayError {
                 position: first_position,
@@ -482,6 +495,22 @@ impl Ledger {
         Ok(())
     }
 
+    /// Checks that the replayed batch is whole: a claim's settlement in it is followed by its
+    /// transfer. Without the check, a log cut between the two (or crafted so) would replay into
+    /// a claim that disagrees with its transfer.
+    pub fn end_replayed_batch(&self) -> Result<(), ReplayError> {
+        match self.batch.settlement_awaiting_transfer {
+            None => Ok(()),
+            Some(settlement) => Err(ReplayError {
+                position: self.next_position,
+                reason: format!(
+                    "the batch ends after the settlement of claim {} without its transfer",
+                    self.claim_pendings[&settlement.pending]
+                ),
+            }),
+        }
+    }
+
     fn start_batch(&mut self, timestamp_ns: u64) {
         assert!(
             timestamp_ns > self.last_timestamp_ns(),
@@ -491,6 +520,7 @@ impl Ledger {
         self.batch = BatchCursor {
             timestamp_ns,
             untimed: true,
+            settlement_awaiting_transfer: None,
         };
     }
 
@@ -993,6 +1023,26 @@ impl Ledger {
                 reason,
             })
         };
+        if let Some(settlement) = self.batch.settlement_awaiting_transfer {
+            let resolves = match event {
+                Event::Transfer(transfer) => match transfer.kind {
+                    TransferKind::Post { pending } => {
+                        settlement.delivered && pending == settlement.pending
+                    }
+                    TransferKind::Void { pending } => {
+                        !settlement.delivered && pending == settlement.pending
+                    }
+                    _ => false,
+                },
+                _ => false,
+            };
+            if !resolves {
+                return fail(format!(
+                    "the settlement of claim {} is not followed by its transfer",
+                    self.claim_pendings[&settlement.pending]
+                ));
+            }
+        }
         match event {
             Event::AccountCreated { id, ledger, .. } => {
                 if self.account_ids.contains_key(&id.hash128()) {
@@ -1077,6 +1127,23 @@ impl Ledger {
                 }
             }
         }
+        self.batch.settlement_awaiting_transfer = match event {
+            Event::ClaimSettled { order_id, outcome } => {
+                let pending = self.claims[order_id].pending;
+                match outcome {
+                    ClaimState::Delivered => Some(Settlement {
+                        pending,
+                        delivered: true,
+                    }),
+                    ClaimState::Voided => Some(Settlement {
+                        pending,
+                        delivered: false,
+                    }),
+                    ClaimState::PendingDelivery | ClaimState::Unknown => None,
+                }
+            }
+            _ => None,
+        };
         self.apply(event);
         Ok(())
     }

@@ -720,6 +720,29 @@ fn replay_refuses_campaign_events_that_break_the_rules() {
         error.reason.contains("while the claim is pending_delivery"),
         "{error}"
     );
+    // A settlement that the batch ends on, without the post the engine writes right after it.
+    let mut cut = events.clone();
+    cut.push(delivered[0].clone());
+    let mut replayed = settle_first(&cut).unwrap();
+    let error = replayed.end_replayed_batch().unwrap_err();
+    assert!(error.reason.contains("without its transfer"), "{error}");
+    assert!(
+        replayed
+            .begin_replayed_batch(cut.len() as u64, 30_000_000_000)
+            .is_err(),
+        "the next batch does not forgive it"
+    );
+    // A settlement followed by something else than its post.
+    let mut interrupted = cut.clone();
+    interrupted.push(Event::TokenRevoked { token_id: id("t") });
+    let error = settle_first(&interrupted).unwrap_err();
+    assert!(
+        error.reason.contains("not followed by its transfer"),
+        "{error}"
+    );
+    let mut whole = cut.clone();
+    whole.push(delivered[1].clone());
+    settle_first(&whole).unwrap().end_replayed_batch().unwrap();
     // A second claim of the same user beyond the per-user limit of 1.
     let mut again = events.clone();
     again.push(events[events.len() - 2].clone());

@@ -14,6 +14,7 @@ pub fn replay_batch(ledger: &mut Ledger, batch: &Batch) -> Result<(), ReplayErro
     for event in &events {
         ledger.apply_checked(event)?;
     }
+    ledger.end_replayed_batch()?;
     assert_eq!(ledger.next_position(), header.end_position());
     Ok(())
 }

@@ -78,6 +78,9 @@ pub(crate) fn keep_working(recovered: &Ledger) {
                 .apply_checked(event)
                 .unwrap_or_else(|error| panic!("an event the ledger produced replays: {error}"));
         }
+        replayed
+            .end_replayed_batch()
+            .expect("a batch the ledger produced is whole");
     }
     assert_eq!(replayed, live, "replay equals the state that was served");
 }
