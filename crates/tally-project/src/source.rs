@@ -24,6 +24,11 @@ pub const PAGES_AHEAD_MAX: usize = 4;
 /// How long a long poll of the feed waits for the next event.
 const LONG_POLL: Duration = Duration::from_secs(1);
 
+/// How much longer than its long poll a page may take before the reader gives up on the
+/// connection and asks again on a new one: a server that stopped answering (or a connection
+/// lost without a reset) must not stall the projector silently.
+const PAGE_TIMEOUT_MARGIN: Duration = Duration::from_secs(10);
+
 /// The longest pause between retries of a failing feed.
 pub const RETRY_DELAY_MAX: Duration = Duration::from_secs(2);
 
@@ -82,10 +87,11 @@ impl Source {
             "/v1/events?{after}limit={limit}&wait_ms={}",
             wait.as_millis()
         );
-        let response = self
-            .connection
-            .send(Method::GET, &path, Bytes::new())
+        // The connection is cancel-safe: a request given up on leaves no connection behind.
+        let send = self.connection.send(Method::GET, &path, Bytes::new());
+        let response = tokio::time::timeout(wait + PAGE_TIMEOUT_MARGIN, send)
             .await
+            .unwrap_or_else(|_| Err(anyhow!("no answer within {:?}", wait + PAGE_TIMEOUT_MARGIN)))
             .map_err(|error| {
                 SourceError::Transient(error.context(format!("reading {}{path}", self.url)))
             })?;
@@ -422,6 +428,28 @@ mod tests {
                 from += 1;
             }
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_feed_that_never_answers_is_given_up_on_and_asked_again() {
+        // A listener that never accepts: the connection opens (the kernel's backlog) and the
+        // request goes out, but no answer ever comes.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", silent.local_addr().unwrap());
+        let mut source = Source::new(&url, None).await.unwrap();
+        let started = tokio::time::Instant::now();
+        let wait = Duration::from_secs(1);
+        match source.page(0, 10, wait).await {
+            Err(SourceError::Transient(error)) => {
+                assert!(
+                    format!("{error:#}").contains("no answer within"),
+                    "{error:#}"
+                )
+            }
+            Err(SourceError::Fatal(error)) => panic!("a fatal error: {error:#}"),
+            Ok(page) => panic!("a page from a silent server: {page:?}"),
+        }
+        assert!(started.elapsed() >= wait + PAGE_TIMEOUT_MARGIN);
     }
 
     #[tokio::test]
