@@ -22,7 +22,7 @@ use serde_json::Value;
 use tally_engine::{Engine, EngineConfig};
 use tally_log::MemStorage;
 use tally_read::ReadModel;
-use tally_server::{AppState, ReadSlot, ServerMetrics};
+use tally_server::{AppParts, AppState, ReadSlot, ServerMetrics};
 use tower::ServiceExt;
 
 use crate::Reached;
@@ -194,7 +194,7 @@ impl Fixture {
             tally_server::status::StatusConfig::default(),
         )
         .expect("open the status figures");
-        let state = AppState {
+        let state = AppState::new(AppParts {
             engine: engine.handle(),
             metrics: Arc::new(ServerMetrics::new(
                 &engine.handle(),
@@ -206,7 +206,7 @@ impl Fixture {
             status: Arc::new(status),
             offline: tally_offline::OfflineExecutor::default(),
             feed,
-        };
+        });
         let mut fixture = Fixture {
             runtime,
             router: tally_server::app(state),

@@ -22,7 +22,7 @@ use tally_log::{FsStorage, Storage, StorageFile};
 use tally_read::ReadModel;
 use tally_server::auth::OpenRoutes;
 use tally_server::status::{StatusConfig, StatusHub};
-use tally_server::{AppState, ServerMetrics};
+use tally_server::{AppParts, AppState, ServerMetrics};
 use tempfile::TempDir;
 use tower::ServiceExt;
 
@@ -168,7 +168,7 @@ impl TestApp {
         .expect("start the read model");
         let engine = opened.engine;
         let read_slot = tally_server::ReadSlot::ready(read.clone());
-        let state = AppState {
+        let state = AppState::new(AppParts {
             engine: engine.handle(),
             metrics: Arc::new(ServerMetrics::new(
                 &engine.handle(),
@@ -183,7 +183,7 @@ impl TestApp {
             ),
             offline: tally_offline::OfflineExecutor::default(),
             feed,
-        };
+        });
         state.status.refresh(&state);
         TestApp {
             router: tally_server::app(state.clone()),
@@ -208,13 +208,15 @@ impl TestApp {
     /// Answers from now on as a server whose read model failed to open: queries that need it get
     /// 503, everything else is unchanged.
     pub async fn fail_read_model(&mut self) {
-        self.state.read = tally_server::ReadSlot::opening(|| {
+        let mut parts = AppParts::clone(&self.state);
+        parts.read = tally_server::ReadSlot::opening(|| {
             Err(tally_read::ReadError::Io {
                 op: "open",
                 path: "read.redb".into(),
                 source: io::Error::other("the test failed the read model"),
             })
         });
+        self.state = AppState::new(parts);
         self.router = tally_server::app(self.state.clone());
     }
 
