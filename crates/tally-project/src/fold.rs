@@ -20,7 +20,7 @@ use anyhow::{anyhow, bail, Context};
 use serde::Deserialize;
 
 /// One event of the feed (`GET /v1/events`), as the server renders it.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 pub struct FeedEvent {
     /// Its position in the log.
     pub position: u64,

@@ -390,15 +390,7 @@ mod tests {
                     position,
                     timestamp: "2026-12-02T00:00:00Z".into(),
                     event_type: "token_revoked".into(),
-                    account: None,
-                    ledger: None,
-                    allow_overdraft: None,
-                    transfer_id: None,
-                    kind: None,
-                    from: None,
-                    to: None,
-                    amount: None,
-                    pending_position: None,
+                    ..FeedEvent::default()
                 })
                 .collect::<Vec<_>>();
             *len += GROWTH;
