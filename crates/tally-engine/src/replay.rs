@@ -13,6 +13,8 @@ pub fn replay_batch(ledger: &mut Ledger, batch: &Batch) -> Result<(), ReplayErro
     })?;
     for event in &events {
         ledger.apply_checked(event)?;
+        // Verification and snapshots replay on idle-priority threads (a no-op elsewhere).
+        tally_offline::yield_point();
     }
     ledger.end_replayed_batch()?;
     assert_eq!(ledger.next_position(), header.end_position());

@@ -320,9 +320,12 @@ impl Isolate {
         if self.priority == Priority::Normal {
             return;
         }
-        if let Err(error) = isolation::set_sched_idle() {
-            let niced = isolation::set_nice_19().is_ok();
-            tracing::warn!(thread = name, %error, niced, "SCHED_IDLE refused; this offline thread runs at nice 19 instead if niced");
+        match isolation::set_sched_idle() {
+            Ok(()) => crate::courtesy::enable_for_current_thread(),
+            Err(error) => {
+                let niced = isolation::set_nice_19().is_ok();
+                tracing::warn!(thread = name, %error, niced, "SCHED_IDLE refused; this offline thread runs at nice 19 instead if niced");
+            }
         }
         let cgroup = self
             .cgroup

@@ -29,8 +29,13 @@
 //! it is split into idempotent units, and the starvation guard ([`OfflineExecutor::spawn_units`])
 //! hands the remaining units to a normal-priority thread when no unit finished for a bound.
 //! Handing over is the only way: an unprivileged thread cannot leave `SCHED_IDLE`.
+//!
+//! Offline loops also call [`yield_point`] once per unit of work: on some kernels a woken
+//! normal thread waits for the next scheduler tick before it preempts an idle one, and an idle
+//! thread that yields every [`limits::YIELD_INTERVAL`] takes that wait away.
 #![deny(missing_docs)]
 
+mod courtesy;
 mod executor;
 mod guard;
 mod isolation;
@@ -38,6 +43,7 @@ pub mod limits;
 mod metrics;
 mod progress;
 
+pub use courtesy::{yield_point, yields_to_online};
 pub use executor::{Job, OfflineConfig, OfflineExecutor};
 pub use guard::{UnitJob, UnitJobHandle};
 pub use isolation::{current_thread_policy, Isolation, Priority};

@@ -16,6 +16,11 @@ pub const GUARD_BOUND_MIN: Duration = Duration::from_millis(100);
 /// the bound has passed.
 pub const WATCHDOG_TICK: Duration = Duration::from_millis(50);
 
+/// Longest an idle-priority offline thread works between two yields (see `courtesy.rs`): how
+/// long an online thread waiting for its core may wait for it, instead of up to a scheduler
+/// tick. A yield with nobody waiting costs about a microsecond, so 1% at most.
+pub const YIELD_INTERVAL: Duration = Duration::from_micros(100);
+
 /// Offline jobs running at once in one executor. Each is a thread; more than this is a bug in
 /// the caller (jobs are few and long), and refused rather than left to exhaust threads.
 pub const JOBS_RUNNING_MAX: usize = 32;

@@ -26,15 +26,22 @@ fn offline_threads_run_at_sched_idle() {
     );
     let job = offline
         .spawn_job("probe", "units", |_| {
-            Ok((current_thread_policy(), thread_cgroups()))
+            tally_offline::yield_point();
+            Ok((
+                current_thread_policy(),
+                thread_cgroups(),
+                tally_offline::yields_to_online(),
+            ))
         })
         .unwrap();
-    let (policy, cgroups) = job.join().unwrap();
+    let (policy, cgroups, yields) = job.join().unwrap();
     assert_eq!(
         policy,
         libc::SCHED_IDLE,
         "the policy read back from the kernel"
     );
+    assert!(yields, "an idle offline thread yields at its yield points");
+    assert!(!tally_offline::yields_to_online());
     let in_idle_cgroup = cgroups.contains(&format!("tally-offline-{}-", std::process::id()));
     assert_eq!(
         in_idle_cgroup,
@@ -67,11 +74,19 @@ fn normal_priority_leaves_offline_threads_alone() {
     assert_eq!(offline.isolation(), Isolation::None);
     let job = offline
         .spawn_job("probe", "units", |_| {
-            Ok((current_thread_policy(), thread_cgroups()))
+            Ok((
+                current_thread_policy(),
+                thread_cgroups(),
+                tally_offline::yields_to_online(),
+            ))
         })
         .unwrap();
-    let (policy, cgroups) = job.join().unwrap();
+    let (policy, cgroups, yields) = job.join().unwrap();
     assert_eq!(policy, libc::SCHED_OTHER);
+    assert!(
+        !yields,
+        "offline work at normal priority competes as any thread"
+    );
     assert!(!cgroups.contains("tally-offline-"), "{cgroups}");
 }
 

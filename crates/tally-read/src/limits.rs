@@ -7,6 +7,11 @@ use std::time::Duration;
 /// process dies before the transaction commits.
 pub const TRANSACTION_EVENTS_MAX: u64 = 50_000;
 
+/// The most a rebuild writes back to the disk at a time (see `rebuild.rs`): the log's next
+/// `fdatasync` may queue behind one such piece, a millisecond or two of this disk's time, rather
+/// than behind a whole transaction's pages.
+pub const WRITE_BACK_CHUNK_BYTES: u64 = 256 * 1024;
+
 /// Wall time one write transaction may keep folding; bounds how stale queries get under load,
 /// since readers only see committed transactions.
 pub const TRANSACTION_DURATION_MAX: Duration = Duration::from_millis(100);

@@ -111,6 +111,9 @@ impl Projection {
     ) -> Result<(), ReadError> {
         for event in events {
             self.apply(tables, event, timestamp_ns)?;
+            // The projector and rebuilds run on idle-priority threads; a batch holds up to
+            // thousands of events.
+            tally_offline::yield_point();
         }
         Ok(())
     }

@@ -403,9 +403,10 @@ impl OfflineWork {
                 let mut iterations: u64 = 0;
                 let started = Instant::now();
                 while started.elapsed() < spin_for {
-                    for _ in 0..100_000 {
+                    for _ in 0..1_000 {
                         iterations = std::hint::black_box(iterations + 1);
                     }
+                    tally_offline::yield_point();
                     progress.set_done(iterations);
                 }
                 Ok(iterations)
