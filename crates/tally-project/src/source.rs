@@ -95,27 +95,31 @@ impl Source {
             .map_err(|error| {
                 SourceError::Transient(error.context(format!("reading {}{path}", self.url)))
             })?;
-        let body = String::from_utf8_lossy(&response.body);
+        // Only an error shows the body: a page is hundreds of kilobytes to check for nothing.
+        let body = || String::from_utf8_lossy(&response.body);
         match response.status {
             StatusCode::OK => {}
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
                 return Err(SourceError::Fatal(anyhow!(
                     "{} refused the feed ({}): pass a token without restrictions with --token or \
-                     TALLY_TOKEN: {body}",
+                     TALLY_TOKEN: {}",
                     self.url,
-                    response.status
+                    response.status,
+                    body()
                 )))
             }
             status if status.is_server_error() => {
                 return Err(SourceError::Transient(anyhow!(
-                    "{}{path} answered {status}: {body}",
-                    self.url
+                    "{}{path} answered {status}: {}",
+                    self.url,
+                    body()
                 )))
             }
             status => {
                 return Err(SourceError::Fatal(anyhow!(
-                    "{}{path} answered {status}: {body}",
-                    self.url
+                    "{}{path} answered {status}: {}",
+                    self.url,
+                    body()
                 )))
             }
         }
