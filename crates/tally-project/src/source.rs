@@ -368,14 +368,11 @@ async fn read_ahead(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
     use super::*;
 
     /// A feed whose log grows by `GROWTH` events each time a page is read.
-    #[derive(Clone)]
     struct GrowingFeed {
-        len: Arc<Mutex<u64>>,
+        len: u64,
     }
 
     const GROWTH: u64 = 3;
@@ -387,8 +384,7 @@ mod tests {
             limit: u32,
             _wait: Duration,
         ) -> Result<Page, SourceError> {
-            let mut len = self.len.lock().unwrap();
-            let end = *len;
+            let end = self.len;
             let events = (from..end.min(from + u64::from(limit)))
                 .map(|position| FeedEvent {
                     position,
@@ -397,7 +393,7 @@ mod tests {
                     ..FeedEvent::default()
                 })
                 .collect::<Vec<_>>();
-            *len += GROWTH;
+            self.len += GROWTH;
             Ok(Page {
                 next: events.last().map(|event| event.position),
                 events,
@@ -450,9 +446,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_seek_drops_the_pages_read_ahead_even_one_that_starts_where_it_seeks() {
-        let feed = GrowingFeed {
-            len: Arc::new(Mutex::new(5)),
-        };
+        let feed = GrowingFeed { len: 5 };
         let mut reader = ReadAhead::start(feed, 0, 10);
         follow(&mut reader, 0, 5).await;
         // Let the reader fill its queue with pages read while the log was short: [5, 8),
