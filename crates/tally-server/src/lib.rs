@@ -29,6 +29,7 @@ mod openapi;
 mod read_slot;
 mod request_id;
 mod routes;
+mod shutdown;
 pub mod status;
 
 use std::net::SocketAddr;
@@ -49,6 +50,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 
 pub use metrics::ServerMetrics;
 pub use read_slot::ReadSlot;
+pub use shutdown::ShutdownSignals;
 
 /// What every handler gets: the engine, the read model and the metrics, behind one `Arc`.
 ///
@@ -237,6 +239,9 @@ pub enum ServeError {
     /// The status file could not be read.
     #[error("{0}")]
     Status(#[from] tally_status::store::StoreError),
+    /// The shutdown signals' handlers could not be installed.
+    #[error("cannot listen for SIGTERM and SIGINT: {0}")]
+    Signals(std::io::Error),
     /// Serving failed.
     #[error("serving HTTP failed: {0}")]
     Io(#[from] std::io::Error),
@@ -346,6 +351,8 @@ pub async fn serve(
     });
     let hub = Arc::clone(&state.status);
 
+    // Before the address is announced: a SIGTERM sent once it is must find its handler.
+    let signals = ShutdownSignals::install().map_err(ServeError::Signals)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServeError::Bind {
@@ -360,7 +367,7 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
     });
     axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(shutdown_signal(signals))
         .await?;
 
     tracing::info!("shutting down: finishing the batch in flight and writing a snapshot");
@@ -385,22 +392,8 @@ pub async fn serve(
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate => {}
-    }
+async fn shutdown_signal(signals: ShutdownSignals) {
+    signals.received().await;
     // Let the in-flight answers go out before the listener closes.
     tokio::time::sleep(Duration::from_millis(10)).await;
 }

@@ -22,6 +22,7 @@ use tally_project::source::Source;
 use tally_project::store::{Keys, RedisStore};
 use tally_project::{FaultPoint, Options};
 use tally_read::{rebuild, READ_MODEL_FILE_NAME, REBUILD_JOB};
+use tally_server::ShutdownSignals;
 
 use crate::progress::{follow, PriorityArg};
 
@@ -136,7 +137,9 @@ async fn run_projector(args: RunArgs) -> anyhow::Result<()> {
     options.validate()?;
     let metrics = Metrics::default();
     let bar = args.rebuild.then(|| rebuild_bar(metrics.clone()));
-    let summary = tally_project::run(options, metrics, shutdown_signal()).await;
+    // Before the projector starts: a SIGTERM sent once it runs must find its handler.
+    let signals = ShutdownSignals::install().context("cannot listen for SIGTERM and SIGINT")?;
+    let summary = tally_project::run(options, metrics, signals.received()).await;
     if let Some(bar) = bar {
         bar.abort();
     }
@@ -272,21 +275,6 @@ async fn show_status(args: StatusArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let mut terminate =
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(signal) => signal,
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM");
-                return std::future::pending().await;
-            }
-        };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
-    }
 }
 
 fn rebuild_embedded(args: RunArgs) -> anyhow::Result<()> {

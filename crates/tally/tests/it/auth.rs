@@ -244,7 +244,7 @@ async fn tokens_on_the_wire_401_403_and_ledger_restrictions() {
         status(&write, "POST", "/v1/deposits", Some(&body)).await,
         201
     );
-    assert!(server.terminate().await.success());
+    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -278,7 +278,7 @@ async fn rotate_and_retire_keys_while_the_server_runs() {
     assert_eq!(status(&admin, "GET", "/v1/accounts/a", None).await, 401);
     assert_eq!(status(&new, "GET", "/v1/accounts/a", None).await, 200);
     assert_eq!(keys(dir.path()).await, (vec![new_key.clone()], new_key));
-    assert!(server.terminate().await.success());
+    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -317,13 +317,13 @@ async fn a_revocation_reaches_the_server_and_other_processes_through_the_log() {
     let revoked = tally_ok(&["keys", "revoked", "--data-dir", data_dir], &[]).await;
     assert_eq!(revoked.lines().collect::<Vec<_>>(), vec![token_id.as_str()]);
     assert_eq!(balance(&admin, "a").await, 100);
-    assert!(server.terminate().await.success());
+    server.stop().await;
 
     // And the revocation survives a restart.
     let server = Server::start(dir.path()).await;
     let holder = server.client().with_token(&token);
     assert_eq!(status(&holder, "GET", "/v1/accounts/a", None).await, 401);
-    assert!(server.terminate().await.success());
+    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -159,13 +159,13 @@ async fn with_no_deliveries_claims_wait_for_a_server_with_the_worker() {
         ("pending_delivery".to_owned(), 0)
     );
     assert_eq!(target.orders().len(), 0, "no request reached the target");
-    server.terminate().await;
+    server.stop().await;
 
     // The claim waited in the log: a server with the worker delivers it.
     let server = start(dir.path()).await;
     wait_delivered(&server.client(), &["verify".to_owned()]).await;
     assert_eq!(target.order("verify").deliveries, 1);
-    server.terminate().await;
+    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -210,7 +210,7 @@ async fn with_everything_down_claims_wait_and_are_delivered_once_after_recovery_
             "order {order} reached a delivering endpoint more than once: {record:?}"
         );
     }
-    server.terminate().await;
+    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -298,7 +298,7 @@ async fn deliver_then_time_out_never_sends_an_order_more_often_than_the_cap_acro
         "{stdout}\n{stderr}"
     );
     assert!(stdout.contains(" settled, "), "{stdout}");
-    server.terminate().await;
+    server.stop().await;
 }
 
 /// Counts the claims in `state` by paging through `GET /v1/claims`.
@@ -409,7 +409,7 @@ async fn with_one_dead_primary_of_three_claims_are_delivered_and_it_is_ejected_t
         count_claims(&client, "unknown_needs_reconciliation").await,
         0
     );
-    server.terminate().await;
+    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -460,5 +460,5 @@ async fn with_every_primary_dead_the_backup_delivers() {
     assert!(window("tally_dispatch_window_latency_max_seconds", &backup) > 0.0);
     let (clean, printed) = crate::observability::promtool_check(&metrics);
     assert!(clean, "promtool check metrics: {printed}");
-    server.terminate().await;
+    server.stop().await;
 }

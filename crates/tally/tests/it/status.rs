@@ -291,7 +291,7 @@ async fn a_full_disk_shows_as_down_refuses_commands_and_recovers() {
         );
     }
     screenshots(&page, "status").await;
-    assert!(server.terminate().await.success());
+    server.stop().await;
 }
 
 /// Availability figures and incidents are persisted: a SIGKILL loses at most the last few
@@ -335,7 +335,7 @@ async fn figures_survive_a_crash_and_a_restart() {
     for id in ["d5", "d6", "d7"] {
         assert_eq!(deposit(&client, id).await, 201);
     }
-    assert!(server.terminate().await.success());
+    server.stop().await;
 
     let server = Server::start(dir.path()).await;
     let client = server.client();
@@ -366,5 +366,5 @@ async fn figures_survive_a_crash_and_a_restart() {
     let json = tally_status(&server.url, Some(&server.token), &["--json"]).await;
     let parsed: Value = serde_json::from_slice(&json.stdout).expect("--json prints JSON");
     assert_eq!(hour_requests(&parsed), (8, 0));
-    assert!(server.terminate().await.success());
+    server.stop().await;
 }

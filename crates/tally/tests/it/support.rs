@@ -2,7 +2,7 @@
 //! tiny JSON-over-HTTP client.
 
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -236,13 +236,17 @@ impl Server {
         );
     }
 
-    /// Stops the server with SIGTERM and returns its exit status.
-    pub async fn terminate(mut self) -> ExitStatus {
+    /// Stops the server with SIGTERM and checks that it shut down gracefully.
+    pub async fn stop(mut self) {
         self.signal(libc::SIGTERM);
-        match tokio::time::timeout(SERVER_STOP_TIMEOUT, self.child.wait()).await {
+        let status = match tokio::time::timeout(SERVER_STOP_TIMEOUT, self.child.wait()).await {
             Ok(status) => status.expect("waiting for server"),
             Err(_) => panic!("expected tally serve to exit within {SERVER_STOP_TIMEOUT:?} of SIGTERM, found it still running"),
-        }
+        };
+        assert!(
+            status.success(),
+            "expected tally serve to exit 0 after SIGTERM, found {status}"
+        );
     }
 
     fn signal(&self, signal: libc::c_int) {
