@@ -10,8 +10,9 @@
 //! normal thread is runnable on it at once, and costs about a microsecond when none is; with
 //! the spinning job yielding every ~100 µs, the waits it caused all but vanished.
 //!
-//! Only threads the executor moved to `SCHED_IDLE` yield: at normal priority (`--offline-priority
-//! normal`) offline work competes as any thread does, which is what that setting is for.
+//! Only threads the executor moved to `SCHED_IDLE` (or, for the read model's projector, to
+//! nice 19) yield: at normal priority (`--offline-priority normal`) offline work competes as
+//! any thread does, which is what that setting is for.
 
 use std::cell::Cell;
 use std::time::Instant;
@@ -25,7 +26,7 @@ thread_local! {
 }
 
 /// Makes the calling thread yield at its yield points from now on (the executor calls it on each
-/// thread it moved to `SCHED_IDLE`).
+/// thread it moved to `SCHED_IDLE` or nice 19).
 pub(crate) fn enable_for_current_thread() {
     LAST_YIELD.with(|last| last.set(Some(Instant::now())));
 }

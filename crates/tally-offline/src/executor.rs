@@ -168,36 +168,41 @@ impl OfflineExecutor {
         name: &str,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> io::Result<JoinHandle<T>> {
-        self.spawn_isolated(name, true, work)
+        self.spawn_isolated(name, ThreadKind::Worker, work)
     }
 
-    /// Like [`OfflineExecutor::spawn_thread`], but the thread stays out of the idle cgroup: for
-    /// an offline thread that online requests wait for (the read model's projector, which
-    /// read-your-writes queries wait for). It still runs at `SCHED_IDLE`; the idle cgroup would
-    /// starve it much harder whenever other processes keep the CPUs busy (measured: a projector
-    /// that caught up with 90,000 events within 5 s at `SCHED_IDLE` did not in the cgroup while
-    /// a build ran next to it), and the requests waiting for it with it.
+    /// Like [`OfflineExecutor::spawn_thread`], for an offline thread that online requests wait
+    /// for (the read model's projector, which read-your-writes queries wait for): it runs at
+    /// nice 19 rather than at `SCHED_IDLE`, and outside the idle cgroup. Both of those starve a
+    /// thread whenever other work keeps the CPUs busy, and the requests waiting for it with it.
+    /// Measured: with two busy loops at normal priority on this 2-core machine, a projector at
+    /// `SCHED_IDLE` fell 2,000 events behind and stayed there for 20 s, so lookups answered
+    /// `503`; and one that caught up with 90,000 events within 5 s at `SCHED_IDLE` did not in
+    /// the cgroup while a build ran next to it. At nice 19 it still yields to normal threads
+    /// (a weight of 15 against their 1,024, and the same yield points) but keeps a share of a
+    /// busy core, which is all its work, proportional to the writes, needs.
     pub fn spawn_follower<T: Send + 'static>(
         &self,
         name: &str,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> io::Result<JoinHandle<T>> {
-        self.spawn_isolated(name, false, work)
+        self.spawn_isolated(name, ThreadKind::Follower, work)
     }
 
     fn spawn_isolated<T: Send + 'static>(
         &self,
         name: &str,
-        join_cgroup: bool,
+        kind: ThreadKind,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> io::Result<JoinHandle<T>> {
         let setup = self.setup();
         let isolate = Isolate {
             priority: self.inner.config.priority,
+            kind,
             cgroup: setup
                 .cgroup
                 .as_ref()
-                .filter(|_| join_cgroup)
+                .filter(|_| kind == ThreadKind::Worker)
                 .map(|_| self.clone()),
         };
         let name = name.to_string();
@@ -308,9 +313,19 @@ fn prune(jobs: &mut Vec<Progress>) {
     });
 }
 
+/// Which isolation an offline thread gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ThreadKind {
+    /// Work nothing online waits for: `SCHED_IDLE`, in the idle cgroup where there is one.
+    Worker,
+    /// Work online requests wait for: nice 19, outside the idle cgroup.
+    Follower,
+}
+
 /// What a new offline thread does to itself before its work.
 struct Isolate {
     priority: Priority,
+    kind: ThreadKind,
     /// The executor, when there is an idle cgroup to join (it keeps the cgroup alive).
     cgroup: Option<OfflineExecutor>,
 }
@@ -318,6 +333,15 @@ struct Isolate {
 impl Isolate {
     fn current_thread(&self, name: &str) {
         if self.priority == Priority::Normal {
+            return;
+        }
+        if self.kind == ThreadKind::Follower {
+            match isolation::set_nice_19() {
+                Ok(()) => crate::courtesy::enable_for_current_thread(),
+                Err(error) => {
+                    tracing::warn!(thread = name, %error, "nice 19 refused; this offline thread competes with the online path")
+                }
+            }
             return;
         }
         match isolation::set_sched_idle() {

@@ -76,7 +76,8 @@ pub(crate) fn set_sched_idle() -> io::Result<()> {
     }
 }
 
-/// Lowers the calling thread to nice 19, the fallback where `SCHED_IDLE` is refused.
+/// Lowers the calling thread to nice 19: the priority of a follower (a thread requests wait
+/// for), and the fallback where `SCHED_IDLE` is refused.
 pub(crate) fn set_nice_19() -> io::Result<()> {
     // SAFETY: gettid has no preconditions.
     let tid = unsafe { libc::gettid() };

@@ -15,6 +15,14 @@ fn thread_cgroups() -> String {
     std::fs::read_to_string("/proc/thread-self/cgroup").unwrap()
 }
 
+/// The nice value of the calling thread, read back from the kernel.
+fn current_thread_nice() -> i32 {
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    // SAFETY: a plain syscall on the calling thread's own id.
+    unsafe { libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t) }
+}
+
 #[test]
 fn offline_threads_run_at_sched_idle() {
     let offline = OfflineExecutor::new(OfflineConfig::with_priority(Priority::Idle));
@@ -57,14 +65,22 @@ fn offline_threads_run_at_sched_idle() {
         .unwrap();
     assert_eq!(service.join().unwrap(), libc::SCHED_IDLE);
 
-    // A follower (a thread requests wait for) is idle too, but never in the idle cgroup.
+    // A follower (a thread requests wait for) runs at nice 19, never in the idle cgroup, and
+    // yields too.
     let follower = offline
         .spawn_follower("tally-test-follower", || {
-            (current_thread_policy(), thread_cgroups())
+            (
+                current_thread_policy(),
+                current_thread_nice(),
+                thread_cgroups(),
+                tally_offline::yields_to_online(),
+            )
         })
         .unwrap();
-    let (policy, cgroups) = follower.join().unwrap();
-    assert_eq!(policy, libc::SCHED_IDLE);
+    let (policy, nice, cgroups, yields) = follower.join().unwrap();
+    assert_eq!(policy, libc::SCHED_OTHER);
+    assert_eq!(nice, 19);
+    assert!(yields, "a follower yields at its yield points");
     assert!(!cgroups.contains("tally-offline-"), "{cgroups}");
 }
 
@@ -88,6 +104,10 @@ fn normal_priority_leaves_offline_threads_alone() {
         "offline work at normal priority competes as any thread"
     );
     assert!(!cgroups.contains("tally-offline-"), "{cgroups}");
+    let follower = offline
+        .spawn_follower("tally-test-follower", current_thread_nice)
+        .unwrap();
+    assert_eq!(follower.join().unwrap(), 0, "a follower at normal priority");
 }
 
 /// Threads that spin at normal priority on every core until dropped.

@@ -30,8 +30,8 @@
 //! nothing twice. This makes it safe to skip the fsync on most commits (the file is derived
 //! data: at worst a crash costs re-projecting the last second), and to throw the file away and
 //! rebuild it from position 0 whenever it is damaged or ahead of the log. The projector runs on
-//! a thread of the offline executor ([`tally_offline`], `SCHED_IDLE`), so catching up never takes
-//! CPU from the online write path; [`rebuild`] projects a whole log into a new file as an offline
+//! a thread of the offline executor ([`tally_offline`], at nice 19), so catching up takes little
+//! CPU from the online write path yet is never starved; [`rebuild`] projects a whole log into a new file as an offline
 //! job (`tally project --rebuild`).
 #![deny(missing_docs)]
 
@@ -294,7 +294,7 @@ impl ReadModel {
             projection,
             options,
         };
-        // Queries wait for it (read-your-writes): idle priority, but not the idle cgroup.
+        // Queries wait for it (read-your-writes): a low priority that busy cores cannot starve.
         let thread = offline
             .spawn_follower("tally-projector", move || projector.run())
             .map_err(|source| ReadError::Io {

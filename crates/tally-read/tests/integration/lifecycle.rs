@@ -423,10 +423,10 @@ async fn a_rebuild_from_position_zero_equals_the_live_projection() {
     assert_eq!(dump(&rebuilt, &accounts, &transfer_ids()), expected);
 }
 
-/// The scheduling policy of this process's threads named `name`, from `/proc` (field 41 of a
-/// task's `stat`).
-fn policies_of_threads_named(name: &str) -> Vec<i32> {
-    let mut policies = Vec::new();
+/// The scheduling policy and nice value of this process's threads named `name`, from `/proc`
+/// (fields 41 and 19 of a task's `stat`).
+fn priorities_of_threads_named(name: &str) -> Vec<(i32, i32)> {
+    let mut priorities = Vec::new();
     for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
         let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
         if comm.trim_end() != name {
@@ -435,21 +435,25 @@ fn policies_of_threads_named(name: &str) -> Vec<i32> {
         let stat = std::fs::read_to_string(task.path().join("stat")).unwrap();
         // Fields after the command (in parentheses) start at field 3.
         let after = &stat[stat.rfind(')').unwrap() + 2..];
-        let policy = after.split(' ').nth(41 - 3).unwrap();
-        policies.push(policy.parse().unwrap());
+        let fields: Vec<&str> = after.split(' ').collect();
+        let field = |number: usize| fields[number - 3].parse().unwrap();
+        priorities.push((field(41), field(19)));
     }
-    policies
+    priorities
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_projector_runs_at_idle_priority() {
+async fn the_projector_runs_at_nice_19() {
     let sim = busy_sim();
     let dir = dir();
     let model = project(&dir.path, &sim.log).await;
-    let policies = policies_of_threads_named("tally-projector");
-    assert!(!policies.is_empty(), "no projector thread found");
-    // SCHED_IDLE is 5.
-    assert!(policies.iter().all(|&policy| policy == 5), "{policies:?}");
+    let priorities = priorities_of_threads_named("tally-projector");
+    assert!(!priorities.is_empty(), "no projector thread found");
+    // SCHED_OTHER is 0: queries wait for the projector, and SCHED_IDLE would starve it.
+    assert!(
+        priorities.iter().all(|&priority| priority == (0, 19)),
+        "(policy, nice) of the projector threads: {priorities:?}"
+    );
     model.shutdown();
 }
 
