@@ -31,8 +31,8 @@
 //! data: at worst a crash costs re-projecting the last second), and to throw the file away and
 //! rebuild it from position 0 whenever it is damaged or ahead of the log. The projector runs on
 //! a thread of the offline executor ([`tally_offline`], at nice 19), so catching up takes little
-//! CPU from the online write path yet is never starved; [`rebuild`] projects a whole log into a new file as an offline
-//! job (`tally project --rebuild`).
+//! CPU from the online write path yet is never starved; [`rebuild`] projects a whole log into a
+//! new file as an offline job (`tally project --rebuild`).
 #![deny(missing_docs)]
 
 mod codec;
