@@ -19,7 +19,7 @@ use tally_log::LogReader;
 use tally_offline::Progress;
 use tokio::sync::watch;
 
-use crate::limits::WRITE_BACK_CHUNK_BYTES;
+use crate::limits::{REBUILD_TRANSACTION_DURATION_MAX, WRITE_BACK_CHUNK_BYTES};
 use crate::projection::Projection;
 use crate::projector::{Projector, Shared};
 use crate::store::{store_error, Store};
@@ -50,7 +50,10 @@ pub fn rebuild(
         reader,
         durable,
         projection,
-        options: ProjectorOptions::default(),
+        options: ProjectorOptions {
+            transaction_duration_max: REBUILD_TRANSACTION_DURATION_MAX,
+            ..ProjectorOptions::default()
+        },
     };
     progress.set_total(log_end);
     while projector.projection.position() < log_end {
