@@ -18,9 +18,9 @@ pub const TRANSACTION_DURATION_MAX: Duration = Duration::from_millis(100);
 
 /// Wall time one write transaction of a rebuild may keep folding. A rebuild has no readers to
 /// keep fresh, so its transactions are bounded by [`TRANSACTION_EVENTS_MAX`] rather than by
-/// staleness: fewer, larger transactions make a rebuild of two million events about a third
-/// faster than the 100 ms of [`TRANSACTION_DURATION_MAX`] did, for the same bytes written. A
-/// crash loses at most this much of the rebuild's work.
+/// staleness: fewer, larger transactions make a rebuild of two million events take about a
+/// third less time than the 100 ms of [`TRANSACTION_DURATION_MAX`] did, for the same bytes
+/// written. A crash loses at most this much of the rebuild's work.
 pub const REBUILD_TRANSACTION_DURATION_MAX: Duration = Duration::from_secs(1);
 
 /// Shortest time between the starts of two write transactions while no query waits. A redb
