@@ -109,8 +109,9 @@ pub trait EventLog: Send + 'static {
     /// The position the next batch must start at: the durable end of the log.
     fn next_position(&self) -> u64;
 
-    /// Bytes the log occupies in storage; for the embedded log, the sum of the lengths of its
-    /// segment files (headers included), which only grows.
+    /// Bytes the log holds in storage; for the embedded log, the sum of the lengths of its
+    /// segment files (headers included) without the zeros kept ahead of the records of the
+    /// last one. Only grows.
     fn size_bytes(&self) -> u64;
 
     /// An independent reader with its own file handles, usable from any thread. Readers

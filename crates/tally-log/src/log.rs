@@ -1,5 +1,14 @@
 //! The embedded segmented log: the writer, recovery on open, and the durable
 //! view shared with readers.
+//!
+//! The writer keeps zeros ahead of the records of the active segment (the zero fill), so
+//! that most appends write inside the file instead of growing it. An fdatasync that changes
+//! no file size writes the data and flushes the device's cache; one that grows the file must
+//! also make the new size durable: on ext4 without a journal one more synchronous write (the
+//! inode's block), with one a journal commit, which in `data=ordered` mode first writes out
+//! other files' newly allocated data, such as a read model rebuild's. Recovery reads zeros
+//! after the last record as the end of the log, and a segment loses its zero fill when it is
+//! sealed, so sealed segments end with their last record.
 
 use std::any::Any;
 use std::fmt;
@@ -13,6 +22,7 @@ use crate::error::LogError;
 use crate::format::{self, SEGMENT_HEADER_SIZE};
 use crate::limits::{
     BATCH_BODY_BYTES_MAX, SEGMENT_BYTES_MAX_DEFAULT, SEGMENT_BYTES_MAX_MAX, SEGMENT_BYTES_MAX_MIN,
+    SEGMENT_ZERO_FILL_BYTES,
 };
 use crate::reader::SegmentReader;
 use crate::scan::{self, ReadWindow};
@@ -108,6 +118,8 @@ struct ActiveSegment {
     file: Box<dyn StorageFile>,
     /// Offset just past the last durable record.
     end_offset: u64,
+    /// The file's length: every byte from `end_offset` to here is zero (the zero fill).
+    file_len: u64,
 }
 
 /// The state the writer publishes to readers after each durable change.
@@ -293,8 +305,8 @@ impl SegmentedLog {
             .ok_or_else(|| invalid("positions overflow u64"))
     }
 
-    /// Writes and syncs one record; on error the caller poisons the log.
-    /// Writes and syncs one record; returns how long the sync took.
+    /// Writes and syncs one record; returns how long the sync took. On error the caller
+    /// poisons the log.
     fn write_record(&mut self, record: &[u8]) -> Result<Duration, LogError> {
         let record_size = record.len() as u64;
         let segment_used = self.active.end_offset > SEGMENT_HEADER_SIZE;
@@ -302,10 +314,21 @@ impl SegmentedLog {
             self.roll()?;
         }
         let active = &mut self.active;
+        let record_end = active.end_offset + record_size;
         active
             .file
             .write_all_at(record, active.end_offset)
             .map_err(LogError::io("write", &active.path))?;
+        if record_end > active.file_len {
+            // This record grows the file, so its sync commits the journal anyway: let the zeros
+            // for the appends after it ride along. None past the segment's size, where it rolls.
+            let fill_end = (record_end + SEGMENT_ZERO_FILL_BYTES)
+                .min(self.options.segment_bytes_max)
+                .max(record_end);
+            write_zeros(&*active.file, record_end, fill_end)
+                .map_err(LogError::io("write", &active.path))?;
+            active.file_len = fill_end;
+        }
         let sync_started = Instant::now();
         active
             .file
@@ -320,6 +343,20 @@ impl SegmentedLog {
     /// header and directory entry are durable before any record goes into it, so a crash can
     /// only leave it header-less when it is empty.
     fn roll(&mut self) -> Result<(), LogError> {
+        // Readers take a sealed segment's length as the end of its records, and recovery
+        // accepts a zero fill only in the last segment.
+        let sealed = &mut self.active;
+        if sealed.file_len > sealed.end_offset {
+            sealed
+                .file
+                .set_len(sealed.end_offset)
+                .map_err(LogError::io("truncate", &sealed.path))?;
+            sealed
+                .file
+                .sync_data()
+                .map_err(LogError::io("fdatasync", &sealed.path))?;
+            sealed.file_len = sealed.end_offset;
+        }
         let active = create_segment(&*self.storage, &self.dir, self.next_position)?;
         tracing::debug!(path = %active.path.display(), "rolled to a new log segment");
         self.sealed_bytes += self.active.end_offset;
@@ -536,34 +573,47 @@ fn recover_tail(
             }
             Err(reason) => return Err(LogError::corrupt(path, 0, reason)),
         }
-        let (end_offset, next_position) = cut_torn_tail(&*file, &last, file_len, repairs)?;
+        let (end_offset, next_position, file_len) =
+            cut_torn_tail(&*file, &last, file_len, repairs)?;
         let active = ActiveSegment {
             first_position: last.first_position,
             path: path.clone(),
             file,
             end_offset,
+            file_len,
         };
         return Ok((active, next_position));
     }
 }
 
-/// Scans the last segment; cuts the bytes after its last valid record when they are a torn
-/// write, refuses to open when valid records follow them. Returns the durable end offset and
-/// the next position.
+/// Scans the last segment; keeps the zeros after its last valid record (the zero fill), cuts
+/// the bytes there when they are a torn write, refuses to open when valid records follow them.
+/// Returns the durable end offset, the next position and the file's length.
 fn cut_torn_tail(
     file: &dyn StorageFile,
     segment: &SegmentMeta,
     file_len: u64,
     repairs: &mut Vec<Repair>,
-) -> Result<(u64, u64), LogError> {
+) -> Result<(u64, u64, u64), LogError> {
     let path = &segment.path;
     let mut window = ReadWindow::default();
     let scan = scan::scan_records(&mut window, file, segment.first_position, file_len)
         .map_err(LogError::io("read", path))?;
     let Some(invalid) = scan.invalid else {
-        return Ok((scan.end_offset, scan.next_position));
+        return Ok((scan.end_offset, scan.next_position, file_len));
     };
     assert_eq!(invalid.offset, scan.end_offset);
+    let zero_fill = scan::is_zero_fill(
+        &mut window,
+        segment.first_position,
+        file,
+        invalid.offset,
+        file_len,
+    )
+    .map_err(LogError::io("read", path))?;
+    if zero_fill {
+        return Ok((scan.end_offset, scan.next_position, file_len));
+    }
     let found = scan::find_valid_record(
         &mut window,
         segment.first_position,
@@ -597,7 +647,7 @@ fn cut_torn_tail(
         bytes_truncated,
         reason: invalid.reason,
     });
-    Ok((scan.end_offset, scan.next_position))
+    Ok((scan.end_offset, scan.next_position, invalid.offset))
 }
 
 /// Creates a segment file holding only its header, durably (file and directory entry).
@@ -622,5 +672,23 @@ fn create_segment(
         path,
         file,
         end_offset: SEGMENT_HEADER_SIZE,
+        file_len: SEGMENT_HEADER_SIZE,
     })
+}
+
+/// Bytes of zeros one write of the zero fill takes from [`ZEROS`].
+const ZEROS_WRITE_BYTES: usize = 1024 * 1024;
+
+/// The zeros of the zero fill: a static, so filling allocates nothing.
+static ZEROS: [u8; ZEROS_WRITE_BYTES] = [0; ZEROS_WRITE_BYTES];
+
+/// Writes zeros over `[from, to)` of `file`.
+fn write_zeros(file: &dyn StorageFile, from: u64, to: u64) -> std::io::Result<()> {
+    let mut offset = from;
+    while offset < to {
+        let len = (to - offset).min(ZEROS_WRITE_BYTES as u64);
+        file.write_all_at(&ZEROS[..len as usize], offset)?;
+        offset += len;
+    }
+    Ok(())
 }

@@ -74,7 +74,8 @@ impl MemStorage {
 
     /// The disk as a crash right now would leave it, as a new, independent storage: only
     /// synced directory entries, each file holding its synced bytes plus what `torn` says
-    /// survives of the bytes appended after the last sync. Locks are not carried over.
+    /// survives of the bytes written after the last sync, from the first byte that differs
+    /// (an append, or a write over zeros kept ahead of it). Locks are not carried over.
     pub fn crash_image(&self, torn: Torn) -> MemStorage {
         let state = self.lock();
         let mut image = MemState {
@@ -84,16 +85,24 @@ impl MemStorage {
         for (path, &inode_id) in &state.entries_durable {
             let inode = &state.inodes[&inode_id];
             let mut data = inode.durable.clone();
-            // Torn pieces only make sense for appends: the unsynced bytes must extend the synced ones.
-            if inode.data.len() > data.len() && inode.data.starts_with(&data) {
-                let unsynced = &inode.data[data.len()..];
-                match torn {
-                    Torn::Nothing => {}
-                    Torn::Prefix(n) => {
-                        data.extend_from_slice(&unsynced[..clamp(n, unsynced.len())])
-                    }
-                    Torn::Zeros(n) => data.resize(data.len() + clamp(n, unsynced.len()), 0),
+            // Torn pieces only make sense for writes that leave the file at least as long.
+            if inode.data.len() >= data.len() {
+                let from = first_difference(&data, &inode.data);
+                let unsynced = &inode.data[from..];
+                let (survives, zeros) = match torn {
+                    Torn::Nothing => (0, false),
+                    Torn::Prefix(n) => (clamp(n, unsynced.len()), false),
+                    Torn::Zeros(n) => (clamp(n, unsynced.len()), true),
+                };
+                let end = from + survives;
+                if end > data.len() {
+                    data.resize(end, 0);
                 }
+                if !zeros {
+                    data[from..end].copy_from_slice(&unsynced[..survives]);
+                }
+                // Zeros: the size reached the disk, the data did not. Over bytes that were
+                // already durable, the old bytes stay.
             }
             image.inodes.insert(
                 inode_id,
@@ -363,6 +372,15 @@ impl StorageFile for MemFile {
     }
 }
 
+/// Where `new` first differs from `old` (`new` at least as long); `new.len()` when it does not.
+fn first_difference(old: &[u8], new: &[u8]) -> usize {
+    old.iter()
+        .zip(new)
+        .position(|(old, new)| old != new)
+        .unwrap_or(old.len())
+        .min(new.len())
+}
+
 fn clamp(n: u64, len: usize) -> usize {
     usize::try_from(n).map_or(len, |n| n.min(len))
 }
@@ -426,6 +444,24 @@ mod tests {
         );
         // The running storage is unaffected by taking an image.
         assert_eq!(storage.file_bytes(&path).unwrap(), b"hello world");
+    }
+
+    #[test]
+    fn crash_tears_a_write_over_synced_zeros_like_an_append() {
+        let storage = MemStorage::new();
+        let path = dir().join("a");
+        let file = storage.create_new(&path).unwrap();
+        file.write_all_at(b"ab\0\0\0\0\0\0", 0).unwrap();
+        file.sync_data().unwrap();
+        storage.sync_dir(&dir()).unwrap();
+        file.write_all_at(b"cde", 2).unwrap();
+
+        let image = |torn| storage.crash_image(torn).file_bytes(&path).unwrap();
+        assert_eq!(image(Torn::Nothing), b"ab\0\0\0\0\0\0");
+        assert_eq!(image(Torn::Prefix(2)), b"abcd\0\0\0\0");
+        assert_eq!(image(Torn::Prefix(100)), b"abcde\0\0\0");
+        // The data never reached the disk: the zeros that were there stay.
+        assert_eq!(image(Torn::Zeros(3)), b"ab\0\0\0\0\0\0");
     }
 
     #[test]

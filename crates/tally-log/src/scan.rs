@@ -251,6 +251,30 @@ pub(crate) fn find_valid_record(
     Ok(None)
 }
 
+/// Whether bytes `[from, end)` are all zeros: the zero fill the writer keeps ahead of the
+/// records of the active segment, which ends the log without being a torn write.
+pub(crate) fn is_zero_fill(
+    window: &mut ReadWindow,
+    key: u64,
+    file: &dyn StorageFile,
+    from: u64,
+    end: u64,
+) -> io::Result<bool> {
+    let mut offset = from;
+    while offset < end {
+        let len = (end - offset).min(READ_WINDOW_BYTES as u64) as usize;
+        if window
+            .get(key, file, offset, len, end)?
+            .iter()
+            .any(|&byte| byte != 0)
+        {
+            return Ok(false);
+        }
+        offset += len as u64;
+    }
+    Ok(true)
+}
+
 /// Why the bytes at an invalid record are corruption rather than a torn write.
 pub(crate) fn not_torn_reason(reason: &str, valid_offset: u64) -> String {
     format!(

@@ -38,7 +38,7 @@ pub struct SegmentSummary {
     pub first_position: u64,
     /// Valid records from its start up to its first problem (or its end).
     pub record_count: u64,
-    /// The file's length.
+    /// The file's length (for the last segment, with the zeros kept ahead of its records).
     pub bytes: u64,
 }
 
@@ -259,6 +259,13 @@ impl Verifier<'_> {
                 ),
                 Err(reason) => reason.to_owned(),
             };
+            // The zeros the writer keeps ahead of its records end the last segment's records.
+            if is_last
+                && scan::is_zero_fill(&mut self.window, key, file, offset, file_len)
+                    .map_err(LogError::io("read", path))?
+            {
+                break;
+            }
             let found =
                 scan::find_valid_record(&mut self.window, key, file, offset, file_len, position)
                     .map_err(LogError::io("read", path))?;

@@ -162,9 +162,18 @@ struct FaultState {
     /// Set by a power cut: every operation fails until the simulator crashes the process.
     powered_off: bool,
     /// The byte ranges of each write, per file, so that a bit flip can avoid the last record.
-    extents: BTreeMap<PathBuf, Vec<(u64, u64)>>,
+    /// Writes of only zeros (the log's zero fill ahead of its records) are not records.
+    extents: BTreeMap<PathBuf, Vec<Extent>>,
     /// Per file, the bytes that were synced when the machine last crashed: what a bit flip may hit.
     synced: BTreeMap<PathBuf, u64>,
+}
+
+/// The byte range `[start, end)` of one write, and whether a sync of its file followed it.
+#[derive(Clone, Copy, Debug)]
+struct Extent {
+    start: u64,
+    end: u64,
+    synced: bool,
 }
 
 /// The simulated disk. Cloning shares it.
@@ -215,9 +224,8 @@ impl SimDisk {
         let mut lost = false;
         faults.synced.clear();
         for path in image.paths() {
-            let written = self.mem.file_bytes(&path).map_or(0, |b| b.len() as u64);
+            lost |= self.mem.file_bytes(&path) != image.file_bytes(&path);
             let synced = self.mem.synced_len(&path).unwrap_or(0);
-            lost |= written > synced;
             faults.synced.insert(path, synced);
         }
         if lost {
@@ -232,12 +240,9 @@ impl SimDisk {
         } = &mut *faults;
         extents.retain(|path, _| synced.contains_key(path));
         for (path, extents) in extents.iter_mut() {
-            // Only synced bytes count: a torn piece after them is not a record that was written.
-            let len = synced[path];
-            extents.retain(|&(start, _)| start < len);
-            for extent in extents.iter_mut() {
-                extent.1 = extent.1.min(len);
-            }
+            // Only synced writes count: a torn piece after them is not a record that was written.
+            extents.retain(|extent| extent.synced);
+            truncate(extents, synced[path]);
         }
         drop(faults);
         self.mem = image;
@@ -269,8 +274,13 @@ impl SimDisk {
                 let last_record_start = faults
                     .extents
                     .get(&path)
-                    .and_then(|extents| extents.iter().filter(|e| e.1 <= len).max_by_key(|e| e.1))
-                    .map_or(0, |extent| extent.0);
+                    .and_then(|extents| {
+                        extents
+                            .iter()
+                            .filter(|extent| extent.end <= len)
+                            .max_by_key(|extent| extent.end)
+                    })
+                    .map_or(0, |extent| extent.start);
                 last_record_start
             } else {
                 len
@@ -382,15 +392,24 @@ impl SimDisk {
             .extents
             .entry(path.to_path_buf())
             .or_default()
-            .push((start, end));
+            .push(Extent {
+                start,
+                end,
+                synced: false,
+            });
+    }
+
+    fn sync_extents(&self, path: &Path) {
+        if let Some(extents) = self.lock().extents.get_mut(path) {
+            for extent in extents.iter_mut() {
+                extent.synced = true;
+            }
+        }
     }
 
     fn truncate_extents(&self, path: &Path, len: u64) {
         if let Some(extents) = self.lock().extents.get_mut(path) {
-            extents.retain(|&(start, _)| start < len);
-            for extent in extents.iter_mut() {
-                extent.1 = extent.1.min(len);
-            }
+            truncate(extents, len);
         }
     }
 
@@ -400,6 +419,14 @@ impl SimDisk {
             path: path.to_path_buf(),
             file,
         })
+    }
+}
+
+/// Cuts `extents` at a file length of `len`.
+fn truncate(extents: &mut Vec<Extent>, len: u64) {
+    extents.retain(|extent| extent.start < len);
+    for extent in extents.iter_mut() {
+        extent.end = extent.end.min(len);
     }
 }
 
@@ -505,14 +532,18 @@ impl StorageFile for SimFile {
             return Err(injected.into());
         }
         self.file.write_all_at(buf, offset)?;
-        self.disk
-            .record_extent(&self.path, offset, offset + buf.len() as u64);
+        if buf.iter().any(|&byte| byte != 0) {
+            self.disk
+                .record_extent(&self.path, offset, offset + buf.len() as u64);
+        }
         Ok(())
     }
 
     fn sync_data(&self) -> io::Result<()> {
         self.disk.fault(Op::Sync)?;
-        self.file.sync_data()
+        self.file.sync_data()?;
+        self.disk.sync_extents(&self.path);
+        Ok(())
     }
 
     fn len(&self) -> io::Result<u64> {

@@ -10,16 +10,20 @@ use tally_engine::{EngineConfig, EngineHandle};
 use tally_log::LogOptions;
 
 use crate::support::{
-    eventually, execute, files_ending, fs_config, mem_config, open_in, shutdown, try_open_fs,
-    Throttled,
+    eventually, execute, files_ending, fs_config, mem_config, open_in, segment_records_end,
+    shutdown, try_open_fs, Throttled,
 };
 
 /// The sum of the lengths of the segment files in `data_dir/log`.
+/// The bytes of the segment files, without the zeros after the last one's records.
 fn segment_bytes(data_dir: &Path) -> u64 {
-    files_ending(&data_dir.join("log"), ".tlog")
+    let segments = files_ending(&data_dir.join("log"), ".tlog");
+    let (last, sealed) = segments.split_last().unwrap();
+    let sealed: u64 = sealed
         .iter()
         .map(|path| std::fs::metadata(path).unwrap().len())
-        .sum()
+        .sum();
+    sealed + segment_records_end(last)
 }
 
 fn deposits(tag: &str, count: usize) -> String {

@@ -312,6 +312,21 @@ pub fn flip_byte(path: &Path, offset: usize) {
     std::fs::write(path, bytes).unwrap();
 }
 
+/// Where the records of a segment file end: following the length fields from the 32-byte
+/// header to the end of the file or to the zeros the log keeps ahead of its records.
+pub fn segment_records_end(path: &Path) -> u64 {
+    let bytes = std::fs::read(path).unwrap();
+    let mut offset = 32;
+    while offset + 8 <= bytes.len() {
+        let length = u32::from_le_bytes(bytes[offset..offset + 4].try_into().unwrap()) as usize;
+        if length == 0 {
+            break;
+        }
+        offset += 8 + length;
+    }
+    offset as u64
+}
+
 /// The files of a real directory whose names end with `suffix`, sorted.
 pub fn files_ending(dir: &Path, suffix: &str) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {

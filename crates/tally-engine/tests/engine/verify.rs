@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use tally_engine::{verify_data_dir, EngineConfig, SnapshotCheck};
 use tally_log::{LogOptions, ProblemKind};
 
-use crate::support::{execute, files_ending, flip_byte, fs_config, shutdown, try_open_fs};
+use crate::support::{
+    execute, files_ending, flip_byte, fs_config, segment_records_end, shutdown, try_open_fs,
+};
 
 /// Writes `batches` requests (so as many log records) into a fresh engine in `dir`, shuts it
 /// down and returns the durable end.
@@ -51,7 +53,7 @@ async fn a_damaged_record_before_valid_ones_is_reported_and_refused() {
     let segments = segments(dir.path());
     assert_eq!(segments.len(), 1);
     let segment = &segments[0];
-    let length = std::fs::metadata(segment).unwrap().len() as usize;
+    let length = segment_records_end(segment) as usize;
     flip_byte(segment, length / 2);
 
     let report = verify_data_dir(dir.path()).unwrap();

@@ -1,11 +1,11 @@
 //! Appending, reading, rolling, subscribing.
 
-use tally_log::limits::BATCH_BODY_BYTES_MAX;
+use tally_log::limits::{BATCH_BODY_BYTES_MAX, SEGMENT_ZERO_FILL_BYTES};
 use tally_log::{Batch, EventLog, LogError, LogOptions, MemStorage, SegmentedLog, Torn};
 
 use crate::util::{
-    append_all, batch, batches, dir, encode_record, encode_segment_header, read_all, try_read_from,
-    Mem,
+    append_all, batch, batches, dir, encode_record, encode_segment_header, read_all, records_end,
+    try_read_from, Mem,
 };
 
 #[test]
@@ -40,15 +40,19 @@ fn round_trip_across_segment_rolls() {
 }
 
 /// The size an operator sees is what the segment files take, sealed ones included, after every
-/// append and after a reopen (which sums the sealed segments without scanning them).
+/// append and after a reopen (which sums the sealed segments without scanning them). Only the
+/// last segment has zeros after its records, and they are not counted.
 #[test]
 fn size_bytes_is_the_sum_of_the_segment_files() {
     let mem = Mem::new(300);
     let on_disk = || -> u64 {
-        mem.segments()
-            .iter()
-            .map(|path| mem.bytes(path).len() as u64)
-            .sum()
+        let segments = mem.segments();
+        let (last, sealed) = segments.split_last().unwrap();
+        for path in sealed {
+            assert_eq!(records_end(&mem.bytes(path)), mem.bytes(path).len() as u64);
+        }
+        let sealed: u64 = sealed.iter().map(|path| mem.bytes(path).len() as u64).sum();
+        sealed + records_end(&mem.bytes(last))
     };
     let (mut log, _) = mem.open_ok();
     assert_eq!(log.size_bytes(), on_disk(), "an empty log is its header");
@@ -81,6 +85,30 @@ fn segment_files_are_named_by_first_position_and_start_where_the_previous_ends()
     }
 }
 
+/// Appends write into zeros written ahead of them, so that only one append in every
+/// SEGMENT_ZERO_FILL_BYTES grows the file (and commits the file system's journal).
+#[test]
+fn appends_grow_the_file_only_past_the_zero_fill() {
+    let mem = Mem::new(LogOptions::default().segment_bytes_max);
+    let (mut log, _) = mem.open_ok();
+    let path = mem.segments()[0].clone();
+    let small = batches(50);
+    append_all(&mut log, &small);
+    let filled = mem.bytes(&path).len() as u64;
+    let first_record_end = 32 + encode_record(&small[0]).len() as u64;
+    assert_eq!(filled, first_record_end + SEGMENT_ZERO_FILL_BYTES);
+    // A batch that crosses the end of the fill grows the file again, a fill past itself.
+    let big = batch(log.next_position(), 1, SEGMENT_ZERO_FILL_BYTES as usize);
+    log.append(&big).unwrap();
+    let big_end = records_end(&mem.bytes(&path));
+    assert!(big_end > filled);
+    assert_eq!(
+        mem.bytes(&path).len() as u64,
+        big_end + SEGMENT_ZERO_FILL_BYTES
+    );
+    assert_eq!(read_all(&log), [small, vec![big]].concat());
+}
+
 #[test]
 fn bytes_on_disk_match_the_documented_format() {
     let mem = Mem::new(LogOptions::default().segment_bytes_max);
@@ -90,7 +118,15 @@ fn bytes_on_disk_match_the_documented_format() {
     for batch in &batches {
         expected.extend(encode_record(batch));
     }
-    assert_eq!(mem.bytes(&mem.segments()[0]), expected);
+    let bytes = mem.bytes(&mem.segments()[0]);
+    assert_eq!(bytes[..expected.len()], expected);
+    // The zero fill: the first record's append grew the file by SEGMENT_ZERO_FILL_BYTES past it.
+    let first_record_end = 32 + encode_record(&batches[0]).len() as u64;
+    assert_eq!(
+        bytes.len() as u64,
+        first_record_end + SEGMENT_ZERO_FILL_BYTES
+    );
+    assert!(bytes[expected.len()..].iter().all(|&byte| byte == 0));
 }
 
 #[test]

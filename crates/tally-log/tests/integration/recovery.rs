@@ -2,7 +2,7 @@
 
 use tally_log::{EventLog, LogError, Repair};
 
-use crate::util::{batches, dir, flip, read_all, record_offsets, Mem};
+use crate::util::{batches, dir, flip, read_all, record_offsets, records_end, Mem};
 
 /// Writes `count` batches in one segment, damages the segment with `damage`, reopens, and
 /// returns the repairs and the batches that survived.
@@ -113,29 +113,49 @@ fn flipped_bit_in_the_last_length_field_is_cut() {
     }
 }
 
+/// Zeros after the last record are the zero fill the writer keeps ahead of its records, or the
+/// size of a write whose data never reached the disk: either way the end of the log.
 #[test]
-fn zero_filled_tail_is_cut() {
-    for zeros in [1, 7, 27, 28, 100, 5000] {
-        let mut end = 0;
+fn zeros_after_the_last_record_end_the_log_without_a_repair() {
+    for zeros in [0, 1, 7, 27, 28, 100, 5000] {
         let (repairs, survivors) = check_cut(3, |bytes, _| {
-            end = bytes.len() as u64;
-            bytes.resize(bytes.len() + zeros, 0);
+            let end = records_end(bytes) as usize;
+            bytes.truncate(end);
+            bytes.resize(end + zeros, 0);
         });
         assert_eq!(survivors, 3);
-        let reason = if zeros < 28 {
-            "zero-filled tail"
-        } else {
-            "zero length"
-        };
-        assert_torn(&repairs, end, zeros as u64, reason);
+        assert!(repairs.is_empty(), "{zeros} zeros: {repairs:?}");
     }
 }
 
+/// A torn append over the zero fill: the bytes from the last record to the end of the file are
+/// cut, zeros included, and the next append fills ahead again.
+#[test]
+fn garbage_over_the_zero_fill_is_cut() {
+    let (mut end, mut len) = (0, 0);
+    let (repairs, survivors) = check_cut(3, |bytes, _| {
+        end = records_end(bytes);
+        len = bytes.len() as u64;
+        assert!(len > end + 300, "the file has a zero fill");
+        for (i, byte) in bytes[end as usize..][..300].iter_mut().enumerate() {
+            *byte = (i * 97 % 251) as u8;
+        }
+    });
+    assert_eq!(survivors, 3);
+    assert!(
+        matches!(&repairs[..], [Repair::TruncatedTornTail { offset, bytes_truncated, .. }] if *offset == end && *bytes_truncated == len - end),
+        "{repairs:?}"
+    );
+}
+
+/// Garbage after the last record of a file without a zero fill (as a crash during the append
+/// that grows the file leaves it, and as logs written before the zero fill end).
 #[test]
 fn garbage_tail_is_cut() {
     let mut end = 0;
     let (repairs, survivors) = check_cut(3, |bytes, _| {
-        end = bytes.len() as u64;
+        end = records_end(bytes);
+        bytes.truncate(end as usize);
         bytes.extend((0..300u32).map(|i| (i * 97 % 251) as u8));
     });
     assert_eq!(survivors, 3);
@@ -361,7 +381,10 @@ fn repairs_are_reported_in_display_form() {
     let mem = Mem::new(1 << 20);
     mem.write(&batches(2));
     let path = mem.segments()[0].clone();
-    mem.modify(&path, |bytes| bytes.extend([1, 2, 3]));
+    mem.modify(&path, |bytes| {
+        bytes.truncate(records_end(bytes) as usize);
+        bytes.extend([1, 2, 3]);
+    });
     let (_, report) = mem.open_ok();
     let text = report.to_string();
     assert!(text.starts_with("log /data/log: 1 segment(s), next position 3; truncated 3 byte(s) of torn tail at /data/log/00000000000000000000.tlog offset"), "{text}");

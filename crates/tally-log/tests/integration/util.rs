@@ -114,16 +114,32 @@ impl Mem {
     }
 }
 
-/// Offsets of the records in a segment file, found by following the length fields.
+/// Offsets of the records in a segment file, found by following the length fields up to the
+/// end of the file or the zeros the writer keeps ahead of its records.
 pub fn record_offsets(segment: &[u8]) -> Vec<u64> {
     let mut offsets = Vec::new();
     let mut offset = 32usize;
     while offset + 8 <= segment.len() {
-        offsets.push(offset as u64);
         let length = u32::from_le_bytes(segment[offset..offset + 4].try_into().unwrap()) as usize;
+        if length == 0 {
+            break;
+        }
+        offsets.push(offset as u64);
         offset += 8 + length;
     }
     offsets
+}
+
+/// The offset just past the last record of a segment file: where its zero fill starts.
+pub fn records_end(segment: &[u8]) -> u64 {
+    match record_offsets(segment).last() {
+        None => 32,
+        Some(&last) => {
+            let at = last as usize;
+            let length = u32::from_le_bytes(segment[at..at + 4].try_into().unwrap());
+            last + 8 + u64::from(length)
+        }
+    }
 }
 
 /// A segment header, encoded independently of the crate from `docs/format.md`.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use tally_log::{verify_dir_with, Batch, ProblemKind, Storage, VerifyReport};
 
-use crate::util::{batches, dir, flip, record_offsets, Mem};
+use crate::util::{batches, dir, flip, record_offsets, records_end, Mem};
 
 /// A log of 20 batches in several segments, damaged by `damage`.
 fn damaged(damage: impl FnOnce(&Mem, &[PathBuf])) -> (Mem, Vec<Batch>) {
@@ -95,7 +95,8 @@ fn torn_tail_is_reported_as_repairable() {
     let mut torn_at = 0;
     let (mem, written) = damaged(|mem, segments| {
         mem.modify(segments.last().unwrap(), |bytes| {
-            torn_at = bytes.len() as u64;
+            torn_at = records_end(bytes);
+            bytes.truncate(torn_at as usize);
             bytes.extend([9; 13]);
         })
     });
@@ -243,14 +244,23 @@ fn incomplete_last_segment() {
 fn verify_agrees_with_recovery() {
     // Whatever verify calls repairable, open repairs; whatever it calls corruption, open refuses
     // (or, for sealed segments, reading refuses).
-    let (mem, _) = damaged(|mem, segments| {
-        mem.modify(segments.last().unwrap(), |bytes| bytes.extend([0; 40]));
-    });
-    let (report, visited) = check(&mem);
-    assert!(!report.is_ok() && !report.has_corruption());
-    let (log, recovery) = mem.open_ok();
-    assert_eq!(recovery.next_position, report.next_position);
-    assert_eq!(crate::util::read_all(&log), visited);
+    // Zeros after the last record are the end of the log to both; other bytes a torn tail.
+    for (tail, is_ok) in [(0u8, true), (7, false)] {
+        let (mem, _) = damaged(|mem, segments| {
+            mem.modify(segments.last().unwrap(), |bytes| {
+                let end = records_end(bytes) as usize;
+                bytes.resize(bytes.len().max(end + 40), 0);
+                bytes[end..end + 40].fill(tail);
+            });
+        });
+        let (report, visited) = check(&mem);
+        assert_eq!(report.is_ok(), is_ok, "{report}");
+        assert!(!report.has_corruption());
+        let (log, recovery) = mem.open_ok();
+        assert_eq!(recovery.repairs.is_empty(), is_ok);
+        assert_eq!(recovery.next_position, report.next_position);
+        assert_eq!(crate::util::read_all(&log), visited);
+    }
 }
 
 #[test]
