@@ -7,7 +7,7 @@ use tally_log::{
     verify_dir, EventLog, LogError, LogOptions, ProblemKind, Repair, SegmentedLog, SnapshotStore,
 };
 
-use crate::util::{append_all, batches, batches_from, flip, read_all, record_offsets};
+use crate::util::{append_all, batches, batches_from, flip, read_all, record_offsets, records_end};
 
 fn open(
     dir: &Path,
@@ -47,6 +47,46 @@ fn reopen_continues_positions() {
     append_all(&mut log, &second);
     assert_eq!(read_all(&log), [first, second].concat());
     assert!(dir.join("00000000000000000000.tlog").exists());
+}
+
+/// On a real file system: the last segment carries its zero fill across a reopen, which
+/// repairs nothing, and a sealed segment ends with its last record.
+#[test]
+fn the_zero_fill_survives_a_reopen_and_is_cut_at_a_roll() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path();
+    let segment_bytes_max = 64 * 1024;
+    let first = batches(20);
+    append_all(&mut open(dir, segment_bytes_max).unwrap().0, &first);
+    let path = &segments(dir)[0];
+    let bytes = fs::read(path).unwrap();
+    let end = records_end(&bytes);
+    assert_eq!(
+        bytes.len() as u64,
+        segment_bytes_max,
+        "filled up to the segment size"
+    );
+    assert!(bytes[end as usize..].iter().all(|&byte| byte == 0));
+
+    let (mut log, report) = open(dir, segment_bytes_max).unwrap();
+    assert!(report.repairs.is_empty(), "{report}");
+    assert_eq!(fs::metadata(path).unwrap().len(), segment_bytes_max);
+    // Enough to roll: the first segment is sealed without its zeros.
+    let more = batches_from(log.next_position(), 2000);
+    append_all(&mut log, &more);
+    let all = segments(dir);
+    assert!(all.len() > 1);
+    for sealed in &all[..all.len() - 1] {
+        let bytes = fs::read(sealed).unwrap();
+        assert_eq!(
+            records_end(&bytes),
+            bytes.len() as u64,
+            "{}",
+            sealed.display()
+        );
+    }
+    assert_eq!(read_all(&log), [first, more].concat());
+    assert!(verify_dir(dir).unwrap().is_ok());
 }
 
 #[test]
