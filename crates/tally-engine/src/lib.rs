@@ -612,7 +612,8 @@ impl EngineHandle {
         (!self.is_ready()).then(|| self.shared.unavailable().to_string())
     }
 
-    /// Bytes the log occupies on disk: the sum of its segment files, as of the last append.
+    /// Bytes the log holds on disk: its segment files without the zeros kept ahead of the newest
+    /// one's records, as of the last append.
     /// It only grows (segments are never deleted yet).
     pub fn log_bytes(&self) -> u64 {
         self.shared.log_bytes.load(Ordering::Relaxed)

@@ -320,8 +320,9 @@ impl SegmentedLog {
             .write_all_at(record, active.end_offset)
             .map_err(LogError::io("write", &active.path))?;
         if record_end > active.file_len {
-            // This record grows the file, so its sync commits the journal anyway: let the zeros
-            // for the appends after it ride along. None past the segment's size, where it rolls.
+            // This record grows the file, so its sync makes a new size durable anyway: let the
+            // zeros for the appends after it ride along. None past the segment's size, where it
+            // rolls.
             let fill_end = (record_end + SEGMENT_ZERO_FILL_BYTES)
                 .min(self.options.segment_bytes_max)
                 .max(record_end);
@@ -329,6 +330,7 @@ impl SegmentedLog {
                 .map_err(LogError::io("write", &active.path))?;
             active.file_len = fill_end;
         }
+        assert!(active.file_len >= record_end);
         let sync_started = Instant::now();
         active
             .file

@@ -197,7 +197,7 @@ impl Collector for Status {
         gauge(
             e,
             "tally_log_size_bytes",
-            "Bytes the log occupies on disk: the sum of its segment files.",
+            "Bytes the log holds on disk: its segment files, without the zeros kept ahead of the newest one's records.",
             engine.log_bytes(),
         )?;
         if let Some(snapshot) = engine.last_snapshot() {
