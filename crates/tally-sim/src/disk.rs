@@ -401,7 +401,9 @@ impl SimDisk {
 
     fn sync_extents(&self, path: &Path) {
         if let Some(extents) = self.lock().extents.get_mut(path) {
-            for extent in extents.iter_mut() {
+            // Extents are recorded in write order, so the unsynced ones are the newest: stop at
+            // the first one an earlier sync covered, rather than walk the file's whole history.
+            for extent in extents.iter_mut().rev().take_while(|extent| !extent.synced) {
                 extent.synced = true;
             }
         }
