@@ -5,15 +5,20 @@
 //! or written are an authoritative cache. Before a page is folded, [`Fold::missing`] names the
 //! rows the page needs that the cache lacks; the store loads them ([`Fold::load`]); then
 //! [`Fold::apply`] folds the page and returns what changed, for the store to write in one atomic
-//! commit with the checkpoints. Every row is written whole (never incremented) and history
-//! entries are keyed by position, so writing the same change twice leaves the same state; the
-//! checkpoint is what makes each event count once.
+//! commit with the checkpoints. Rows are written as values, never increments, and history
+//! entries are appended only by the commit that moves the checkpoint past them: the checkpoint
+//! is what makes each event count once.
 //!
 //! The rules mirror `tally_core::Ledger` and the embedded read model (`tally_read`): an account's
 //! version grows by one per event that touches it, creation included; a pending transfer
 //! reserves, a post moves its amount and releases the reservation, a void or an expiry releases.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
+
+// The fold hashes every event's account ids several times over: foldhash costs a fraction of
+// std's SipHash, and its random seed per map still keeps crafted ids from piling up in one
+// bucket.
+use foldhash::{HashMap, HashSet, HashSetExt};
 use std::fmt::Write as _;
 
 use anyhow::{anyhow, bail, Context};
@@ -128,35 +133,18 @@ impl Missing {
 #[derive(Debug, Default)]
 pub struct Changes {
     pub accounts: HashSet<String>,
-    /// Account id → its new entries, in log order.
-    pub history: HashMap<String, Vec<HistoryEntry>>,
+    /// The changed accounts this page created: only their rows carry `ledger` and
+    /// `allow_overdraft`, which never change afterwards, so later writes leave them out.
+    pub created: HashSet<String>,
+    /// Account id → the JSON of its new history entries (as `GET /v1/accounts/{id}/history`
+    /// renders them), in log order.
+    pub history: HashMap<String, Vec<String>>,
     /// Position → the row to write, or `None` to delete it.
     pub pendings: HashMap<u64, Option<PendingRow>>,
     pub ledgers: HashSet<String>,
     pub days: HashSet<(String, String)>,
     /// Events of the page applied to owned partitions.
     pub applied: u64,
-}
-
-/// One entry of an account's history: what `GET /v1/accounts/{id}/history` lists.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HistoryEntry {
-    pub position: u64,
-    /// 0 for the debit side, 1 for the credit side: with the position, a unique, growing id.
-    pub side: u8,
-    /// The entry as the API renders it.
-    pub json: String,
-}
-
-impl HistoryEntry {
-    /// Its id in the account's stream, `{position}-{side}`, which grows along the log: into
-    /// `id`.
-    pub fn id_into(&self, id: &mut String) {
-        id.clear();
-        id.push_str(itoa::Buffer::new().format(self.position));
-        id.push('-');
-        id.push_str(itoa::Buffer::new().format(self.side));
-    }
 }
 
 /// The partitions a member owns, each with its checkpoint: the next position it applies.
@@ -355,6 +343,7 @@ impl Fold {
                 ..AccountRow::default()
             }),
         );
+        changes.created.insert(account.clone());
         changes.accounts.insert(account);
         self.ledger(ledger)?.accounts += 1;
         mark(&mut changes.ledgers, ledger);
@@ -542,16 +531,11 @@ impl Fold {
         json.push_str(r#","transfer_id":"#);
         push_json_string(&mut json, transfer_id);
         json.push('}');
-        let entry = HistoryEntry {
-            position: event.position,
-            side: side as u8,
-            json,
-        };
         mark(&mut changes.accounts, account);
         match changes.history.get_mut(account) {
-            Some(entries) => entries.push(entry),
+            Some(entries) => entries.push(json),
             None => {
-                changes.history.insert(account.clone(), vec![entry]);
+                changes.history.insert(account.clone(), vec![json]);
             }
         }
         Ok(())
@@ -729,6 +713,29 @@ mod tests {
         json!({"type": "transfer", "ledger": "USD", "kind": kind, "transfer_id": id, "from": from, "to": to, "amount": amount})
     }
 
+    /// Only the page that creates an account marks it created: later pages change its other
+    /// fields, and the store writes `ledger` and `allow_overdraft` with the creation alone.
+    #[test]
+    fn an_account_is_created_in_one_page_only() {
+        let created = |id: &str| json!({"type": "account_created", "account": id, "ledger": "USD", "allow_overdraft": true});
+        let mut state = Fold::default();
+        let first = [
+            event(0, DAY1, created("a")),
+            event(1, DAY1, transfer("deposit", "d", None, Some("a"), 5)),
+        ];
+        let changes = fold(&mut state, &first, 0);
+        assert_eq!(changes.created, HashSet::from_iter(["a".to_owned()]));
+        assert!(changes.accounts.contains("a"));
+        let second = [
+            event(2, DAY1, created("b")),
+            event(3, DAY1, transfer("transfer", "t", Some("a"), Some("b"), 5)),
+        ];
+        let changes = fold(&mut state, &second, 2);
+        assert_eq!(changes.created, HashSet::from_iter(["b".to_owned()]));
+        assert!(changes.accounts.contains("a") && changes.accounts.contains("b"));
+        assert!(state.rows.accounts["a"].as_ref().unwrap().allow_overdraft);
+    }
+
     #[test]
     fn the_fold_follows_the_ledger_rules_and_counts_what_posts_value() {
         let created = |id: &str| json!({"type": "account_created", "account": id, "ledger": "USD", "allow_overdraft": false});
@@ -807,7 +814,7 @@ mod tests {
             }
         );
         assert_eq!(changes.history["a"].len(), 8);
-        let expired: Value = serde_json::from_str(&changes.history["a"][7].json).unwrap();
+        let expired: Value = serde_json::from_str(&changes.history["a"][7]).unwrap();
         assert_eq!(
             expired,
             json!({"amount": 7, "balance_after": 55, "kind": "expire", "position": 9, "side": "debit", "timestamp": DAY2, "transfer_id": "p3"})

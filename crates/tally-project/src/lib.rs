@@ -12,8 +12,9 @@
 //!   new checkpoints in one transaction fenced by its leases ([`store`]); a crash before the
 //!   transaction changes nothing, a crash after it loses nothing, and a member whose lease moved
 //!   on writes nothing;
-//! - every row is written whole, and a history entry's id is its log position, so the only
-//!   thing that decides whether an event counted is the checkpoint written with it;
+//! - rows are written as values, never increments, and history entries are appended only by
+//!   the transaction that moves the checkpoint past them, so the only thing that decides
+//!   whether an event counted is the checkpoint written with it;
 //! - one commit is in flight at a time while the next pages are folded on top of it; when it
 //!   fails, what was folded after it is dropped unsent.
 //!
@@ -405,11 +406,17 @@ impl Projector {
             partitions: member.partitions(),
             checkpoints: &checkpoints,
         };
-        for _ in 0..fold::LOAD_ROUNDS_MAX {
+        let mut rounds = 0;
+        loop {
             let missing = self.fold.missing(&events, &ownership);
             if missing.is_empty() {
                 break;
             }
+            rounds += 1;
+            assert!(
+                rounds <= fold::LOAD_ROUNDS_MAX,
+                "every row a page needs is loaded within LOAD_ROUNDS_MAX rounds"
+            );
             let rows = self
                 .store
                 .load(&missing)
@@ -417,10 +424,6 @@ impl Projector {
                 .map_err(Failure::from_redis)?;
             self.fold.load(rows);
         }
-        assert!(
-            self.fold.missing(&events, &ownership).is_empty(),
-            "every row a page needs is loaded within LOAD_ROUNDS_MAX rounds"
-        );
         // Only partitions the page moves are fenced: one acquired further on is not behind. The
         // commit in flight moves the same partitions (to its end, which is before this one's).
         let fences: BTreeMap<u32, (Lease, u64)> = member

@@ -33,6 +33,9 @@ const REPLY_ARRAY_ITEMS_MAX: usize = 1 << 20;
 pub struct Commands {
     bytes: Vec<u8>,
     count: usize,
+    /// Arguments the last command announced and has not been given yet: a command with more
+    /// or fewer than it announced would run the rest of the buffer together.
+    arguments_due: usize,
 }
 
 impl Commands {
@@ -40,17 +43,26 @@ impl Commands {
         Commands {
             bytes: Vec::with_capacity(bytes),
             count: 0,
+            arguments_due: 0,
         }
     }
 
     /// Starts a command of `arguments` arguments (its name included); exactly that many
     /// [`Commands::arg`]s must follow.
     pub fn command(&mut self, arguments: usize) -> &mut Commands {
+        assert_eq!(
+            self.arguments_due, 0,
+            "the command before has all its arguments"
+        );
+        assert!(arguments > 0, "a command has a name");
         self.count += 1;
+        self.arguments_due = arguments;
         self.line(b'*', arguments as u64)
     }
 
     pub fn arg(&mut self, argument: impl AsRef<[u8]>) -> &mut Commands {
+        self.arguments_due = (self.arguments_due.checked_sub(1))
+            .expect("no more arguments than the command announced");
         let argument = argument.as_ref();
         self.line(b'$', argument.len() as u64);
         self.bytes.extend_from_slice(argument);
@@ -69,6 +81,10 @@ impl Commands {
     }
 
     pub fn bytes(&self) -> &[u8] {
+        assert_eq!(
+            self.arguments_due, 0,
+            "the last command has all its arguments"
+        );
         &self.bytes
     }
 
@@ -336,6 +352,21 @@ mod tests {
             commands.bytes(),
             b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\n42\r\n*1\r\n$4\r\nEXEC\r\n"
         );
+    }
+
+    #[test]
+    #[should_panic(expected = "the command before has all its arguments")]
+    fn a_command_short_of_its_arguments_is_refused() {
+        let mut commands = Commands::default();
+        commands.command(3).arg("SET").arg("k");
+        commands.command(1).arg("EXEC");
+    }
+
+    #[test]
+    #[should_panic(expected = "no more arguments than the command announced")]
+    fn an_argument_beyond_the_announced_ones_is_refused() {
+        let mut commands = Commands::default();
+        commands.command(1).arg("EXEC").arg("extra");
     }
 
     #[test]

@@ -288,7 +288,7 @@ impl Cpu {
         self
     }
 
-    /// The commands Redis spent most time in, as `XADD 1.23 µs/event (2.00 calls)`.
+    /// The commands Redis spent most time in, as `RPUSH 1.23 µs/event (1.20 calls)`.
     fn commands_summary(&self, events: u64) -> String {
         let events = events.max(1) as f64;
         let mut commands: Vec<_> = self

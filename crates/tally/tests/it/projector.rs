@@ -315,13 +315,7 @@ async fn assert_matches_server(redis: &RedisServer, prefix: &str, client: &Clien
             let stored = history(&mut connection, &format!("{prefix}history:{id}")).await;
             let stored: Vec<Value> = stored
                 .iter()
-                .map(|(stream_id, entry)| {
-                    let entry: Value = serde_json::from_str(entry).unwrap();
-                    let position = entry["position"].as_u64().unwrap();
-                    let side = u8::from(entry["side"] == "credit");
-                    assert_eq!(*stream_id, format!("{position}-{side}"), "{entry}");
-                    entry
-                })
+                .map(|entry| serde_json::from_str(entry).unwrap())
                 .collect();
             assert_eq!(
                 stored.len(),
@@ -353,27 +347,9 @@ async fn assert_matches_server(redis: &RedisServer, prefix: &str, client: &Clien
     }
 }
 
-/// An account's history stream: (id, entry JSON) in order.
-async fn history(
-    connection: &mut redis::aio::MultiplexedConnection,
-    key: &str,
-) -> Vec<(String, String)> {
-    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-        .arg(key)
-        .arg("-")
-        .arg("+")
-        .query_async(connection)
-        .await
-        .unwrap();
-    entries
-        .into_iter()
-        .map(|(id, mut fields)| {
-            assert_eq!(fields.len(), 1, "{key} {id}: {fields:?}");
-            let (name, entry) = fields.pop().unwrap();
-            assert_eq!(name, "entry", "{key} {id}");
-            (id, entry)
-        })
-        .collect()
+/// An account's history list: the entries' JSON, in order.
+async fn history(connection: &mut redis::aio::MultiplexedConnection, key: &str) -> Vec<String> {
+    connection.lrange(key, 0, -1).await.unwrap()
 }
 
 /// Every key under `prefix` but the group's, with its content.
@@ -400,7 +376,7 @@ async fn dump(redis: &RedisServer, prefix: &str) -> BTreeMap<String, Value> {
                 .zrange_withscores::<_, Vec<(String, f64)>>(&key, 0, -1)
                 .await
                 .unwrap()),
-            "stream" => json!(history(&mut connection, &key).await),
+            "list" => json!(history(&mut connection, &key).await),
             other => panic!("{key} is a {other}"),
         };
         dump.insert(name, value);
@@ -584,8 +560,9 @@ async fn a_projector_crashed_around_a_commit_resumes_exactly_and_a_stalled_one_i
 }
 
 /// A key under the prefix that Redis cannot write as the layout says (here an account's
-/// history that is a plain string) makes Redis refuse part of a commit: the projector stops,
-/// names what Redis said, and asks for a rebuild, rather than go on past a gap.
+/// history that is a stream, as projectors before 2026-12-02 wrote it) makes Redis refuse part
+/// of a commit: the projector stops, names what Redis said, and asks for a rebuild, rather than
+/// go on past a gap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_projector_stops_when_redis_refuses_part_of_a_commit() {
     let dir = tempfile::tempdir().unwrap();
@@ -595,7 +572,14 @@ async fn a_projector_stops_when_redis_refuses_part_of_a_commit() {
     open_accounts(&client).await;
     let mut connection = redis.connection().await;
     let history = format!("tally:history:{}", account(0, 0));
-    let () = connection.set(&history, "not a stream").await.unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg(&history)
+        .arg("1-0")
+        .arg("entry")
+        .arg("{}")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
     let log = dir.path().join("projector.log");
     let mut member = projector(&server, &redis, "g", "tally:", &[], &log);
     let status = tokio::time::timeout(Duration::from_secs(30), member.wait())
@@ -606,8 +590,12 @@ async fn a_projector_stops_when_redis_refuses_part_of_a_commit() {
     let text = log_of(&log);
     assert!(text.contains("WRONGTYPE"), "{text}");
     assert!(text.contains("tally project --rebuild"), "{text}");
-    let value: String = connection.get(&history).await.unwrap();
-    assert_eq!(value, "not a stream");
+    let length: u64 = redis::cmd("XLEN")
+        .arg(&history)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(length, 1, "the old history is left as it was");
 }
 
 /// A Redis that wants a password, used through another database than 0: the projector's
