@@ -14,14 +14,13 @@
 //! reserves, a post moves its amount and releases the reservation, a void or an expiry releases.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
 
+use anyhow::{anyhow, bail, Context};
 // The fold hashes every event's account ids several times over: foldhash costs a fraction of
 // std's SipHash, and its random seed per map still keeps crafted ids from piling up in one
 // bucket.
 use foldhash::{HashMap, HashSet, HashSetExt};
-use std::fmt::Write as _;
-
-use anyhow::{anyhow, bail, Context};
 use serde::Deserialize;
 
 /// One event of the feed (`GET /v1/events`), as the server renders it.
@@ -595,8 +594,8 @@ impl Fold {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Side {
-    Debit = 0,
-    Credit = 1,
+    Debit,
+    Credit,
 }
 
 impl Side {

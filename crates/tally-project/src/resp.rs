@@ -61,7 +61,9 @@ impl Commands {
     }
 
     pub fn arg(&mut self, argument: impl AsRef<[u8]>) -> &mut Commands {
-        self.arguments_due = (self.arguments_due.checked_sub(1))
+        self.arguments_due = self
+            .arguments_due
+            .checked_sub(1)
             .expect("no more arguments than the command announced");
         let argument = argument.as_ref();
         self.line(b'$', argument.len() as u64);
