@@ -17,9 +17,10 @@ use crate::http::{Connection, Endpoint};
 /// Events per page at most, as the server allows.
 pub const PAGE_EVENTS_MAX: u32 = 1000;
 
-/// Pages read ahead and not yet taken, at most: enough to fold several pages into one commit
-/// while catching up, few enough to bound memory (a page is at most 1000 events).
-pub const PAGES_AHEAD_MAX: usize = 4;
+/// Pages read ahead and not yet taken, at most: as many as one commit folds while catching up
+/// (see `COMMIT_EVENTS_MAX`), few enough to bound memory (a page is at most 1000 events, a few
+/// hundred kilobytes parsed).
+pub const PAGES_AHEAD_MAX: usize = 16;
 
 /// How long a long poll of the feed waits for the next event.
 const LONG_POLL: Duration = Duration::from_secs(1);
