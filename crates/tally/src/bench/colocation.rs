@@ -14,6 +14,10 @@
 //! offline work is done (at least `--duration`), so the figures cover only time under
 //! contention. The child prints one JSON line; the parent prints a table and a JSON summary with
 //! the ratios to `alone`.
+//!
+//! `--offline-in child` runs the same offline work, on an executor of the same priority, in a
+//! grandchild process instead (this binary with `--offline-only`): a control that tells what
+//! sharing the process costs the online path from what sharing the machine does.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -37,6 +41,8 @@ use tally_project::http::{Connection, Endpoint};
 const WINDOW_MAX: Duration = Duration::from_secs(600);
 /// Connections used to create and fund the accounts (not measured).
 const SETUP_CONNECTIONS: usize = 16;
+/// One row of `--timeline`.
+const TIMELINE_SLICE: Duration = Duration::from_millis(100);
 
 /// Options of `tally bench-offline`.
 #[derive(clap::Args, Debug, Clone)]
@@ -77,9 +83,38 @@ pub struct ColocationArgs {
     #[arg(long, value_name = "DIR")]
     pub rebuild_dir: Option<PathBuf>,
 
+    /// Where the offline work runs: on the server's own executor in the same process (what the
+    /// figures in the README and the target are about), or in a child process on an executor
+    /// of the same priority (a control: what sharing the process costs).
+    #[arg(long, value_enum, default_value_t = OfflineIn::Process)]
+    pub offline_in: OfflineIn,
+
     /// Run only this condition in this process and print its JSON line (used by the parent).
     #[arg(long, value_enum)]
     pub condition: Option<Condition>,
+
+    /// Write the condition's window to FILE as CSV, one row per 100 ms: the requests due in it,
+    /// their p99 and longest latency, the events the rebuild had projected and the records the
+    /// verify had checked by then (offline work in this process only), and the size of the
+    /// rebuild's file. It shows what the offline work was doing when latency rose. Needs
+    /// `--condition`: one file per condition.
+    #[arg(long, value_name = "FILE", requires = "condition")]
+    pub timeline: Option<PathBuf>,
+
+    /// Run only the condition's offline work, print its JSON line and exit (used by a condition
+    /// with `--offline-in child`; needs `--condition` and `--rebuild-dir`).
+    #[arg(long, hide = true)]
+    pub offline_only: bool,
+}
+
+/// Where a condition's offline work runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OfflineIn {
+    /// On the server's executor, in the process that serves the online load.
+    Process,
+    /// In a child process of its own, on an executor of the same priority.
+    Child,
 }
 
 /// Which offline jobs run in the `idle` and `normal` conditions.
@@ -112,6 +147,7 @@ pub enum Condition {
 #[derive(Debug, Serialize, Deserialize)]
 struct Measured {
     condition: Condition,
+    offline_in: OfflineIn,
     isolation: String,
     rate: u64,
     requests: u64,
@@ -138,6 +174,9 @@ struct Measured {
 pub fn run(args: ColocationArgs) -> anyhow::Result<()> {
     validate(&args)?;
     if let Some(condition) = args.condition {
+        if args.offline_only {
+            return run_offline_only(&args, condition);
+        }
         return run_condition(&args, condition);
     }
     let mut results = Vec::new();
@@ -192,6 +231,10 @@ fn child(args: &ColocationArgs, condition: Condition) -> anyhow::Result<Measured
             "--offline-work",
             &format!("{:?}", args.offline_work).to_lowercase(),
         ])
+        .args([
+            "--offline-in",
+            &format!("{:?}", args.offline_in).to_lowercase(),
+        ])
         .args(["--condition", &condition_name])
         .env(
             "TALLY_LOG",
@@ -217,6 +260,7 @@ fn print_summary(results: &[Measured]) {
         .map(|r| {
             serde_json::json!({
                 "condition": r.condition,
+                "offline_in": r.offline_in,
                 "isolation": r.isolation,
                 "p50_ms": r.p50_ms,
                 "p99_ms": r.p99_ms,
@@ -308,31 +352,59 @@ async fn measure(
     let loadavg_start = loadavg();
     let rusage_before = cpu_seconds();
     let started = Instant::now();
-    let offline_work = match condition {
-        Condition::Alone => None,
-        Condition::Idle | Condition::Normal => Some(OfflineWork::start(
-            &offline,
-            &args.offline_data,
-            args.rebuild_dir.as_deref().unwrap_or(data.path()),
-            args.offline_work,
-            Duration::from_secs(args.duration),
-        )?),
+    let scratch = args.rebuild_dir.as_deref().unwrap_or(data.path());
+    let offline_work = match (condition, args.offline_in) {
+        (Condition::Alone, _) => None,
+        (Condition::Idle | Condition::Normal, OfflineIn::Process) => {
+            Some(OfflineRun::InProcess(Box::new(OfflineWork::start(
+                &offline,
+                &args.offline_data,
+                scratch,
+                args.offline_work,
+                Duration::from_secs(args.duration),
+            )?)))
+        }
+        (Condition::Idle | Condition::Normal, OfflineIn::Child) => Some(OfflineRun::Child(
+            OfflineChild::spawn(args, condition, scratch)?,
+        )),
     };
+    let sampler = args.timeline.as_ref().map(|_| {
+        let jobs = match &offline_work {
+            Some(OfflineRun::InProcess(work)) => work.progress(),
+            Some(OfflineRun::Child(_)) | None => OfflineProgress::default(),
+        };
+        // Started just before the load, whose due times count from its own start.
+        Sampler::start(Instant::now(), jobs, scratch.to_path_buf())
+    });
     let minimum = Duration::from_secs(args.duration);
     let latencies = load.run(minimum, offline_work.as_ref()).await?;
     let window = started.elapsed();
+    if let (Some(path), Some(sampler)) = (&args.timeline, sampler) {
+        write_timeline(path, &latencies, &sampler.stop())
+            .with_context(|| format!("cannot write the timeline to {}", path.display()))?;
+    }
     let cpu = cpu_seconds() - rusage_before;
     let loadavg_end = loadavg();
-    let (verify_s, rebuild_s, offline_events) = match offline_work {
-        Some(work) => work.finish()?,
-        None => (0.0, 0.0, 0),
+    let (isolation, (verify_s, rebuild_s, offline_events)) = match offline_work {
+        Some(OfflineRun::InProcess(work)) => {
+            (offline.isolation().as_str().to_string(), work.finish()?)
+        }
+        Some(OfflineRun::Child(child)) => {
+            let done = child.finish()?;
+            (
+                done.isolation,
+                (done.verify_s, done.rebuild_s, done.offline_events),
+            )
+        }
+        None => (offline.isolation().as_str().to_string(), (0.0, 0.0, 0)),
     };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let mut sorted = latencies.latencies_ms;
     sorted.sort_unstable_by(f64::total_cmp);
     Ok(Measured {
         condition,
-        isolation: offline.isolation().as_str().to_string(),
+        offline_in: args.offline_in,
+        isolation,
         rate: args.rate,
         requests: sorted.len() as u64,
         failed: latencies.failed,
@@ -422,6 +494,13 @@ impl OfflineWork {
         })
     }
 
+    fn progress(&self) -> OfflineProgress {
+        OfflineProgress {
+            rebuild: self.rebuild.as_ref().map(|job| job.progress().clone()),
+            verify: self.verify.as_ref().map(|job| job.progress().clone()),
+        }
+    }
+
     fn is_finished(&self) -> bool {
         self.verify.as_ref().is_none_or(Job::is_finished)
             && self.rebuild.as_ref().is_none_or(Job::is_finished)
@@ -461,6 +540,246 @@ impl OfflineWork {
     }
 }
 
+/// A condition's offline work, in this process or in a child.
+enum OfflineRun {
+    InProcess(Box<OfflineWork>),
+    Child(OfflineChild),
+}
+
+impl OfflineRun {
+    fn is_finished(&self) -> bool {
+        match self {
+            OfflineRun::InProcess(work) => work.is_finished(),
+            OfflineRun::Child(child) => child.is_finished(),
+        }
+    }
+}
+
+/// What the offline work's own process prints (`--offline-only`).
+#[derive(Debug, Serialize, Deserialize)]
+struct OfflineDone {
+    isolation: String,
+    verify_s: f64,
+    rebuild_s: f64,
+    offline_events: u64,
+}
+
+/// The offline work running in a child process (`--offline-in child`).
+struct OfflineChild {
+    /// Locked only by the load's polling task, to ask whether the child has exited.
+    process: std::sync::Mutex<std::process::Child>,
+}
+
+impl OfflineChild {
+    fn spawn(
+        args: &ColocationArgs,
+        condition: Condition,
+        scratch: &std::path::Path,
+    ) -> anyhow::Result<OfflineChild> {
+        let exe = std::env::current_exe()
+            .context("cannot find this executable to run the offline work")?;
+        let process = std::process::Command::new(exe)
+            .arg("bench-offline")
+            .arg("--offline-data")
+            .arg(&args.offline_data)
+            .args(["--duration", &args.duration.to_string()])
+            .args([
+                "--offline-work",
+                &format!("{:?}", args.offline_work).to_lowercase(),
+            ])
+            .arg("--rebuild-dir")
+            .arg(scratch)
+            .args(["--condition", &format!("{condition:?}").to_lowercase()])
+            .arg("--offline-only")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("cannot start the offline work's process")?;
+        Ok(OfflineChild {
+            process: std::sync::Mutex::new(process),
+        })
+    }
+
+    fn is_finished(&self) -> bool {
+        let mut process = self
+            .process
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // An error here is reported by `finish`, which waits again.
+        !matches!(process.try_wait(), Ok(None))
+    }
+
+    fn finish(self) -> anyhow::Result<OfflineDone> {
+        let process = self
+            .process
+            .into_inner()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let output = process
+            .wait_with_output()
+            .context("cannot wait for the offline work's process")?;
+        if !output.status.success() {
+            bail!("the offline work's process failed ({})", output.status);
+        }
+        let line = String::from_utf8_lossy(&output.stdout);
+        serde_json::from_str(line.trim())
+            .with_context(|| format!("the offline work's process printed no result line: {line}"))
+    }
+}
+
+/// The offline work of a condition alone, in this process, for a condition that runs it in a
+/// child (`--offline-in child`): prints its [`OfflineDone`] line.
+fn run_offline_only(args: &ColocationArgs, condition: Condition) -> anyhow::Result<()> {
+    let priority = match condition {
+        Condition::Normal => Priority::Normal,
+        Condition::Idle => Priority::Idle,
+        Condition::Alone => bail!("--offline-only needs --condition idle or normal"),
+    };
+    let Some(scratch) = args.rebuild_dir.as_deref() else {
+        bail!("--offline-only needs --rebuild-dir");
+    };
+    let offline = OfflineExecutor::new(OfflineConfig::with_priority(priority));
+    let work = OfflineWork::start(
+        &offline,
+        &args.offline_data,
+        scratch,
+        args.offline_work,
+        Duration::from_secs(args.duration),
+    )?;
+    let started = Instant::now();
+    while !work.is_finished() && started.elapsed() < WINDOW_MAX {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (verify_s, rebuild_s, offline_events) = work.finish()?;
+    let done = OfflineDone {
+        isolation: offline.isolation().as_str().to_string(),
+        verify_s: round3(verify_s),
+        rebuild_s: round3(rebuild_s),
+        offline_events,
+    };
+    println!("{}", serde_json::to_string(&done)?);
+    Ok(())
+}
+
+/// The progress of a condition's offline jobs, where the sampler can read it.
+#[derive(Default)]
+struct OfflineProgress {
+    rebuild: Option<tally_offline::Progress>,
+    verify: Option<tally_offline::Progress>,
+}
+
+/// What the offline work had done at one moment of the window (`--timeline`).
+struct Sample {
+    at: Duration,
+    rebuilt: Option<u64>,
+    verified: Option<u64>,
+    rebuild_file_bytes: u64,
+}
+
+/// A thread that samples the offline work every [`TIMELINE_SLICE`] for `--timeline`.
+struct Sampler {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<Sample>>,
+}
+
+impl Sampler {
+    fn start(started: Instant, jobs: OfflineProgress, scratch: PathBuf) -> Sampler {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let done = |job: &Option<tally_offline::Progress>| {
+                job.as_ref().map(|progress| progress.status().done)
+            };
+            let mut samples = Vec::new();
+            // One sample more after the stop, so that the last one sees the work's end.
+            loop {
+                samples.push(Sample {
+                    at: started.elapsed(),
+                    rebuilt: done(&jobs.rebuild),
+                    verified: done(&jobs.verify),
+                    rebuild_file_bytes: rebuild_file_bytes(&scratch),
+                });
+                if stopped.load(Ordering::Relaxed) || started.elapsed() >= WINDOW_MAX {
+                    return samples;
+                }
+                std::thread::sleep(TIMELINE_SLICE);
+            }
+        });
+        Sampler { stop, thread }
+    }
+
+    fn stop(self) -> Vec<Sample> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap_or_default()
+    }
+}
+
+/// Bytes of the rebuild files in `scratch` (the one of this process or of its child).
+fn rebuild_file_bytes(scratch: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(scratch) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|entry| {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("rebuilt-") && name.ends_with(".redb")
+        })
+        .filter_map(|entry| entry.metadata().ok())
+        .map(|metadata| metadata.len())
+        .sum()
+}
+
+/// Writes `--timeline`: per slice, the requests due in it and the last sample taken by its end
+/// (by the end of the sampling, for the last slice).
+fn write_timeline(
+    path: &std::path::Path,
+    latencies: &Latencies,
+    samples: &[Sample],
+) -> std::io::Result<()> {
+    use std::io::Write;
+    let slice_s = TIMELINE_SLICE.as_secs_f64();
+    let slices = latencies
+        .due_s
+        .iter()
+        .map(|due| (due / slice_s) as usize + 1)
+        .max()
+        .unwrap_or(0);
+    let mut by_slice: Vec<Vec<f64>> = vec![Vec::new(); slices];
+    for (due, latency) in latencies.due_s.iter().zip(&latencies.latencies_ms) {
+        by_slice[(due / slice_s) as usize].push(*latency);
+    }
+    let count = |value: Option<u64>| value.map_or(String::new(), |value| value.to_string());
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    writeln!(
+        out,
+        "t_s,requests,p99_ms,max_ms,rebuild_events,verify_records,rebuild_file_mb"
+    )?;
+    let mut samples = samples.iter().peekable();
+    let mut last: Option<&Sample> = None;
+    for (index, in_slice) in by_slice.iter_mut().enumerate() {
+        let end = Duration::from_secs_f64((index + 1) as f64 * slice_s);
+        let is_last = index + 1 == slices;
+        while let Some(sample) = samples.next_if(|sample| is_last || sample.at <= end) {
+            last = Some(sample);
+        }
+        in_slice.sort_unstable_by(f64::total_cmp);
+        writeln!(
+            out,
+            "{:.1},{},{:.3},{:.3},{},{},{:.1}",
+            index as f64 * slice_s,
+            in_slice.len(),
+            percentile(in_slice, 0.99),
+            in_slice.last().copied().unwrap_or(0.0),
+            count(last.and_then(|sample| sample.rebuilt)),
+            count(last.and_then(|sample| sample.verified)),
+            last.map_or(0.0, |sample| sample.rebuild_file_bytes as f64 / 1e6),
+        )?;
+    }
+    out.flush()
+}
+
 /// The open-loop online load.
 struct Load {
     endpoint: Endpoint,
@@ -473,6 +792,9 @@ struct Load {
 #[derive(Default)]
 struct Latencies {
     latencies_ms: Vec<f64>,
+    /// When each request was due, in seconds from the start of the window, in the order of
+    /// `latencies_ms`.
+    due_s: Vec<f64>,
     failed: u64,
 }
 
@@ -492,7 +814,7 @@ impl Load {
     async fn run(
         &self,
         minimum: Duration,
-        offline: Option<&OfflineWork>,
+        offline: Option<&OfflineRun>,
     ) -> anyhow::Result<Latencies> {
         let interval = Duration::from_secs(1) / u32::try_from(self.rate).unwrap_or(u32::MAX);
         let start = tokio::time::Instant::now();
@@ -525,6 +847,7 @@ impl Load {
                     measured
                         .latencies_ms
                         .push(due.elapsed().as_secs_f64() * 1000.0);
+                    measured.due_s.push((due - start).as_secs_f64());
                     if !matches!(&answer, Ok(response) if response.status == StatusCode::CREATED) {
                         measured.failed += 1;
                     }
@@ -542,6 +865,7 @@ impl Load {
         for task in tasks {
             let measured = task.await.context("a load task panicked")?;
             all.latencies_ms.extend(measured.latencies_ms);
+            all.due_s.extend(measured.due_s);
             all.failed += measured.failed;
         }
         Ok(all)

@@ -3,6 +3,7 @@
 mod support;
 
 mod auth;
+mod bench_offline;
 mod campaign;
 mod crash;
 mod crash_loop;

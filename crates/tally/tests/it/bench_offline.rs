@@ -1,0 +1,103 @@
+//! `tally bench-offline`: a condition gives a full result whether its offline work runs in the
+//! server's process or in a child process of its own (`--offline-in child`, the control), and
+//! its timeline (`--timeline`) follows the offline work to its end.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::support::tally_bin;
+
+/// Transfers in the offline data directory; `tally bench` also logs an account and a deposit
+/// for each of its `ACCOUNTS`.
+const TRANSFERS: u64 = 20_000;
+const ACCOUNTS: u64 = 100;
+
+fn fill_offline_data(dir: &Path) {
+    let output = Command::new(tally_bin())
+        .arg("bench")
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["--transfers", &TRANSFERS.to_string()])
+        .args(["--accounts", &ACCOUNTS.to_string()])
+        .args(["--batch", "1000", "--concurrency", "2"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "tally bench failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// One `idle` condition, as the parent runs it; its JSON line.
+fn idle_condition(offline_data: &Path, offline_in: &str, timeline: &Path) -> Value {
+    let output = Command::new(tally_bin())
+        .arg("bench-offline")
+        .arg("--offline-data")
+        .arg(offline_data)
+        .args(["--rate", "200", "--duration", "1", "--warmup", "0"])
+        .args(["--offline-in", offline_in, "--condition", "idle"])
+        .arg("--timeline")
+        .arg(timeline)
+        .env("TALLY_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "bench-offline --offline-in {offline_in} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[test]
+fn offline_work_in_the_process_or_a_child_is_done_within_the_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let offline_data = dir.path().join("offline");
+    fill_offline_data(&offline_data);
+    for offline_in in ["process", "child"] {
+        let timeline = dir.path().join(format!("timeline-{offline_in}.csv"));
+        let measured = idle_condition(&offline_data, offline_in, &timeline);
+        assert_eq!(measured["offline_in"], offline_in, "{measured}");
+        assert_eq!(
+            measured["offline_events"],
+            TRANSFERS + 2 * ACCOUNTS,
+            "the rebuild read the whole log: {measured}"
+        );
+        assert_eq!(measured["failed"], 0, "{measured}");
+        assert!(measured["requests"].as_u64().unwrap() >= 200, "{measured}");
+        let window = measured["window_s"].as_f64().unwrap();
+        for job in ["verify_s", "rebuild_s"] {
+            let seconds = measured[job].as_f64().unwrap();
+            assert!(
+                seconds > 0.0 && seconds <= window,
+                "{job} outside the window: {measured}"
+            );
+        }
+
+        let timeline = std::fs::read_to_string(&timeline).unwrap();
+        let mut rows = timeline.lines();
+        assert_eq!(
+            rows.next(),
+            Some("t_s,requests,p99_ms,max_ms,rebuild_events,verify_records,rebuild_file_mb")
+        );
+        let rows: Vec<Vec<&str>> = rows.map(|row| row.split(',').collect()).collect();
+        // One row per 100 ms of a window of at least 1 s.
+        assert!(rows.len() >= 10, "{timeline}");
+        let requests: u64 = rows.iter().map(|row| row[1].parse::<u64>().unwrap()).sum();
+        assert_eq!(requests, measured["requests"], "{timeline}");
+        let rebuilt = rows.last().unwrap()[4];
+        if offline_in == "process" {
+            // Sampled by the end of the window, which lasts until the rebuild is done.
+            assert_eq!(
+                rebuilt,
+                (TRANSFERS + 2 * ACCOUNTS).to_string(),
+                "{timeline}"
+            );
+        } else {
+            assert_eq!(rebuilt, "", "a child's progress is not visible: {timeline}");
+        }
+    }
+}
