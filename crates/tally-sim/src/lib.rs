@@ -535,11 +535,14 @@ impl Sim {
     /// Starts the engine on the disk as it is. Injected faults may make a start fail; the
     /// supervisor then tries again, and after a few failures starts without faults (the disk was
     /// replaced). A flipped bit must either stop the start with a corruption error, then be
-    /// repaired, or be harmless (in a snapshot, or in history a snapshot covers).
+    /// repaired, or be harmless (in a snapshot, or in history a snapshot covers). The start that
+    /// finds the flip may be the first without faults, so one more start follows it.
     fn restart_after(&mut self, flip: Option<BitFlip>) -> Result<(), String> {
+        /// Starts that may fail from injected faults before the faults are turned off.
+        const FAULTY_STARTS: u32 = 3;
         let mut flip = flip;
-        for attempt in 0..4 {
-            let rates = (attempt == 3).then(|| self.disk.set_rates(FaultRates::NONE));
+        for attempt in 0..FAULTY_STARTS + 2 {
+            let rates = (attempt >= FAULTY_STARTS).then(|| self.disk.set_rates(FaultRates::NONE));
             let faults_before = self.disk.counts();
             let opened = Stepper::open(Arc::new(self.disk.clone()), &self.config);
             if let Some(rates) = rates {

@@ -29,7 +29,13 @@ fn the_seeds_that_found_bugs_keep_every_promise() {
     // live beside the code they fixed (tally-log's `a_restart_after_an_io_error_...`).
     // A segment whose directory fsync failed, then a restart without a machine crash.
     // A record whose fdatasync failed, then a restart without a machine crash.
-    for seed in [10_819_883_962_277_159_899, 7_983_687_258_715_615_766] {
+    // A flipped bit that only the first start without faults found: the simulator repaired it
+    // and had no start left to make (a bug of the simulator's supervisor, not of the engine).
+    for seed in [
+        10_819_883_962_277_159_899,
+        7_983_687_258_715_615_766,
+        1_334_963_895_482_307_797,
+    ] {
         run(seed, &Options::default()).unwrap_or_else(|failure| panic!("{failure}"));
     }
 }

@@ -244,12 +244,20 @@ fn child(args: &ColocationArgs, condition: Condition) -> anyhow::Result<Measured
         .stderr(Stdio::inherit())
         .output()
         .context("cannot run a condition's child process")?;
+    result_line(&output, &format!("condition {condition:?}"))
+}
+
+/// The JSON line a child process of this benchmark (`what`) printed as its result.
+fn result_line<T: serde::de::DeserializeOwned>(
+    output: &std::process::Output,
+    what: &str,
+) -> anyhow::Result<T> {
     if !output.status.success() {
-        bail!("condition {condition:?} failed ({})", output.status);
+        bail!("{what} failed ({})", output.status);
     }
     let line = String::from_utf8_lossy(&output.stdout);
     serde_json::from_str(line.trim())
-        .with_context(|| format!("condition {condition:?} printed no result line: {line}"))
+        .with_context(|| format!("{what} printed no result line: {line}"))
 }
 
 fn print_summary(results: &[Measured]) {
@@ -618,12 +626,7 @@ impl OfflineChild {
         let output = process
             .wait_with_output()
             .context("cannot wait for the offline work's process")?;
-        if !output.status.success() {
-            bail!("the offline work's process failed ({})", output.status);
-        }
-        let line = String::from_utf8_lossy(&output.stdout);
-        serde_json::from_str(line.trim())
-            .with_context(|| format!("the offline work's process printed no result line: {line}"))
+        result_line(&output, "the offline work's process")
     }
 }
 
