@@ -14,42 +14,42 @@ use crate::support::tally_bin;
 const TRANSFERS: u64 = 20_000;
 const ACCOUNTS: u64 = 100;
 
-fn fill_offline_data(dir: &Path) {
-    let output = Command::new(tally_bin())
-        .arg("bench")
-        .arg("--data-dir")
-        .arg(dir)
-        .args(["--transfers", &TRANSFERS.to_string()])
-        .args(["--accounts", &ACCOUNTS.to_string()])
-        .args(["--batch", "1000", "--concurrency", "2"])
-        .output()
-        .unwrap();
+/// Runs `command` (a `tally` subcommand) to success; its standard output.
+fn succeeded(command: &mut Command) -> Vec<u8> {
+    let output = command.env("TALLY_LOG", "warn").output().unwrap();
     assert!(
         output.status.success(),
-        "tally bench failed: {}",
+        "{command:?} failed: {}",
         String::from_utf8_lossy(&output.stderr)
+    );
+    output.stdout
+}
+
+fn fill_offline_data(dir: &Path) {
+    succeeded(
+        Command::new(tally_bin())
+            .arg("bench")
+            .arg("--data-dir")
+            .arg(dir)
+            .args(["--transfers", &TRANSFERS.to_string()])
+            .args(["--accounts", &ACCOUNTS.to_string()])
+            .args(["--batch", "1000", "--concurrency", "2"]),
     );
 }
 
 /// One `idle` condition, as the parent runs it; its JSON line.
 fn idle_condition(offline_data: &Path, offline_in: &str, timeline: &Path) -> Value {
-    let output = Command::new(tally_bin())
-        .arg("bench-offline")
-        .arg("--offline-data")
-        .arg(offline_data)
-        .args(["--rate", "200", "--duration", "1", "--warmup", "0"])
-        .args(["--offline-in", offline_in, "--condition", "idle"])
-        .arg("--timeline")
-        .arg(timeline)
-        .env("TALLY_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "bench-offline --offline-in {offline_in} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
+    let stdout = succeeded(
+        Command::new(tally_bin())
+            .arg("bench-offline")
+            .arg("--offline-data")
+            .arg(offline_data)
+            .args(["--rate", "200", "--duration", "1", "--warmup", "0"])
+            .args(["--offline-in", offline_in, "--condition", "idle"])
+            .arg("--timeline")
+            .arg(timeline),
     );
-    serde_json::from_slice(&output.stdout).unwrap()
+    serde_json::from_slice(&stdout).unwrap()
 }
 
 #[test]
