@@ -44,6 +44,7 @@ mod projection;
 mod projector;
 mod rebuild;
 mod store;
+mod write_back;
 
 use std::path::Path;
 use std::sync::atomic::Ordering;

@@ -7,10 +7,14 @@ use std::time::Duration;
 /// process dies before the transaction commits.
 pub const TRANSACTION_EVENTS_MAX: u64 = 50_000;
 
-/// The most a rebuild writes back to the disk at a time (see `rebuild.rs`): the log's next
+/// The most a rebuild writes back to the disk at a time (see `write_back.rs`): the log's next
 /// `fdatasync` may queue behind one such piece, a millisecond or two of this disk's time, rather
 /// than behind a whole transaction's pages.
 pub const WRITE_BACK_CHUNK_BYTES: u64 = 256 * 1024;
+
+/// Bytes a rebuild writes before it writes them back (see `write_back.rs`); bounds how much of
+/// its file sits dirty in the page cache, for the kernel's flusher or a sync to send at once.
+pub const WRITE_BACK_PENDING_BYTES_MAX: u64 = 8 * 1024 * 1024;
 
 /// Wall time one write transaction may keep folding; bounds how stale queries get under load,
 /// since readers only see committed transactions.
@@ -59,6 +63,8 @@ pub const DAILY_PAGE_DAYS_MAX: u32 = 366;
 pub const STORE_FORMAT_VERSION: u64 = 2;
 
 const _: () = assert!(TRANSACTION_EVENTS_MAX > 0);
+const _: () =
+    assert!(WRITE_BACK_CHUNK_BYTES > 0 && WRITE_BACK_CHUNK_BYTES <= WRITE_BACK_PENDING_BYTES_MAX);
 const _: () = assert!(HISTORY_PAGE_ENTRIES_MAX > 0);
 const _: () = assert!(DAILY_PAGE_DAYS_MAX > 0);
 const _: () = assert!(TRANSACTION_DURATION_MAX.as_nanos() < DURABLE_COMMIT_INTERVAL.as_nanos());

@@ -6,12 +6,9 @@
 //! a prefix of the log, which the server resumes from. It reads only the log (sealed records up
 //! to the end it was given) and writes only its own file: nothing the online path waits for.
 //!
-//! Its disk writes are the one thing it still shares with the online path, so it writes them out
-//! itself, one transaction at a time (see [`WriteBack`]).
+//! Its disk writes are the one thing it still shares with the online path, so its file writes
+//! them back itself, a small piece at a time (see `write_back.rs`).
 
-use std::fs::File;
-use std::io;
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -19,7 +16,7 @@ use tally_log::LogReader;
 use tally_offline::Progress;
 use tokio::sync::watch;
 
-use crate::limits::{REBUILD_TRANSACTION_DURATION_MAX, WRITE_BACK_CHUNK_BYTES};
+use crate::limits::REBUILD_TRANSACTION_DURATION_MAX;
 use crate::projection::Projection;
 use crate::projector::{Projector, Shared};
 use crate::store::{store_error, Store};
@@ -40,8 +37,7 @@ pub fn rebuild(
     progress: &Progress,
 ) -> Result<u64, ReadError> {
     remove_unused(path)?;
-    let (store, checkpoint) = Store::create(path)?;
-    let write_back = WriteBack::open(path)?;
+    let (store, checkpoint) = Store::create_written_back(path)?;
     let projection = Projection::load(&store, checkpoint)?;
     let (_, durable) = watch::channel(log_end);
     let shared = Arc::new(Shared::new(store, checkpoint.position, durable.clone()));
@@ -67,79 +63,11 @@ pub fn rebuild(
                 )),
             });
         }
-        write_back.run()?;
         progress.set_done(projector.projection.position().min(log_end));
     }
     // Durable at the end: the commits before skipped the fsync.
     projector.sync()?;
     Ok(projector.projection.position())
-}
-
-/// Writes the rebuild's dirty pages to the disk after each of its transactions, and waits.
-///
-/// Why: the rebuild's commits skip the fsync, so without this their pages stay in the page cache
-/// until the kernel's flusher writes them out, up to 30 s and hundreds of megabytes later, in one
-/// burst at normal I/O priority. The log's next `fdatasync` then waits behind that burst in the
-/// device's queue (and, on a journaling file system, behind the data its journal commit must
-/// write first), and the online path's tail latency jumps. Written back here, by the rebuild's own
-/// thread, the writes leave one transaction at a time (a few megabytes) and carry that thread's
-/// I/O class: idle for a thread at `SCHED_IDLE`, which the block layer's schedulers serve after
-/// every other class. No cache flush and no durability: the final commit is durable, and a crash
-/// before it only costs a rebuild.
-struct WriteBack {
-    file: File,
-    path: std::path::PathBuf,
-}
-
-impl WriteBack {
-    fn open(path: &Path) -> Result<WriteBack, ReadError> {
-        // A second handle on the same file: write-back works on the file, not on the handle.
-        let file = File::open(path).map_err(|source| ReadError::Io {
-            op: "open the read model for write-back",
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Ok(WriteBack {
-            file,
-            path: path.to_path_buf(),
-        })
-    }
-
-    /// Writes the file's dirty pages back, [`WRITE_BACK_CHUNK_BYTES`] at a time, each piece
-    /// waited for before the next is sent: a transaction's pages sent at once (megabytes) would
-    /// sit in the device's queue ahead of the log's next `fdatasync`, which the I/O scheduler
-    /// can no longer reorder once they are sent. Clean ranges cost a lookup each.
-    fn run(&self) -> Result<(), ReadError> {
-        let error = |op, source| ReadError::Io {
-            op,
-            path: self.path.clone(),
-            source,
-        };
-        let len = self
-            .file
-            .metadata()
-            .map_err(|source| error("stat for write-back", source))?
-            .len();
-        let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
-            | libc::SYNC_FILE_RANGE_WRITE
-            | libc::SYNC_FILE_RANGE_WAIT_AFTER;
-        for offset in (0..len).step_by(WRITE_BACK_CHUNK_BYTES as usize) {
-            // SAFETY: a plain syscall on a descriptor `self.file` keeps open.
-            let result = unsafe {
-                libc::sync_file_range(
-                    self.file.as_raw_fd(),
-                    offset as libc::off64_t,
-                    WRITE_BACK_CHUNK_BYTES as libc::off64_t,
-                    flags,
-                )
-            };
-            if result != 0 {
-                return Err(error("write back", io::Error::last_os_error()));
-            }
-            tally_offline::yield_point();
-        }
-        Ok(())
-    }
 }
 
 /// Removes the file at `path` unless another handle has it open.

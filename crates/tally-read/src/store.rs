@@ -9,6 +9,7 @@ use redb::{Database, ReadableDatabase, TableDefinition};
 
 use crate::codec::{AccountRow, DayRow, HistoryRow, TotalsRow, TransferRow};
 use crate::limits::{DAILY_PAGE_DAYS_MAX, HISTORY_PAGE_ENTRIES_MAX, STORE_FORMAT_VERSION};
+use crate::write_back::WriteBackFile;
 use crate::{
     DailyPage, Day, DaySummary, HistoryEntry, HistoryPage, LedgerTotals, ReadError, TransferView,
 };
@@ -188,6 +189,26 @@ impl Store {
     /// tables behind.
     pub fn create(path: &Path) -> Result<(Store, Checkpoint), ReadError> {
         let db = Database::create(path).map_err(|source| store_error("create", path, source))?;
+        Store::initialise(db, path)
+    }
+
+    /// Creates an empty store as [`Store::create`] does, on a file that writes its pages back to
+    /// the disk in small pieces as they are written (see `write_back.rs`): for a rebuild, which
+    /// writes the whole file while the online path shares the disk.
+    pub fn create_written_back(path: &Path) -> Result<(Store, Checkpoint), ReadError> {
+        let backend = WriteBackFile::create(path).map_err(|source| ReadError::Io {
+            op: "create",
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let db = Database::builder()
+            .create_with_backend(backend)
+            .map_err(|source| store_error("create", path, source))?;
+        Store::initialise(db, path)
+    }
+
+    /// Writes the tables and a checkpoint at position 0 into the new database `db`, durably.
+    fn initialise(db: Database, path: &Path) -> Result<(Store, Checkpoint), ReadError> {
         let txn = db
             .begin_write()
             .map_err(|source| store_error("begin write transaction", path, source))?;

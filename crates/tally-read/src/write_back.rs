@@ -1,0 +1,261 @@
+//! A redb storage backend for the rebuild's file that writes its own pages back to the disk, a
+//! small piece at a time, on the writing thread.
+//!
+//! Why: a rebuild shares one thing with the online path that no CPU priority orders, the disk.
+//! The log's `fdatasync` ends with a cache flush of the device, and that flush waits for every
+//! write already sent to it. Left to themselves, the rebuild's writes reach the device in bursts
+//! of hundreds of megabytes: the kernel's flusher sends the pages of its unsynced commits up to
+//! 30 s later, and its final durable commit first copies everything redb kept in its write
+//! buffer (up to half of its cache) into the page cache and then syncs the whole file at once.
+//! Either way the log's next `fdatasync` queues behind the burst, and the online tail latency
+//! jumps (`tally bench-offline --timeline` showed the worst half-second of a rebuild at its final
+//! commit).
+//!
+//! So every write is remembered by the [`WRITE_BACK_CHUNK_BYTES`] piece of the file it touched,
+//! and once [`WRITE_BACK_PENDING_BYTES_MAX`] have been written, or before any sync, the touched
+//! pieces are written back one at a time, each waited for before the next is sent
+//! (`sync_file_range`). The log's `fdatasync` then waits behind at most one piece. The writing
+//! thread pays for it in time, which is what an idle-priority job should pay with; the writes
+//! carry its I/O class (idle at `SCHED_IDLE`), for the block layer's schedulers that have one.
+//! The sync that follows finds little left to write.
+//!
+//! Written here rather than found in a crate: it is a thin wrapper over redb's own
+//! [`FileBackend`], which does the reading, writing and locking.
+
+use std::collections::BTreeSet;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::ops::Bound;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use redb::backends::FileBackend;
+use redb::{BackendError, StorageBackend};
+
+use crate::limits::{WRITE_BACK_CHUNK_BYTES, WRITE_BACK_PENDING_BYTES_MAX};
+
+/// redb's file backend, plus write-back of what it wrote in small pieces (see the module docs).
+#[derive(Debug)]
+pub(crate) struct WriteBackFile {
+    inner: FileBackend,
+    /// A second handle on the same file for `sync_file_range`: write-back works on the file.
+    file: File,
+    path: PathBuf,
+    pending: Mutex<Pending>,
+}
+
+/// The pieces of the file written since the last write-back.
+#[derive(Debug, Default)]
+struct Pending {
+    /// Indexes of the touched [`WRITE_BACK_CHUNK_BYTES`] pieces, in file order.
+    chunks: BTreeSet<u64>,
+    /// Bytes written since the last write-back (a piece written twice counts twice).
+    bytes: u64,
+}
+
+impl WriteBackFile {
+    /// Opens (creating it if missing) the file at `path` as [`redb::Builder::create`] does.
+    pub(crate) fn create(path: &Path) -> io::Result<WriteBackFile> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        let write_back = file.try_clone()?;
+        let inner = FileBackend::new(file).map_err(io::Error::other)?;
+        Ok(WriteBackFile {
+            inner,
+            file: write_back,
+            path: path.to_path_buf(),
+            pending: Mutex::new(Pending::default()),
+        })
+    }
+
+    /// Writes back every piece written since the last write-back, in file order, one at a time.
+    fn write_back_pending(&self) -> io::Result<()> {
+        let chunks = {
+            let mut pending = self.pending.lock().expect("write-back state poisoned");
+            pending.bytes = 0;
+            std::mem::take(&mut pending.chunks)
+        };
+        let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+            | libc::SYNC_FILE_RANGE_WRITE
+            | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+        for chunk in chunks {
+            let offset = chunk * WRITE_BACK_CHUNK_BYTES;
+            // SAFETY: a plain syscall on a descriptor `self.file` keeps open.
+            let result = unsafe {
+                libc::sync_file_range(
+                    self.file.as_raw_fd(),
+                    offset as libc::off64_t,
+                    WRITE_BACK_CHUNK_BYTES as libc::off64_t,
+                    flags,
+                )
+            };
+            if result != 0 {
+                let error = io::Error::last_os_error();
+                return Err(io::Error::new(
+                    error.kind(),
+                    format!(
+                        "write back {} at offset {offset}: {error}",
+                        self.path.display()
+                    ),
+                ));
+            }
+            tally_offline::yield_point();
+        }
+        Ok(())
+    }
+}
+
+impl StorageBackend for WriteBackFile {
+    fn len(&self) -> Result<u64, io::Error> {
+        self.inner.len()
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), io::Error> {
+        self.inner.read(offset, out)
+    }
+
+    fn set_len(&self, len: u64) -> Result<(), io::Error> {
+        self.inner.set_len(len)
+    }
+
+    fn sync_data(&self) -> Result<(), io::Error> {
+        self.write_back_pending()?;
+        self.inner.sync_data()
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
+        self.inner.write(offset, data)?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        let full = {
+            let mut pending = self.pending.lock().expect("write-back state poisoned");
+            let first = offset / WRITE_BACK_CHUNK_BYTES;
+            let last = (offset + data.len() as u64 - 1) / WRITE_BACK_CHUNK_BYTES;
+            pending.chunks.extend(first..=last);
+            pending.bytes += data.len() as u64;
+            pending.bytes >= WRITE_BACK_PENDING_BYTES_MAX
+        };
+        if full {
+            self.write_back_pending()?;
+        }
+        Ok(())
+    }
+
+    fn close(&self) -> Result<(), io::Error> {
+        self.inner.close()
+    }
+
+    fn try_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
+        self.inner.try_lock_range(start, end)
+    }
+
+    fn try_lock_shared_range(
+        &self,
+        start: Bound<u64>,
+        end: Bound<u64>,
+    ) -> Result<bool, BackendError> {
+        self.inner.try_lock_shared_range(start, end)
+    }
+
+    fn lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+        self.inner.lock_range(start, end)
+    }
+
+    fn lock_shared_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+        self.inner.lock_shared_range(start, end)
+    }
+
+    fn unlock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+        self.inner.unlock_range(start, end)
+    }
+
+    fn query_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
+        self.inner.query_lock_range(start, end)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use redb::{ReadableDatabase, ReadableTableMetadata, TableDefinition};
+
+    use super::*;
+
+    fn pending(file: &WriteBackFile) -> (Vec<u64>, u64) {
+        let pending = file.pending.lock().unwrap();
+        (pending.chunks.iter().copied().collect(), pending.bytes)
+    }
+
+    #[test]
+    fn the_pieces_a_write_touches_wait_for_the_next_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = WriteBackFile::create(&dir.path().join("read.redb")).unwrap();
+        file.set_len(4 * WRITE_BACK_CHUNK_BYTES).unwrap();
+
+        // Across the boundary of pieces 0 and 1, then inside piece 3.
+        file.write(WRITE_BACK_CHUNK_BYTES - 100, &[7; 4096])
+            .unwrap();
+        file.write(3 * WRITE_BACK_CHUNK_BYTES, &[8; 10]).unwrap();
+        assert_eq!(pending(&file), (vec![0, 1, 3], 4106));
+
+        file.sync_data().unwrap();
+        assert_eq!(pending(&file), (vec![], 0));
+        let mut back = [0; 4096];
+        file.read(WRITE_BACK_CHUNK_BYTES - 100, &mut back).unwrap();
+        assert_eq!(back, [7; 4096]);
+    }
+
+    #[test]
+    fn writing_the_pending_bound_writes_back_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = WriteBackFile::create(&dir.path().join("read.redb")).unwrap();
+        let piece = vec![1; 64 * 1024];
+        let pieces = WRITE_BACK_PENDING_BYTES_MAX / piece.len() as u64;
+        file.set_len(pieces * piece.len() as u64).unwrap();
+
+        for index in 0..pieces - 1 {
+            file.write(index * piece.len() as u64, &piece).unwrap();
+        }
+        let (chunks, bytes) = pending(&file);
+        assert_eq!(bytes, WRITE_BACK_PENDING_BYTES_MAX - piece.len() as u64);
+        assert!(!chunks.is_empty());
+
+        file.write((pieces - 1) * piece.len() as u64, &piece)
+            .unwrap();
+        assert_eq!(
+            pending(&file),
+            (vec![], 0),
+            "the bound triggers a write-back"
+        );
+    }
+
+    #[test]
+    fn redb_s_own_file_backend_opens_what_it_wrote() {
+        const TABLE: TableDefinition<u64, u64> = TableDefinition::new("numbers");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("read.redb");
+        let db = redb::Database::builder()
+            .create_with_backend(WriteBackFile::create(&path).unwrap())
+            .unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut table = txn.open_table(TABLE).unwrap();
+            for number in 0..100_000 {
+                table.insert(number, number * 2).unwrap();
+            }
+        }
+        txn.commit().unwrap();
+        drop(db);
+
+        let db = redb::Database::open(&path).unwrap();
+        let txn = db.begin_read().unwrap();
+        let table = txn.open_table(TABLE).unwrap();
+        assert_eq!(table.len().unwrap(), 100_000);
+        assert_eq!(table.get(99_999).unwrap().unwrap().value(), 199_998);
+    }
+}
