@@ -7,9 +7,10 @@ use std::time::Duration;
 /// process dies before the transaction commits.
 pub const TRANSACTION_EVENTS_MAX: u64 = 50_000;
 
-/// The most a rebuild writes back to the disk at a time (see `write_back.rs`): the log's next
-/// `fdatasync` may queue behind one such piece, a millisecond or two of this disk's time, rather
-/// than behind a whole transaction's pages.
+/// About the most a rebuild writes back to the disk at a time (see `write_back.rs`), and the size
+/// of the pieces of its file it tracks writes by: the log's next `fdatasync` may queue behind one
+/// such write-back, a millisecond or two of this disk's time, rather than behind a whole
+/// transaction's pages.
 pub const WRITE_BACK_CHUNK_BYTES: u64 = 256 * 1024;
 
 /// Bytes a rebuild writes before it writes them back (see `write_back.rs`); bounds how much of
