@@ -216,35 +216,62 @@ fn validate(args: &ColocationArgs) -> anyhow::Result<()> {
 }
 
 fn child(args: &ColocationArgs, condition: Condition) -> anyhow::Result<Measured> {
-    let exe = std::env::current_exe().context("cannot find this executable to run a condition")?;
-    let condition_name = format!("{condition:?}").to_lowercase();
-    let output = std::process::Command::new(exe)
-        .arg("bench-offline")
-        .arg("--offline-data")
-        .arg(&args.offline_data)
-        .args(["--rate", &args.rate.to_string()])
-        .args(["--duration", &args.duration.to_string()])
-        .args(["--warmup", &args.warmup.to_string()])
-        .args(["--accounts", &args.accounts.to_string()])
-        .args(["--connections", &args.connections.to_string()])
-        .args([
-            "--offline-work",
-            &format!("{:?}", args.offline_work).to_lowercase(),
-        ])
-        .args([
-            "--offline-in",
-            &format!("{:?}", args.offline_in).to_lowercase(),
-        ])
-        .args(["--condition", &condition_name])
+    let output = condition_command(args, condition)?
         .env(
             "TALLY_LOG",
             std::env::var("TALLY_LOG").unwrap_or_else(|_| "warn".into()),
         )
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
         .output()
         .context("cannot run a condition's child process")?;
     result_line(&output, &format!("condition {condition:?}"))
+}
+
+/// The child process that runs `condition` as `args` ask.
+fn condition_command(
+    args: &ColocationArgs,
+    condition: Condition,
+) -> anyhow::Result<std::process::Command> {
+    let mut command = this_benchmark(args, condition, args.rebuild_dir.as_deref())?;
+    command
+        .args(["--rate", &args.rate.to_string()])
+        .args(["--warmup", &args.warmup.to_string()])
+        .args(["--accounts", &args.accounts.to_string()])
+        .args(["--connections", &args.connections.to_string()])
+        .args(["--offline-in", &value_name(args.offline_in)]);
+    Ok(command)
+}
+
+/// This benchmark again, as a child process that runs `condition` (or its offline work), with the
+/// options every such child takes from `args`, and the rebuild's file under `rebuild_dir`.
+fn this_benchmark(
+    args: &ColocationArgs,
+    condition: Condition,
+    rebuild_dir: Option<&std::path::Path>,
+) -> anyhow::Result<std::process::Command> {
+    let exe = std::env::current_exe().context("cannot find this executable to run a condition")?;
+    let mut command = std::process::Command::new(exe);
+    command
+        .arg("bench-offline")
+        .arg("--offline-data")
+        .arg(&args.offline_data)
+        .args(["--duration", &args.duration.to_string()])
+        .args(["--offline-work", &value_name(args.offline_work)])
+        .args(["--condition", &value_name(condition)])
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit());
+    if let Some(dir) = rebuild_dir {
+        command.arg("--rebuild-dir").arg(dir);
+    }
+    Ok(command)
+}
+
+/// How `value` is spelled on the command line.
+fn value_name(value: impl clap::ValueEnum) -> String {
+    value
+        .to_possible_value()
+        .expect("every value of these options has a name")
+        .get_name()
+        .to_string()
 }
 
 /// The JSON line a child process of this benchmark (`what`) printed as its result.
@@ -584,29 +611,23 @@ impl OfflineChild {
         condition: Condition,
         scratch: &std::path::Path,
     ) -> anyhow::Result<OfflineChild> {
-        let exe = std::env::current_exe()
-            .context("cannot find this executable to run the offline work")?;
-        let process = std::process::Command::new(exe)
-            .arg("bench-offline")
-            .arg("--offline-data")
-            .arg(&args.offline_data)
-            .args(["--duration", &args.duration.to_string()])
-            .args([
-                "--offline-work",
-                &format!("{:?}", args.offline_work).to_lowercase(),
-            ])
-            .arg("--rebuild-dir")
-            .arg(scratch)
-            .args(["--condition", &format!("{condition:?}").to_lowercase()])
-            .arg("--offline-only")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+        let process = OfflineChild::command(args, condition, scratch)?
             .spawn()
             .context("cannot start the offline work's process")?;
         Ok(OfflineChild {
             process: std::sync::Mutex::new(process),
         })
+    }
+
+    /// The child process that runs `condition`'s offline work, its rebuild's file under `scratch`.
+    fn command(
+        args: &ColocationArgs,
+        condition: Condition,
+        scratch: &std::path::Path,
+    ) -> anyhow::Result<std::process::Command> {
+        let mut command = this_benchmark(args, condition, Some(scratch))?;
+        command.arg("--offline-only").stdout(Stdio::piped());
+        Ok(command)
     }
 
     fn is_finished(&self) -> bool {
@@ -926,4 +947,74 @@ fn loadavg() -> f64 {
 
 fn round3(value: f64) -> f64 {
     (value * 1000.0).round() / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ColocationArgs,
+    }
+
+    fn parse(words: &[&str]) -> ColocationArgs {
+        Cli::try_parse_from(std::iter::once("bench-offline").chain(words.iter().copied()))
+            .unwrap()
+            .args
+    }
+
+    /// The options a child process gets, read back as its own command line.
+    fn as_child_reads_them(command: &std::process::Command) -> ColocationArgs {
+        let words: Vec<String> = command
+            .get_args()
+            .map(|word| word.to_str().unwrap().to_string())
+            .collect();
+        assert_eq!(words[0], "bench-offline", "{words:?}");
+        let words: Vec<&str> = words[1..].iter().map(String::as_str).collect();
+        parse(&words)
+    }
+
+    #[test]
+    fn a_condition_s_process_gets_every_option_that_shapes_it() {
+        let parent = parse(&[
+            "--offline-data",
+            "/offline",
+            "--rate",
+            "10",
+            "--duration",
+            "7",
+            "--warmup",
+            "1",
+            "--accounts",
+            "50",
+            "--connections",
+            "3",
+            "--offline-work",
+            "rebuild",
+            "--rebuild-dir",
+            "/dev/shm/rebuild",
+            "--offline-in",
+            "child",
+        ]);
+        let child = as_child_reads_them(&condition_command(&parent, Condition::Idle).unwrap());
+        let expected = ColocationArgs {
+            condition: Some(Condition::Idle),
+            ..parent.clone()
+        };
+        assert_eq!(format!("{child:?}"), format!("{expected:?}"));
+
+        let scratch = std::path::Path::new("/tmp/scratch");
+        let offline =
+            as_child_reads_them(&OfflineChild::command(&child, Condition::Idle, scratch).unwrap());
+        assert!(offline.offline_only);
+        assert_eq!(offline.rebuild_dir.as_deref(), Some(scratch));
+        assert_eq!(offline.condition, Some(Condition::Idle));
+        assert_eq!(offline.offline_work, Work::Rebuild);
+        assert_eq!(offline.offline_data, parent.offline_data);
+        assert_eq!(offline.duration, 7);
+    }
 }
