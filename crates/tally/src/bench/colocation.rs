@@ -600,9 +600,13 @@ struct OfflineDone {
 }
 
 /// The offline work running in a child process (`--offline-in child`).
+///
+/// Dropped before [`OfflineChild::finish`] (a condition that failed mid-window), it kills the
+/// child, which would otherwise go on rebuilding and verifying after the benchmark has stopped.
 struct OfflineChild {
-    /// Locked only by the load's polling task, to ask whether the child has exited.
-    process: std::sync::Mutex<std::process::Child>,
+    /// Locked only by the load's polling task, to ask whether the child has exited; `None` once
+    /// finished or killed.
+    process: std::sync::Mutex<Option<std::process::Child>>,
 }
 
 impl OfflineChild {
@@ -615,7 +619,7 @@ impl OfflineChild {
             .spawn()
             .context("cannot start the offline work's process")?;
         Ok(OfflineChild {
-            process: std::sync::Mutex::new(process),
+            process: std::sync::Mutex::new(Some(process)),
         })
     }
 
@@ -636,18 +640,35 @@ impl OfflineChild {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         // An error here is reported by `finish`, which waits again.
-        !matches!(process.try_wait(), Ok(None))
+        !matches!(
+            process.as_mut().map(std::process::Child::try_wait),
+            Some(Ok(None))
+        )
     }
 
-    fn finish(self) -> anyhow::Result<OfflineDone> {
-        let process = self
-            .process
-            .into_inner()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+    fn finish(mut self) -> anyhow::Result<OfflineDone> {
+        let process = self.take().expect("an offline child is finished once");
         let output = process
             .wait_with_output()
             .context("cannot wait for the offline work's process")?;
         result_line(&output, "the offline work's process")
+    }
+
+    fn take(&mut self) -> Option<std::process::Child> {
+        self.process
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+    }
+}
+
+impl Drop for OfflineChild {
+    fn drop(&mut self) {
+        if let Some(mut process) = self.take() {
+            // Errors only mean it has exited already; wait reaps it either way.
+            let _ = process.kill();
+            let _ = process.wait();
+        }
     }
 }
 
@@ -976,6 +997,27 @@ mod tests {
         assert_eq!(words[0], "bench-offline", "{words:?}");
         let words: Vec<&str> = words[1..].iter().map(String::as_str).collect();
         parse(&words)
+    }
+
+    #[test]
+    fn an_offline_child_dropped_unfinished_is_killed() {
+        let process = std::process::Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .unwrap();
+        let pid = process.id();
+        let child = OfflineChild {
+            process: std::sync::Mutex::new(Some(process)),
+        };
+        assert!(!child.is_finished());
+        drop(child);
+        // Killed and reaped: the process id names no process of ours any more.
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"));
+        assert!(
+            status.map_or(true, |status| !status
+                .contains(&format!("PPid:\t{}", std::process::id()))),
+            "the offline child {pid} outlived its handle"
+        );
     }
 
     #[test]
