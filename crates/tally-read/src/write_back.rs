@@ -40,6 +40,10 @@ use redb::{BackendError, StorageBackend};
 use crate::limits::{WRITE_BACK_CHUNK_BYTES, WRITE_BACK_PENDING_BYTES_MAX};
 
 /// redb's file backend, plus write-back of what it wrote in small pieces (see the module docs).
+///
+/// For a database with one writer and no readers meanwhile, as a rebuild's: the write-back runs
+/// inside redb's `write`, while redb holds its write buffer's lock, so anyone else waiting for
+/// that lock would wait for the disk too.
 #[derive(Debug)]
 pub(crate) struct WriteBackFile {
     inner: FileBackend,
