@@ -351,9 +351,6 @@ impl Isolate {
                 tracing::warn!(thread = name, %error, niced, "SCHED_IDLE refused; this offline thread runs at nice 19 instead if niced");
             }
         }
-        if let Err(error) = isolation::set_idle_io_class() {
-            tracing::warn!(thread = name, %error, "the idle I/O class refused; this offline thread's disk I/O competes with the log's");
-        }
         let cgroup = self
             .cgroup
             .as_ref()

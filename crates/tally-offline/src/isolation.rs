@@ -1,4 +1,4 @@
-//! How offline threads are kept from taking CPU time (and disk time) the online path wants.
+//! How offline threads are kept from taking CPU time the online path wants.
 //!
 //! Two mechanisms, the second on top of the first where the machine allows it:
 //!
@@ -10,10 +10,6 @@
 //!   threads that share its cgroup. It needs a writable cpu controller: cgroup v2 (the group is
 //!   made `threaded`, so that single threads of this process can move into it) or cgroup v1 with
 //!   `cpu.idle` (Linux 5.15 and later). Tally detects what is possible and falls back quietly.
-//!
-//! The same threads also move their disk I/O to the idle class (`ioprio_set`), so that the block
-//! layer's scheduler holds back what they submit themselves while the log's writes are queued or
-//! in flight; see [`set_idle_io_class`] for why the kernel does not do it by itself.
 //!
 //! The cgroup is named `tally-offline-<pid>` next to the process's own cgroup; it is removed when
 //! the executor goes, and a later start removes those of processes that are gone (a SIGKILL leaves
@@ -78,52 +74,6 @@ pub(crate) fn set_sched_idle() -> io::Result<()> {
     } else {
         Err(io::Error::last_os_error())
     }
-}
-
-/// `ioprio_set`'s and `ioprio_get`'s `which` for one thread (`linux/ioprio.h`; the libc crate
-/// has no constants for these calls).
-const IOPRIO_WHO_PROCESS: libc::c_int = 1;
-
-/// Where an I/O priority's class starts (`linux/ioprio.h`).
-const IOPRIO_CLASS_SHIFT: u32 = 13;
-
-/// Moves the calling thread's own disk I/O to the idle class (`IOPRIO_CLASS_IDLE`).
-///
-/// Why explicitly, when the kernel derives the idle class from `SCHED_IDLE`: it does so only for a
-/// thread that has an I/O context of its own, which `ioprio_set` gives it (the `bfq` scheduler
-/// makes one too, `mq-deadline` does not). Without it, `ionice -p TID` showed `none: prio 0` on
-/// the rebuild's `SCHED_IDLE` thread, and its writes reached the disk as best effort, the class of
-/// the log's own. `mq-deadline` (Linux 5.14 and later) dispatches an idle-class request only while
-/// no request of a higher class is queued or in flight. Only I/O the thread submits itself is
-/// covered (its reads, and the rebuild's own write-back with `sync_file_range`); pages the
-/// kernel's flusher writes are not. Unprivileged threads may always lower their class.
-pub(crate) fn set_idle_io_class() -> io::Result<()> {
-    const IOPRIO_CLASS_IDLE: libc::c_int = 3;
-    // SAFETY: `who` 0 names the calling thread; no memory is passed.
-    let result = unsafe {
-        libc::syscall(
-            libc::SYS_ioprio_set,
-            IOPRIO_WHO_PROCESS,
-            0,
-            IOPRIO_CLASS_IDLE << IOPRIO_CLASS_SHIFT,
-        )
-    };
-    if result == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-/// The I/O priority class of the calling thread (`IOPRIO_CLASS_*`: 0 none, 1 real time, 2 best
-/// effort, 3 idle), read back from the kernel.
-pub fn current_thread_io_class() -> io::Result<i32> {
-    // SAFETY: `who` 0 names the calling thread; no memory is passed.
-    let result = unsafe { libc::syscall(libc::SYS_ioprio_get, IOPRIO_WHO_PROCESS, 0) };
-    if result < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok((result >> IOPRIO_CLASS_SHIFT) as i32)
 }
 
 /// Lowers the calling thread to nice 19: the priority of a follower (a thread requests wait

@@ -46,5 +46,5 @@ mod progress;
 pub use courtesy::{yield_point, yields_to_online};
 pub use executor::{Job, OfflineConfig, OfflineExecutor};
 pub use guard::{UnitJob, UnitJobHandle};
-pub use isolation::{current_thread_io_class, current_thread_policy, Isolation, Priority};
+pub use isolation::{current_thread_policy, Isolation, Priority};
 pub use progress::{JobState, JobStatus, Progress};

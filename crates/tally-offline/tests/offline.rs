@@ -7,12 +7,8 @@ use std::time::{Duration, Instant};
 
 use tally_offline::limits::{GUARD_BOUND_DEFAULT, WATCHDOG_TICK};
 use tally_offline::{
-    current_thread_io_class, current_thread_policy, Isolation, JobState, OfflineConfig,
-    OfflineExecutor, Priority, UnitJob,
+    current_thread_policy, Isolation, JobState, OfflineConfig, OfflineExecutor, Priority, UnitJob,
 };
-
-/// `IOPRIO_CLASS_IDLE`, as `current_thread_io_class` reports it.
-const IOPRIO_CLASS_IDLE: i32 = 3;
 
 /// The cgroup line of the calling thread.
 fn thread_cgroups() -> String {
@@ -41,19 +37,17 @@ fn offline_threads_run_at_sched_idle() {
             tally_offline::yield_point();
             Ok((
                 current_thread_policy(),
-                current_thread_io_class().unwrap(),
                 thread_cgroups(),
                 tally_offline::yields_to_online(),
             ))
         })
         .unwrap();
-    let (policy, io_class, cgroups, yields) = job.join().unwrap();
+    let (policy, cgroups, yields) = job.join().unwrap();
     assert_eq!(
         policy,
         libc::SCHED_IDLE,
         "the policy read back from the kernel"
     );
-    assert_eq!(io_class, IOPRIO_CLASS_IDLE, "the I/O class read back");
     assert!(yields, "an idle offline thread yields at its yield points");
     assert!(!tally_offline::yields_to_online());
     let in_idle_cgroup = cgroups.contains(&format!("tally-offline-{}-", std::process::id()));
@@ -64,7 +58,6 @@ fn offline_threads_run_at_sched_idle() {
     );
     // The thread that created the executor is untouched.
     assert_eq!(current_thread_policy(), libc::SCHED_OTHER);
-    assert_ne!(current_thread_io_class().unwrap(), IOPRIO_CLASS_IDLE);
     assert!(!thread_cgroups().contains("tally-offline-"));
 
     let service = offline
@@ -79,19 +72,14 @@ fn offline_threads_run_at_sched_idle() {
             (
                 current_thread_policy(),
                 current_thread_nice(),
-                current_thread_io_class().unwrap(),
                 thread_cgroups(),
                 tally_offline::yields_to_online(),
             )
         })
         .unwrap();
-    let (policy, nice, io_class, cgroups, yields) = follower.join().unwrap();
+    let (policy, nice, cgroups, yields) = follower.join().unwrap();
     assert_eq!(policy, libc::SCHED_OTHER);
     assert_eq!(nice, 19);
-    assert_ne!(
-        io_class, IOPRIO_CLASS_IDLE,
-        "requests wait for a follower's writes, so they are not held back"
-    );
     assert!(yields, "a follower yields at its yield points");
     assert!(!cgroups.contains("tally-offline-"), "{cgroups}");
 }
@@ -104,15 +92,13 @@ fn normal_priority_leaves_offline_threads_alone() {
         .spawn_job("probe", "units", |_| {
             Ok((
                 current_thread_policy(),
-                current_thread_io_class().unwrap(),
                 thread_cgroups(),
                 tally_offline::yields_to_online(),
             ))
         })
         .unwrap();
-    let (policy, io_class, cgroups, yields) = job.join().unwrap();
+    let (policy, cgroups, yields) = job.join().unwrap();
     assert_eq!(policy, libc::SCHED_OTHER);
-    assert_ne!(io_class, IOPRIO_CLASS_IDLE);
     assert!(
         !yields,
         "offline work at normal priority competes as any thread"
