@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Co-location benchmark: what offline work in the same process costs online requests.
 #
-#   bench/colocation.sh [--rate N] [--duration S] [--offline-transfers N] [--data-dir DIR] [--reuse]
+#   bench/colocation.sh [--rate N] [--duration S] [--rounds N] [--conditions LIST]
+#                       [--offline-transfers N] [--data-dir DIR] [--reuse]
 #
 # 1. Unless DIR already holds data and --reuse is given, fills DIR (the offline data) with
 #    `tally bench --data-dir DIR --transfers N --accounts 10000 --batch 8000 --concurrency 2`
@@ -16,6 +17,9 @@
 #              where the machine allows it);
 #      normal  the same at normal priority.
 #    With offline work the measured window lasts until it is done (at least S seconds).
+#    --rounds N (default 1) runs the conditions in turn N times and compares each one's median
+#    over its runs: on a shared machine a single run varies more than the effect measured.
+#    --conditions LIST (default alone,idle,normal) runs only those, in that order.
 #
 # Prints a table (p50/p99/p999, ratios to alone, CPU share, offline seconds) on stderr and one
 # JSON line on stdout. It builds nothing: it runs target/release/tally, or $TALLY_BIN. Without
@@ -33,6 +37,8 @@ die() {
 
 rate=4000
 duration=30
+rounds=1
+conditions=alone,idle,normal
 offline_transfers=2000000
 data_dir=""
 reuse=0
@@ -41,6 +47,8 @@ while (($# > 0)); do
     case $1 in
         --rate) rate=${2:?--rate needs a value}; shift 2 ;;
         --duration) duration=${2:?--duration needs a value}; shift 2 ;;
+        --rounds) rounds=${2:?--rounds needs a value}; shift 2 ;;
+        --conditions) conditions=${2:?--conditions needs a value}; shift 2 ;;
         --offline-transfers) offline_transfers=${2:?--offline-transfers needs a value}; shift 2 ;;
         --data-dir) data_dir=${2:?--data-dir needs a value}; shift 2 ;;
         --reuse) reuse=1; shift ;;
@@ -50,6 +58,7 @@ while (($# > 0)); do
 done
 [[ $rate =~ ^[1-9][0-9]*$ ]] || die "--rate must be a positive integer, found $rate"
 [[ $duration =~ ^[1-9][0-9]*$ ]] || die "--duration must be a positive integer, found $duration"
+[[ $rounds =~ ^[1-9][0-9]*$ ]] || die "--rounds must be a positive integer, found $rounds"
 [[ $offline_transfers =~ ^[1-9][0-9]*$ ]] || die "--offline-transfers must be a positive integer, found $offline_transfers"
 
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -72,4 +81,5 @@ else
 fi
 
 echo "colocation.sh: $(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ), $tally" >&2
-"$tally" bench-offline --offline-data "$data_dir" --rate "$rate" --duration "$duration"
+"$tally" bench-offline --offline-data "$data_dir" --rate "$rate" --duration "$duration" \
+    --rounds "$rounds" --conditions "$conditions"

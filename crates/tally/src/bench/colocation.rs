@@ -15,6 +15,12 @@
 //! contention. The child prints one JSON line; the parent prints a table and a JSON summary with
 //! the ratios to `alone`.
 //!
+//! `--rounds N` runs the conditions in turn N times (alone, idle, normal, alone, ...) and
+//! compares each condition's median over its runs. On a shared virtual machine one run's p99
+//! varies more than the effect measured (single runs of `alone` gave 3.8 to 82.8 ms within an
+//! hour on 2026-12-03), and a stall of the host lands on whichever run is going; interleaving
+//! spreads slow stretches over every condition, and the median leaves out the run one hit.
+//!
 //! `--offline-in child` runs the same offline work, on an executor of the same priority, in a
 //! grandchild process instead (this binary with `--offline-only`): a control that tells what
 //! sharing the process costs the online path from what sharing the machine does.
@@ -43,6 +49,9 @@ const WINDOW_MAX: Duration = Duration::from_secs(600);
 const SETUP_CONNECTIONS: usize = 16;
 /// One row of `--timeline`.
 const TIMELINE_SLICE: Duration = Duration::from_millis(100);
+/// Most rounds of `--rounds`: a round of all three conditions takes two minutes or more with the
+/// default window, so 50 are well over an hour and a half.
+const ROUNDS_MAX: i64 = 50;
 
 /// Options of `tally bench-offline`.
 #[derive(clap::Args, Debug, Clone)]
@@ -71,6 +80,17 @@ pub struct ColocationArgs {
     /// Connections the requests are spread over; a request waits for a free one.
     #[arg(long, value_name = "N", default_value_t = 64)]
     pub connections: usize,
+
+    /// How many times to run the conditions, in turn (alone, idle, normal, alone, ...); the
+    /// summary compares each condition's median over its runs.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=ROUNDS_MAX))]
+    pub rounds: u32,
+
+    /// The conditions to run, in this order within a round; the ratios need `alone`.
+    #[arg(long, value_enum, value_name = "LIST", value_delimiter = ',',
+          default_values_t = [Condition::Alone, Condition::Idle, Condition::Normal])]
+    pub conditions: Vec<Condition>,
 
     /// The offline work: both jobs (what the figures in the README use), or one of them alone,
     /// to tell their effects apart.
@@ -179,19 +199,24 @@ pub fn run(args: ColocationArgs) -> anyhow::Result<()> {
         }
         return run_condition(&args, condition);
     }
-    let mut results = Vec::new();
-    for condition in [Condition::Alone, Condition::Idle, Condition::Normal] {
-        eprintln!("bench-offline: condition {condition:?}...");
-        let measured = child(&args, condition)?;
-        eprintln!(
-            "bench-offline: {:?}: p50 {:.3} ms, p99 {:.3} ms, p999 {:.3} ms over {} requests in {:.1} s, cpu {:.0}%, offline verify {:.1} s rebuild {:.1} s ({})",
-            measured.condition, measured.p50_ms, measured.p99_ms, measured.p999_ms, measured.requests,
-            measured.window_s, measured.cpu_share * 100.0, measured.verify_s, measured.rebuild_s, measured.isolation
-        );
-        results.push(measured);
+    let mut runs = Vec::new();
+    for round in 1..=args.rounds {
+        for &condition in &args.conditions {
+            eprintln!(
+                "bench-offline: round {round} of {}, condition {condition:?}...",
+                args.rounds
+            );
+            let measured = child(&args, condition)?;
+            eprintln!(
+                "bench-offline: {:?}: p50 {:.3} ms, p99 {:.3} ms, p999 {:.3} ms over {} requests in {:.1} s, cpu {:.0}%, offline verify {:.1} s rebuild {:.1} s ({})",
+                measured.condition, measured.p50_ms, measured.p99_ms, measured.p999_ms, measured.requests,
+                measured.window_s, measured.cpu_share * 100.0, measured.verify_s, measured.rebuild_s, measured.isolation
+            );
+            runs.push(measured);
+        }
     }
-    print_summary(&results);
-    if let Some(failed) = results.iter().find(|result| result.failed > 0) {
+    print_summary(&summarize(&args.conditions, &runs), args.rounds);
+    if let Some(failed) = runs.iter().find(|run| run.failed > 0) {
         bail!(
             "{} requests failed in condition {:?}",
             failed.failed,
@@ -211,6 +236,21 @@ fn validate(args: &ColocationArgs) -> anyhow::Result<()> {
     }
     if args.rate == 0 || args.duration == 0 || args.connections == 0 || args.accounts < 2 {
         bail!("--rate, --duration and --connections must be at least 1, --accounts at least 2");
+    }
+    if let Some(repeated) = args
+        .conditions
+        .iter()
+        .enumerate()
+        .find_map(|(i, condition)| {
+            args.conditions[..i]
+                .contains(condition)
+                .then_some(condition)
+        })
+    {
+        bail!(
+            "--conditions names {} twice: name each once (--rounds repeats them)",
+            value_name(*repeated)
+        );
     }
     Ok(())
 }
@@ -287,55 +327,137 @@ fn result_line<T: serde::de::DeserializeOwned>(
         .with_context(|| format!("{what} printed no result line: {line}"))
 }
 
-fn print_summary(results: &[Measured]) {
-    let alone = results.iter().find(|r| r.condition == Condition::Alone);
-    let ratio = |value: f64, base: Option<f64>| base.filter(|b| *b > 0.0).map(|b| value / b);
-    let rows: Vec<serde_json::Value> = results
+/// One condition over its runs: the median of each figure, and each run's p99.
+#[derive(Debug, PartialEq)]
+struct Summary {
+    condition: Condition,
+    offline_in: OfflineIn,
+    isolation: String,
+    rate: u64,
+    runs: usize,
+    p50_ms: f64,
+    p99_ms: f64,
+    p999_ms: f64,
+    p99_ms_each: Vec<f64>,
+    requests: u64,
+    window_s: f64,
+    cpu_share: f64,
+    verify_s: f64,
+    rebuild_s: f64,
+    offline_events: u64,
+    /// The lowest and highest 1-minute load average seen at the start or end of a run.
+    loadavg: (f64, f64),
+}
+
+/// Each condition of `conditions` (in that order) over its runs among `runs`.
+fn summarize(conditions: &[Condition], runs: &[Measured]) -> Vec<Summary> {
+    conditions
         .iter()
-        .map(|r| {
+        .filter_map(|&condition| {
+            let mine: Vec<&Measured> = runs.iter().filter(|r| r.condition == condition).collect();
+            let first = mine.first()?;
+            let median_of = |figure: fn(&Measured) -> f64| median(mine.iter().map(|r| figure(r)));
+            let loads = mine.iter().flat_map(|r| [r.loadavg_start, r.loadavg_end]);
+            Some(Summary {
+                condition,
+                offline_in: first.offline_in,
+                isolation: first.isolation.clone(),
+                rate: first.rate,
+                runs: mine.len(),
+                p50_ms: median_of(|r| r.p50_ms),
+                p99_ms: median_of(|r| r.p99_ms),
+                p999_ms: median_of(|r| r.p999_ms),
+                p99_ms_each: mine.iter().map(|r| r.p99_ms).collect(),
+                requests: mine.iter().map(|r| r.requests).sum(),
+                window_s: median_of(|r| r.window_s),
+                cpu_share: median_of(|r| r.cpu_share),
+                verify_s: median_of(|r| r.verify_s),
+                rebuild_s: median_of(|r| r.rebuild_s),
+                offline_events: first.offline_events,
+                loadavg: (
+                    loads.clone().fold(f64::INFINITY, f64::min),
+                    loads.fold(f64::NEG_INFINITY, f64::max),
+                ),
+            })
+        })
+        .collect()
+}
+
+/// The median of `values` (the mean of the middle two for an even count); 0 for none.
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut sorted: Vec<f64> = values.collect();
+    sorted.sort_unstable_by(f64::total_cmp);
+    match sorted.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+fn print_summary(summaries: &[Summary], rounds: u32) {
+    let alone = summaries.iter().find(|s| s.condition == Condition::Alone);
+    let ratio = |value: f64, base: Option<f64>| base.filter(|b| *b > 0.0).map(|b| value / b);
+    let rows: Vec<serde_json::Value> = summaries
+        .iter()
+        .map(|s| {
             serde_json::json!({
-                "condition": r.condition,
-                "offline_in": r.offline_in,
-                "isolation": r.isolation,
-                "p50_ms": r.p50_ms,
-                "p99_ms": r.p99_ms,
-                "p999_ms": r.p999_ms,
-                "p50_ratio": ratio(r.p50_ms, alone.map(|a| a.p50_ms)),
-                "p99_ratio": ratio(r.p99_ms, alone.map(|a| a.p99_ms)),
-                "p999_ratio": ratio(r.p999_ms, alone.map(|a| a.p999_ms)),
-                "requests": r.requests,
-                "window_s": r.window_s,
-                "cpu_share": r.cpu_share,
-                "verify_s": r.verify_s,
-                "rebuild_s": r.rebuild_s,
-                "offline_events": r.offline_events,
-                "loadavg_start": r.loadavg_start,
-                "loadavg_end": r.loadavg_end,
+                "condition": s.condition,
+                "offline_in": s.offline_in,
+                "isolation": s.isolation,
+                "runs": s.runs,
+                "p50_ms": round3(s.p50_ms),
+                "p99_ms": round3(s.p99_ms),
+                "p999_ms": round3(s.p999_ms),
+                "p50_ratio": ratio(s.p50_ms, alone.map(|a| a.p50_ms)),
+                "p99_ratio": ratio(s.p99_ms, alone.map(|a| a.p99_ms)),
+                "p999_ratio": ratio(s.p999_ms, alone.map(|a| a.p999_ms)),
+                "p99_ms_each": s.p99_ms_each,
+                "requests": s.requests,
+                "window_s": round3(s.window_s),
+                "cpu_share": round3(s.cpu_share),
+                "verify_s": round3(s.verify_s),
+                "rebuild_s": round3(s.rebuild_s),
+                "offline_events": s.offline_events,
+                "loadavg_min": s.loadavg.0,
+                "loadavg_max": s.loadavg.1,
             })
         })
         .collect();
+    if rounds > 1 {
+        eprintln!("bench-offline: medians over {rounds} rounds");
+    }
     eprintln!(
-        "condition  p50 ms   p99 ms   p999 ms  p99/alone  p999/alone  cpu   verify s  rebuild s"
+        "condition  p50 ms   p99 ms   p999 ms  p99/alone  p999/alone  cpu   verify s  rebuild s  load     p99 ms of each run"
     );
-    for (r, row) in results.iter().zip(&rows) {
+    for (s, row) in summaries.iter().zip(&rows) {
+        let each: Vec<String> = s
+            .p99_ms_each
+            .iter()
+            .map(|p99| format!("{p99:.1}"))
+            .collect();
         eprintln!(
-            "{:<9} {:>7.3} {:>8.3} {:>9.3} {:>9.2} {:>10.2} {:>5.0}% {:>8.1} {:>9.1}  {:.1}-{:.1}",
-            format!("{:?}", r.condition).to_lowercase(),
-            r.p50_ms,
-            r.p99_ms,
-            r.p999_ms,
+            "{:<9} {:>7.3} {:>8.3} {:>9.3} {:>9.2} {:>10.2} {:>5.0}% {:>8.1} {:>9.1}  {:.1}-{:.1}  {}",
+            format!("{:?}", s.condition).to_lowercase(),
+            s.p50_ms,
+            s.p99_ms,
+            s.p999_ms,
             row["p99_ratio"].as_f64().unwrap_or(f64::NAN),
             row["p999_ratio"].as_f64().unwrap_or(f64::NAN),
-            r.cpu_share * 100.0,
-            r.verify_s,
-            r.rebuild_s,
-            r.loadavg_start,
-            r.loadavg_end
+            s.cpu_share * 100.0,
+            s.verify_s,
+            s.rebuild_s,
+            s.loadavg.0,
+            s.loadavg.1,
+            each.join(" · ")
         );
     }
     println!(
         "{}",
-        serde_json::json!({ "rate": results.first().map(|r| r.rate), "conditions": rows })
+        serde_json::json!({
+            "rate": summaries.first().map(|s| s.rate),
+            "rounds": rounds,
+            "conditions": rows,
+        })
     );
 }
 
@@ -1058,5 +1180,124 @@ mod tests {
         assert_eq!(offline.offline_work, Work::Rebuild);
         assert_eq!(offline.offline_data, parent.offline_data);
         assert_eq!(offline.duration, 7);
+    }
+
+    /// A run of `condition` whose p99 is `p99_ms` (and whose other figures follow from it).
+    fn run_of(condition: Condition, p99_ms: f64, loadavg: f64) -> Measured {
+        Measured {
+            condition,
+            offline_in: OfflineIn::Process,
+            isolation: "sched_idle".into(),
+            rate: 4000,
+            requests: 1000,
+            failed: 0,
+            window_s: 30.0,
+            p50_ms: p99_ms / 4.0,
+            p99_ms,
+            p999_ms: p99_ms * 2.0,
+            max_ms: p99_ms * 3.0,
+            cpu_share: 0.4,
+            verify_s: if condition == Condition::Alone {
+                0.0
+            } else {
+                4.0
+            },
+            rebuild_s: if condition == Condition::Alone {
+                0.0
+            } else {
+                p99_ms
+            },
+            offline_events: 0,
+            loadavg_start: loadavg,
+            loadavg_end: loadavg + 1.0,
+        }
+    }
+
+    #[test]
+    fn the_median_takes_the_middle_or_the_mean_of_the_middle_two() {
+        assert_eq!(median([3.0, 1.0, 2.0].into_iter()), 2.0);
+        assert_eq!(median([4.0, 1.0, 3.0, 2.0].into_iter()), 2.5);
+        assert_eq!(median([7.0].into_iter()), 7.0);
+        assert_eq!(median(std::iter::empty()), 0.0);
+    }
+
+    #[test]
+    fn rounds_are_summarized_per_condition_by_their_medians_so_one_stalled_run_does_not_count() {
+        // Three rounds, interleaved as `run` makes them; the second `alone` met a stall.
+        let runs = [
+            run_of(Condition::Alone, 5.0, 0.5),
+            run_of(Condition::Idle, 6.0, 0.7),
+            run_of(Condition::Alone, 800.0, 1.5),
+            run_of(Condition::Idle, 5.5, 0.6),
+            run_of(Condition::Alone, 4.0, 0.4),
+            run_of(Condition::Idle, 9.0, 0.8),
+        ];
+        let summaries = summarize(
+            &[Condition::Alone, Condition::Idle, Condition::Normal],
+            &runs,
+        );
+        assert_eq!(summaries.len(), 2, "normal did not run: {summaries:?}");
+        let (alone, idle) = (&summaries[0], &summaries[1]);
+        assert_eq!(alone.condition, Condition::Alone);
+        assert_eq!(alone.runs, 3);
+        assert_eq!(alone.p99_ms, 5.0);
+        assert_eq!(
+            alone.p99_ms_each,
+            [5.0, 800.0, 4.0],
+            "in the order they ran"
+        );
+        assert_eq!(alone.p50_ms, 1.25);
+        assert_eq!(alone.p999_ms, 10.0);
+        assert_eq!(alone.requests, 3000);
+        assert_eq!(alone.loadavg, (0.4, 2.5));
+        assert_eq!(idle.p99_ms, 6.0);
+        assert_eq!(idle.rebuild_s, 6.0);
+        assert_eq!(idle.verify_s, 4.0);
+    }
+
+    #[test]
+    fn rounds_and_conditions_are_parsed_and_a_repeated_condition_is_refused() {
+        let args = parse(&[
+            "--offline-data",
+            "/offline",
+            "--rounds",
+            "5",
+            "--conditions",
+            "alone,idle",
+        ]);
+        assert_eq!(args.rounds, 5);
+        assert_eq!(args.conditions, [Condition::Alone, Condition::Idle]);
+
+        let every = parse(&["--offline-data", "/offline"]);
+        assert_eq!(every.rounds, 1);
+        assert_eq!(
+            every.conditions,
+            [Condition::Alone, Condition::Idle, Condition::Normal]
+        );
+
+        for rounds in ["0", "51"] {
+            let refused = Cli::try_parse_from([
+                "bench-offline",
+                "--offline-data",
+                "/offline",
+                "--rounds",
+                rounds,
+            ]);
+            assert!(refused.is_err(), "--rounds {rounds} was accepted");
+        }
+
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("log")).unwrap();
+        let data = dir.path().to_str().unwrap();
+        let repeated = parse(&["--offline-data", data, "--conditions", "alone,idle,alone"]);
+        let error = validate(&repeated).unwrap_err().to_string();
+        assert!(error.contains("names alone twice"), "{error}");
+        validate(&parse(&[
+            "--offline-data",
+            data,
+            "--conditions",
+            "idle,alone",
+        ]))
+        .unwrap();
     }
 }

@@ -1,6 +1,7 @@
 //! `tally bench-offline`: a condition gives a full result whether its offline work runs in the
 //! server's process or in a child process of its own (`--offline-in child`, the control), and
-//! its timeline (`--timeline`) follows the offline work to its end.
+//! its timeline (`--timeline`) follows the offline work to its end; with `--rounds` the parent
+//! runs the conditions in turn and summarizes each by its medians.
 
 use std::path::Path;
 use std::process::Command;
@@ -100,4 +101,56 @@ fn offline_work_in_the_process_or_a_child_is_done_within_the_window() {
             assert_eq!(rebuilt, "", "a child's progress is not visible: {timeline}");
         }
     }
+}
+
+#[test]
+fn rounds_run_the_conditions_in_turn_and_the_summary_takes_their_medians() {
+    let dir = tempfile::tempdir().unwrap();
+    let offline_data = dir.path().join("offline");
+    fill_offline_data(&offline_data);
+    let stdout = succeeded(
+        Command::new(tally_bin())
+            .arg("bench-offline")
+            .arg("--offline-data")
+            .arg(&offline_data)
+            .args(["--rate", "200", "--duration", "1", "--warmup", "0"])
+            .args(["--rounds", "2", "--conditions", "idle,alone"]),
+    );
+    let summary: Value = serde_json::from_slice(&stdout).unwrap();
+    assert_eq!(summary["rounds"], 2, "{summary}");
+    let conditions = summary["conditions"].as_array().unwrap();
+    let names: Vec<&str> = conditions
+        .iter()
+        .map(|c| c["condition"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["idle", "alone"], "in the order asked: {summary}");
+    for condition in conditions {
+        assert_eq!(condition["runs"], 2, "{summary}");
+        let each: Vec<f64> = condition["p99_ms_each"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p99| p99.as_f64().unwrap())
+            .collect();
+        assert_eq!(each.len(), 2, "{summary}");
+        let median = condition["p99_ms"].as_f64().unwrap();
+        let mean_of_two = (each[0] + each[1]) / 2.0;
+        assert!((median - mean_of_two).abs() < 0.001, "{summary}");
+        assert!(
+            condition["requests"].as_u64().unwrap() >= 2 * 200,
+            "{summary}"
+        );
+    }
+    let (idle, alone) = (&conditions[0], &conditions[1]);
+    assert_eq!(
+        idle["offline_events"],
+        TRANSFERS + 2 * ACCOUNTS,
+        "{summary}"
+    );
+    assert!(idle["rebuild_s"].as_f64().unwrap() > 0.0, "{summary}");
+    assert_eq!(alone["rebuild_s"], 0.0, "{summary}");
+    let ratio = idle["p99_ratio"].as_f64().unwrap();
+    let expected = idle["p99_ms"].as_f64().unwrap() / alone["p99_ms"].as_f64().unwrap();
+    assert!((ratio - expected).abs() < 0.01, "{summary}");
+    assert_eq!(alone["p99_ratio"], 1.0, "{summary}");
 }
