@@ -188,6 +188,14 @@ struct Measured {
     /// is shared, and other processes' load shows here.
     loadavg_start: f64,
     loadavg_end: f64,
+    /// Share of the machine's CPU time the hypervisor gave to others over the window (steal);
+    /// `None` where `/proc/stat` cannot be read.
+    steal_share: Option<f64>,
+    /// Share of the window in which every task of the machine that could run was waiting for
+    /// I/O (PSI `full`, `/proc/pressure/io`): the log's own syncs count, so it is a figure to
+    /// compare between runs of one condition, where a stall of a shared disk stands out.
+    /// `None` without PSI.
+    io_full_share: Option<f64>,
 }
 
 /// Runs every condition in a child process and prints the comparison.
@@ -347,6 +355,9 @@ struct Summary {
     offline_events: u64,
     /// The lowest and highest 1-minute load average seen at the start or end of a run.
     loadavg: (f64, f64),
+    /// Each run's [`Measured::steal_share`] and [`Measured::io_full_share`].
+    steal_share_each: Vec<Option<f64>>,
+    io_full_share_each: Vec<Option<f64>>,
 }
 
 /// Each condition of `conditions` (in that order) over its runs among `runs`.
@@ -378,6 +389,8 @@ fn summarize(conditions: &[Condition], runs: &[Measured]) -> Vec<Summary> {
                     loads.clone().fold(f64::INFINITY, f64::min),
                     loads.fold(f64::NEG_INFINITY, f64::max),
                 ),
+                steal_share_each: mine.iter().map(|r| r.steal_share).collect(),
+                io_full_share_each: mine.iter().map(|r| r.io_full_share).collect(),
             })
         })
         .collect()
@@ -420,6 +433,8 @@ fn print_summary(summaries: &[Summary], rounds: u32) {
                 "offline_events": s.offline_events,
                 "loadavg_min": s.loadavg.0,
                 "loadavg_max": s.loadavg.1,
+                "steal_share_each": s.steal_share_each,
+                "io_full_share_each": s.io_full_share_each,
             })
         })
         .collect();
@@ -427,13 +442,17 @@ fn print_summary(summaries: &[Summary], rounds: u32) {
         eprintln!("bench-offline: medians over {rounds} rounds");
     }
     eprintln!(
-        "condition  p50 ms   p99 ms   p999 ms  p99/alone  p999/alone  cpu   verify s  rebuild s  load     p99 ms of each run"
+        "condition  p50 ms   p99 ms   p999 ms  p99/alone  p999/alone  cpu   verify s  rebuild s  load     p99 ms [I/O full stall %] of each run"
     );
     for (s, row) in summaries.iter().zip(&rows) {
         let each: Vec<String> = s
             .p99_ms_each
             .iter()
-            .map(|p99| format!("{p99:.1}"))
+            .zip(&s.io_full_share_each)
+            .map(|(p99, io)| match io {
+                Some(io) => format!("{p99:.1} [{:.0}]", io * 100.0),
+                None => format!("{p99:.1}"),
+            })
             .collect();
         eprintln!(
             "{:<9} {:>7.3} {:>8.3} {:>9.3} {:>9.2} {:>10.2} {:>5.0}% {:>8.1} {:>9.1}  {:.1}-{:.1}  {}",
@@ -507,6 +526,7 @@ async fn measure(
     load.run(Duration::from_secs(args.warmup), None).await?;
 
     let loadavg_start = loadavg();
+    let counters_start = MachineCounters::read();
     let rusage_before = cpu_seconds();
     let started = Instant::now();
     let scratch = args.rebuild_dir.as_deref().unwrap_or(data.path());
@@ -542,6 +562,7 @@ async fn measure(
     }
     let cpu = cpu_seconds() - rusage_before;
     let loadavg_end = loadavg();
+    let (steal_share, io_full_share) = MachineCounters::read().shares_since(&counters_start);
     let (isolation, (verify_s, rebuild_s, offline_events)) = match offline_work {
         Some(OfflineRun::InProcess(work)) => {
             (offline.isolation().as_str().to_string(), work.finish()?)
@@ -576,6 +597,8 @@ async fn measure(
         offline_events,
         loadavg_start,
         loadavg_end,
+        steal_share: steal_share.map(round3),
+        io_full_share: io_full_share.map(round3),
     })
 }
 
@@ -1088,6 +1111,68 @@ fn loadavg() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The machine's counters of time this process had no say over, read at both ends of a window.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct MachineCounters {
+    /// Every CPU's ticks, and those stolen by the hypervisor (`/proc/stat`).
+    cpu_ticks: Option<(u64, u64)>,
+    /// PSI's `full` I/O stall total, and when it was read.
+    io_full: Option<(Duration, Instant)>,
+}
+
+impl MachineCounters {
+    fn read() -> MachineCounters {
+        let stat = std::fs::read_to_string("/proc/stat").ok();
+        let pressure = std::fs::read_to_string("/proc/pressure/io").ok();
+        MachineCounters {
+            cpu_ticks: stat.as_deref().and_then(cpu_ticks),
+            io_full: pressure
+                .as_deref()
+                .and_then(io_full_stall)
+                .map(|total| (total, Instant::now())),
+        }
+    }
+
+    /// The steal share and the I/O `full` share since `start`, each where both reads had it.
+    fn shares_since(&self, start: &MachineCounters) -> (Option<f64>, Option<f64>) {
+        let steal = match (start.cpu_ticks, self.cpu_ticks) {
+            (Some((all0, steal0)), Some((all1, steal1))) if all1 > all0 => {
+                Some(steal1.saturating_sub(steal0) as f64 / (all1 - all0) as f64)
+            }
+            _ => None,
+        };
+        let io_full = match (start.io_full, self.io_full) {
+            (Some((stall0, at0)), Some((stall1, at1))) if at1 > at0 => {
+                Some(stall1.saturating_sub(stall0).as_secs_f64() / (at1 - at0).as_secs_f64())
+            }
+            _ => None,
+        };
+        (steal, io_full)
+    }
+}
+
+/// All CPUs' ticks and the stolen ones, from the `cpu` line of `/proc/stat` (user, nice, system,
+/// idle, iowait, irq, softirq, steal, ...; guest time is already counted in user).
+fn cpu_ticks(stat: &str) -> Option<(u64, u64)> {
+    let line = stat.lines().find(|line| line.starts_with("cpu "))?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|field| field.parse().ok())
+        .collect::<Option<_>>()?;
+    (ticks.len() == 8).then(|| (ticks.iter().sum(), ticks[7]))
+}
+
+/// The `full` line's `total=` (microseconds) of a PSI file.
+fn io_full_stall(pressure: &str) -> Option<Duration> {
+    let line = pressure.lines().find(|line| line.starts_with("full "))?;
+    let total = line
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("total="))?;
+    total.parse().ok().map(Duration::from_micros)
+}
+
 fn round3(value: f64) -> f64 {
     (value * 1000.0).round() / 1000.0
 }
@@ -1210,6 +1295,8 @@ mod tests {
             offline_events: 0,
             loadavg_start: loadavg,
             loadavg_end: loadavg + 1.0,
+            steal_share: Some(loadavg / 100.0),
+            io_full_share: None,
         }
     }
 
@@ -1250,6 +1337,11 @@ mod tests {
         assert_eq!(alone.p999_ms, 10.0);
         assert_eq!(alone.requests, 3000);
         assert_eq!(alone.loadavg, (0.4, 2.5));
+        assert_eq!(
+            alone.steal_share_each,
+            [Some(0.005), Some(0.015), Some(0.004)]
+        );
+        assert_eq!(alone.io_full_share_each, [None, None, None]);
         assert_eq!(idle.p99_ms, 6.0);
         assert_eq!(idle.rebuild_s, 6.0);
         assert_eq!(idle.verify_s, 4.0);
@@ -1299,5 +1391,36 @@ mod tests {
             "idle,alone",
         ]))
         .unwrap();
+    }
+
+    #[test]
+    fn the_machine_s_steal_and_io_stall_are_read_as_shares_of_the_window() {
+        let stat = "cpu  100 5 50 800 20 0 5 20 7 0\ncpu0 50 2 25 400 10 0 2 10 3 0\n";
+        assert_eq!(cpu_ticks(stat), Some((1000, 20)));
+        assert_eq!(cpu_ticks("cpu  1 2 3\n"), None, "too few fields");
+        assert_eq!(cpu_ticks("intr 5\n"), None);
+        let pressure = "some avg10=1.00 avg60=0.50 avg300=0.10 total=900000\n\
+                        full avg10=0.50 avg60=0.20 avg300=0.05 total=250000\n";
+        assert_eq!(io_full_stall(pressure), Some(Duration::from_millis(250)));
+        assert_eq!(io_full_stall("some avg10=0.00 total=5\n"), None);
+
+        let at = Instant::now();
+        let start = MachineCounters {
+            cpu_ticks: Some((1000, 20)),
+            io_full: Some((Duration::from_millis(250), at)),
+        };
+        let end = MachineCounters {
+            cpu_ticks: Some((3000, 120)),
+            io_full: Some((Duration::from_millis(750), at + Duration::from_secs(2))),
+        };
+        assert_eq!(end.shares_since(&start), (Some(0.05), Some(0.25)));
+        let unreadable = MachineCounters {
+            cpu_ticks: None,
+            io_full: None,
+        };
+        assert_eq!(end.shares_since(&unreadable), (None, None));
+        // And on this machine both are there (Linux with PSI, as the README's figures need).
+        let now = MachineCounters::read();
+        assert!(now.cpu_ticks.is_some(), "{now:?}");
     }
 }

@@ -133,6 +133,16 @@ fn rounds_run_the_conditions_in_turn_and_the_summary_takes_their_medians() {
             .map(|p99| p99.as_f64().unwrap())
             .collect();
         assert_eq!(each.len(), 2, "{summary}");
+        for noise in ["steal_share_each", "io_full_share_each"] {
+            let shares = condition[noise].as_array().unwrap();
+            assert_eq!(shares.len(), 2, "{noise}: {summary}");
+            assert!(
+                shares
+                    .iter()
+                    .all(|share| share.as_f64().is_some_and(|s| (0.0..=1.0).contains(&s))),
+                "{noise} is a share of the window (it needs /proc/stat and /proc/pressure/io, a kernel with PSI on): {summary}"
+            );
+        }
         let median = condition["p99_ms"].as_f64().unwrap();
         let mean_of_two = (each[0] + each[1]) / 2.0;
         assert!((median - mean_of_two).abs() < 0.001, "{summary}");
