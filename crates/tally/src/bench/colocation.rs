@@ -442,16 +442,19 @@ fn print_summary(summaries: &[Summary], rounds: u32) {
         eprintln!("bench-offline: medians over {rounds} rounds");
     }
     eprintln!(
-        "condition  p50 ms   p99 ms   p999 ms  p99/alone  p999/alone  cpu   verify s  rebuild s  load     p99 ms [I/O full stall %] of each run"
+        "condition  p50 ms   p99 ms   p999 ms  p99/alone  p999/alone  cpu   verify s  rebuild s  load     each run: p99 ms [steal % / I/O full stall %]"
     );
     for (s, row) in summaries.iter().zip(&rows) {
-        let each: Vec<String> = s
-            .p99_ms_each
-            .iter()
-            .zip(&s.io_full_share_each)
-            .map(|(p99, io)| match io {
-                Some(io) => format!("{p99:.1} [{:.0}]", io * 100.0),
-                None => format!("{p99:.1}"),
+        let percent =
+            |share: Option<f64>| share.map_or("-".into(), |s| format!("{:.0}", s * 100.0));
+        let each: Vec<String> = (0..s.runs)
+            .map(|run| {
+                format!(
+                    "{:.1} [{} / {}]",
+                    s.p99_ms_each[run],
+                    percent(s.steal_share_each[run]),
+                    percent(s.io_full_share_each[run])
+                )
             })
             .collect();
         eprintln!(
