@@ -15,6 +15,11 @@
 //! contention. The child prints one JSON line; the parent prints a table and a JSON summary with
 //! the ratios to `alone`.
 //!
+//! Beside that load, a probe writes one transfer every [`LOOKUP_INTERVAL`] and reads it back at
+//! once (`GET /v1/transfers/{id}`), which waits until the read model has projected it: the
+//! lookup latency it reports is what read-your-writes costs, so that a change which moves work
+//! off the requests' path onto the read model's shows its price too.
+//!
 //! `--rounds N` runs the conditions in turn N times (alone, idle, normal, alone, ...) and
 //! compares each condition's median over its runs. On a shared virtual machine one run's p99
 //! varies more than the effect measured (single runs of `alone` gave 3.8 to 82.8 ms within an
@@ -49,6 +54,9 @@ const WINDOW_MAX: Duration = Duration::from_secs(600);
 const SETUP_CONNECTIONS: usize = 16;
 /// One row of `--timeline`.
 const TIMELINE_SLICE: Duration = Duration::from_millis(100);
+/// How often the read-your-writes probe writes a transfer and looks it up (50 a second, on a
+/// connection of its own, beside the `--rate` load).
+const LOOKUP_INTERVAL: Duration = Duration::from_millis(20);
 /// Most rounds of `--rounds`: a round of all three conditions takes two minutes or more with the
 /// default window, so 50 are well over an hour and a half.
 const ROUNDS_MAX: i64 = 50;
@@ -177,6 +185,13 @@ struct Measured {
     p99_ms: f64,
     p999_ms: f64,
     max_ms: f64,
+    /// Read-your-writes: lookups of a transfer just written, and their latency (see the module
+    /// docs); `lookups_failed` counts the writes or lookups that did not succeed.
+    lookups: u64,
+    lookups_failed: u64,
+    lookup_p50_ms: f64,
+    lookup_p99_ms: f64,
+    lookup_max_ms: f64,
     /// CPU time of the whole process over the window, as a share of all cores.
     cpu_share: f64,
     /// Seconds the offline jobs took (0 alone).
@@ -216,18 +231,22 @@ pub fn run(args: ColocationArgs) -> anyhow::Result<()> {
             );
             let measured = child(&args, condition)?;
             eprintln!(
-                "bench-offline: {:?}: p50 {:.3} ms, p99 {:.3} ms, p999 {:.3} ms over {} requests in {:.1} s, cpu {:.0}%, offline verify {:.1} s rebuild {:.1} s ({})",
+                "bench-offline: {:?}: p50 {:.3} ms, p99 {:.3} ms, p999 {:.3} ms over {} requests in {:.1} s, lookup p99 {:.3} ms, cpu {:.0}%, offline verify {:.1} s rebuild {:.1} s ({})",
                 measured.condition, measured.p50_ms, measured.p99_ms, measured.p999_ms, measured.requests,
-                measured.window_s, measured.cpu_share * 100.0, measured.verify_s, measured.rebuild_s, measured.isolation
+                measured.window_s, measured.lookup_p99_ms, measured.cpu_share * 100.0, measured.verify_s, measured.rebuild_s, measured.isolation
             );
             runs.push(measured);
         }
     }
     print_summary(&summarize(&args.conditions, &runs), args.rounds);
-    if let Some(failed) = runs.iter().find(|run| run.failed > 0) {
+    if let Some(failed) = runs
+        .iter()
+        .find(|run| run.failed > 0 || run.lookups_failed > 0)
+    {
         bail!(
-            "{} requests failed in condition {:?}",
+            "{} requests and {} read-your-writes lookups failed in condition {:?}",
             failed.failed,
+            failed.lookups_failed,
             failed.condition
         );
     }
@@ -346,6 +365,7 @@ struct Summary {
     p99_ms: f64,
     p999_ms: f64,
     p99_ms_each: Vec<f64>,
+    lookup_p99_ms: f64,
     requests: u64,
     window_s: f64,
     cpu_share: f64,
@@ -377,6 +397,7 @@ fn summarize(conditions: &[Condition], runs: &[Measured]) -> Vec<Summary> {
                 p99_ms: median_of(|r| r.p99_ms),
                 p999_ms: median_of(|r| r.p999_ms),
                 p99_ms_each: mine.iter().map(|r| r.p99_ms).collect(),
+                lookup_p99_ms: median_of(|r| r.lookup_p99_ms),
                 requests: mine.iter().map(|r| r.requests).sum(),
                 window_s: median_of(|r| r.window_s),
                 cpu_share: median_of(|r| r.cpu_share),
@@ -423,6 +444,7 @@ fn print_summary(summaries: &[Summary], rounds: u32) {
                 "p99_ratio": ratio(s.p99_ms, alone.map(|a| a.p99_ms)),
                 "p999_ratio": ratio(s.p999_ms, alone.map(|a| a.p999_ms)),
                 "p99_ms_each": s.p99_ms_each,
+                "lookup_p99_ms": round3(s.lookup_p99_ms),
                 "requests": s.requests,
                 "window_s": round3(s.window_s),
                 "cpu_share": round3(s.cpu_share),
@@ -440,7 +462,7 @@ fn print_summary(summaries: &[Summary], rounds: u32) {
         eprintln!("bench-offline: medians over {rounds} rounds");
     }
     eprintln!(
-        "condition  p50 ms   p99 ms   p999 ms  p99/alone  p999/alone  cpu   verify s  rebuild s  load     each run: p99 ms [steal % / I/O full stall %]"
+        "condition  p50 ms   p99 ms   p999 ms  p99/alone  p999/alone  lookup p99  cpu   verify s  rebuild s  load     each run: p99 ms [steal % / I/O full stall %]"
     );
     for (s, row) in summaries.iter().zip(&rows) {
         let percent =
@@ -453,13 +475,14 @@ fn print_summary(summaries: &[Summary], rounds: u32) {
             .map(|(p99, (steal, io))| format!("{p99:.1} [{} / {}]", percent(*steal), percent(*io)))
             .collect();
         eprintln!(
-            "{:<9} {:>7.3} {:>8.3} {:>9.3} {:>9.2} {:>10.2} {:>5.0}% {:>8.1} {:>9.1}  {:.1}-{:.1}  {}",
+            "{:<9} {:>7.3} {:>8.3} {:>9.3} {:>9.2} {:>10.2} {:>11.3} {:>4.0}% {:>8.1} {:>9.1}  {:.1}-{:.1}  {}",
             format!("{:?}", s.condition).to_lowercase(),
             s.p50_ms,
             s.p99_ms,
             s.p999_ms,
             row["p99_ratio"].as_f64().unwrap_or(f64::NAN),
             row["p999_ratio"].as_f64().unwrap_or(f64::NAN),
+            s.lookup_p99_ms,
             s.cpu_share * 100.0,
             s.verify_s,
             s.rebuild_s,
@@ -577,6 +600,8 @@ async fn measure(
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let mut sorted = latencies.latencies_ms;
     sorted.sort_unstable_by(f64::total_cmp);
+    let mut lookups = latencies.lookups_ms;
+    lookups.sort_unstable_by(f64::total_cmp);
     Ok(Measured {
         condition,
         offline_in: args.offline_in,
@@ -589,6 +614,11 @@ async fn measure(
         p99_ms: round3(percentile(&sorted, 0.99)),
         p999_ms: round3(percentile(&sorted, 0.999)),
         max_ms: round3(sorted.last().copied().unwrap_or(0.0)),
+        lookups: lookups.len() as u64,
+        lookups_failed: latencies.lookups_failed,
+        lookup_p50_ms: round3(percentile(&lookups, 0.50)),
+        lookup_p99_ms: round3(percentile(&lookups, 0.99)),
+        lookup_max_ms: round3(lookups.last().copied().unwrap_or(0.0)),
         cpu_share: round3(cpu / window.as_secs_f64() / cores),
         verify_s: round3(verify_s),
         rebuild_s: round3(rebuild_s),
@@ -984,6 +1014,9 @@ struct Latencies {
     /// `latencies_ms`.
     due_s: Vec<f64>,
     failed: u64,
+    /// Each read-your-writes lookup's latency (see [`lookup_probe`]).
+    lookups_ms: Vec<f64>,
+    lookups_failed: u64,
 }
 
 impl Load {
@@ -1042,6 +1075,12 @@ impl Load {
                 }
             }));
         }
+        let probe = tokio::spawn(lookup_probe(
+            Connection::new(self.endpoint.clone()),
+            self.accounts,
+            self.next_id.clone(),
+            stop.clone(),
+        ));
         tokio::time::sleep(minimum).await;
         if let Some(offline) = offline {
             while !offline.is_finished() && start.elapsed() < WINDOW_MAX {
@@ -1056,8 +1095,49 @@ impl Load {
             all.due_s.extend(measured.due_s);
             all.failed += measured.failed;
         }
+        (all.lookups_ms, all.lookups_failed) = probe.await.context("the lookup probe panicked")?;
         Ok(all)
     }
+}
+
+/// Every [`LOOKUP_INTERVAL`] until `stop`, writes a transfer and at once looks it up by id; returns
+/// each lookup's latency in ms and how many writes or lookups failed. The lookup waits for the
+/// read model to project the transfer (up to 5 s, then `503`), so its latency is the price of
+/// reading one's own write.
+async fn lookup_probe(
+    mut connection: Connection,
+    accounts: u64,
+    next_id: Arc<AtomicU64>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> (Vec<f64>, u64) {
+    let mut ticks = tokio::time::interval(LOOKUP_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut latencies_ms, mut failed) = (Vec::new(), 0);
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(u64::MAX);
+    while !stop.load(Ordering::Relaxed) {
+        ticks.tick().await;
+        let from = rng.random_range(0..accounts);
+        let to = (from + rng.random_range(1..accounts)) % accounts;
+        let id = format!("co-l{}", next_id.fetch_add(1, Ordering::Relaxed));
+        let body = format!(r#"{{"id":"{id}","from":"co-{from}","to":"co-{to}","amount":1}}"#);
+        let written = connection
+            .send(Method::POST, "/v1/transfers", Bytes::from(body))
+            .await;
+        if !matches!(&written, Ok(response) if response.status == StatusCode::CREATED) {
+            failed += 1;
+            continue;
+        }
+        let asked = Instant::now();
+        let found = connection
+            .send(Method::GET, &format!("/v1/transfers/{id}"), Bytes::new())
+            .await;
+        if matches!(&found, Ok(response) if response.status == StatusCode::OK) {
+            latencies_ms.push(asked.elapsed().as_secs_f64() * 1000.0);
+        } else {
+            failed += 1;
+        }
+    }
+    (latencies_ms, failed)
 }
 
 /// Creates and funds `co-0` .. `co-{accounts-1}` (not measured).
@@ -1279,6 +1359,11 @@ mod tests {
             p99_ms,
             p999_ms: p99_ms * 2.0,
             max_ms: p99_ms * 3.0,
+            lookups: 100,
+            lookups_failed: 0,
+            lookup_p50_ms: p99_ms * 5.0,
+            lookup_p99_ms: p99_ms * 10.0,
+            lookup_max_ms: p99_ms * 20.0,
             cpu_share: 0.4,
             verify_s: if condition == Condition::Alone {
                 0.0
@@ -1332,6 +1417,7 @@ mod tests {
         );
         assert_eq!(alone.p50_ms, 1.25);
         assert_eq!(alone.p999_ms, 10.0);
+        assert_eq!(alone.lookup_p99_ms, 50.0);
         assert_eq!(alone.requests, 3000);
         assert_eq!(alone.loadavg, (0.4, 2.5));
         assert_eq!(

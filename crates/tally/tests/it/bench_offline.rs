@@ -69,6 +69,16 @@ fn offline_work_in_the_process_or_a_child_is_done_within_the_window() {
         );
         assert_eq!(measured["failed"], 0, "{measured}");
         assert!(measured["requests"].as_u64().unwrap() >= 200, "{measured}");
+        // Read-your-writes: each lookup found the transfer written just before it.
+        assert_eq!(measured["lookups_failed"], 0, "{measured}");
+        assert!(measured["lookups"].as_u64().unwrap() >= 5, "{measured}");
+        let lookup = |figure: &str| measured[figure].as_f64().unwrap();
+        assert!(
+            0.0 < lookup("lookup_p50_ms")
+                && lookup("lookup_p50_ms") <= lookup("lookup_p99_ms")
+                && lookup("lookup_p99_ms") <= lookup("lookup_max_ms"),
+            "{measured}"
+        );
         let window = measured["window_s"].as_f64().unwrap();
         for job in ["verify_s", "rebuild_s"] {
             let seconds = measured[job].as_f64().unwrap();
