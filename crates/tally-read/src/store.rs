@@ -9,7 +9,7 @@ use redb::{Database, ReadableDatabase, TableDefinition};
 
 use crate::codec::{AccountRow, DayRow, HistoryRow, TotalsRow, TransferRow};
 use crate::limits::{DAILY_PAGE_DAYS_MAX, HISTORY_PAGE_ENTRIES_MAX, STORE_FORMAT_VERSION};
-use crate::write_back::WriteBackFile;
+use crate::write_back::{WriteBackAt, WriteBackFile};
 use crate::{
     DailyPage, Day, DaySummary, HistoryEntry, HistoryPage, LedgerTotals, ReadError, TransferView,
 };
@@ -145,7 +145,9 @@ impl Store {
                 }))
             }
         }
-        let db = match Database::open(path) {
+        let opened = WriteBackFile::create(path, WriteBackAt::Sync)
+            .and_then(|backend| Database::builder().create_with_backend(backend));
+        let db = match opened {
             Ok(db) => db,
             Err(
                 error @ (redb::DatabaseError::DatabaseAlreadyOpen
@@ -186,23 +188,22 @@ impl Store {
     }
 
     /// Creates an empty store at position 0, durably, so that a crash never leaves a file without
-    /// tables behind.
+    /// tables behind. Its file writes its pages back to the disk in small pieces before each sync
+    /// (see `write_back.rs`), as the one [`Store::open`] opens does.
     pub fn create(path: &Path) -> Result<(Store, Checkpoint), ReadError> {
-        let db = Database::create(path).map_err(|source| store_error("create", path, source))?;
-        Store::initialise(db, path)
+        Store::create_at(path, WriteBackAt::Sync)
     }
 
-    /// Creates an empty store as [`Store::create`] does, on a file that writes its pages back to
-    /// the disk in small pieces as they are written (see `write_back.rs`): for a rebuild, which
-    /// writes the whole file while the online path shares the disk.
+    /// Creates an empty store as [`Store::create`] does, on a file that also writes its pages
+    /// back as they are written, a few megabytes at a time (see `write_back.rs`): for a rebuild,
+    /// which writes its whole file while the online path shares the disk, and has no readers.
     pub fn create_written_back(path: &Path) -> Result<(Store, Checkpoint), ReadError> {
-        let backend = WriteBackFile::create(path).map_err(|source| ReadError::Io {
-            op: "create",
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let db = Database::builder()
-            .create_with_backend(backend)
+        Store::create_at(path, WriteBackAt::SyncOrPendingMax)
+    }
+
+    fn create_at(path: &Path, at: WriteBackAt) -> Result<(Store, Checkpoint), ReadError> {
+        let db = WriteBackFile::create(path, at)
+            .and_then(|backend| Database::builder().create_with_backend(backend))
             .map_err(|source| store_error("create", path, source))?;
         Store::initialise(db, path)
     }

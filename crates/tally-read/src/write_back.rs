@@ -1,7 +1,8 @@
-//! A redb storage backend for the rebuild's file that writes its own pages back to the disk, a
-//! little at a time, on the writing thread.
+//! A redb storage backend that writes its own pages back to the disk, a little at a time, on the
+//! writing thread: for the rebuild's file and the live read model's.
 //!
-//! Why: a rebuild shares one thing with the online path that no CPU priority orders, the disk.
+//! Why: the read model shares one thing with the online path that no CPU priority orders, the
+//! disk.
 //! The log's `fdatasync` ends with a cache flush of the device, and that flush waits for every
 //! write already sent to it. Left to themselves, the rebuild's writes reach the device in bursts
 //! of hundreds of megabytes: the kernel's flusher sends the pages of its unsynced commits up to
@@ -9,11 +10,13 @@
 //! buffer (up to half of its cache) into the page cache and then syncs the whole file at once.
 //! Either way the log's next `fdatasync` queues behind the burst, and the online tail latency
 //! jumps (`tally bench-offline --timeline` showed the worst half-second of a rebuild at its final
-//! commit).
+//! commit). The live read model does the same on a smaller scale: its durable commit, once a
+//! second, sends the second's pages (some 10 MB at 4,000 transfers a second) at once, and the
+//! requests of the next group commits wait behind them.
 //!
 //! So every write is remembered by the [`WRITE_BACK_CHUNK_BYTES`] piece of the file it touched,
-//! and once [`WRITE_BACK_PENDING_BYTES_MAX`] have been written, or before any sync, the touched
-//! pieces are written back in file order, in ranges that each hold about
+//! and before any sync (and, for a rebuild, once [`WRITE_BACK_PENDING_BYTES_MAX`] have been
+//! written) the touched pieces are written back in file order, in ranges that each hold about
 //! [`WRITE_BACK_CHUNK_BYTES`] of what was written, each range waited for before the next is sent
 //! (`sync_file_range`). The log's `fdatasync` then waits behind at most one range. Ranges, not
 //! pieces: redb's pages land all over the file, so a piece often holds one 4 KiB page, and a call
@@ -35,22 +38,34 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use redb::backends::FileBackend;
-use redb::{BackendError, StorageBackend};
+use redb::{BackendError, DatabaseError, StorageBackend};
 
 use crate::limits::{WRITE_BACK_CHUNK_BYTES, WRITE_BACK_PENDING_BYTES_MAX};
 
 /// redb's file backend, plus write-back of what it wrote in small pieces (see the module docs).
-///
-/// For a database with one writer and no readers meanwhile, as a rebuild's: the write-back runs
-/// inside redb's `write`, while redb holds its write buffer's lock, so anyone else waiting for
-/// that lock would wait for the disk too.
 #[derive(Debug)]
 pub(crate) struct WriteBackFile {
     inner: FileBackend,
     /// A second handle on the same file for `sync_file_range`: write-back works on the file.
     file: File,
     path: PathBuf,
+    at: WriteBackAt,
     pending: Mutex<Pending>,
+}
+
+/// When a [`WriteBackFile`] writes back what was written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WriteBackAt {
+    /// Before every sync, and as soon as [`WRITE_BACK_PENDING_BYTES_MAX`] have been written:
+    /// for a rebuild, which writes its whole file and has no readers. That write-back runs
+    /// inside redb's `write`, while redb holds its write buffer's locks, so anyone else waiting
+    /// for those locks would wait for the disk too.
+    SyncOrPendingMax,
+    /// Before every sync only, which redb calls with no lock held: for the live read model,
+    /// whose queries take the write buffer's locks. Its writes between syncs are bounded by what
+    /// one [`DURABLE_COMMIT_INTERVAL`](crate::limits::DURABLE_COMMIT_INTERVAL) of projection
+    /// touches.
+    Sync,
 }
 
 /// The pieces of the file written since the last write-back.
@@ -63,8 +78,10 @@ struct Pending {
 }
 
 impl WriteBackFile {
-    /// Opens (creating it if missing) the file at `path` as [`redb::Builder::create`] does.
-    pub(crate) fn create(path: &Path) -> io::Result<WriteBackFile> {
+    /// Opens (creating it if missing) the file at `path` as [`redb::Builder::create`] does,
+    /// refusing it with [`DatabaseError::DatabaseAlreadyOpen`] as redb does while another
+    /// database holds it.
+    pub(crate) fn create(path: &Path, at: WriteBackAt) -> Result<WriteBackFile, DatabaseError> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -72,11 +89,12 @@ impl WriteBackFile {
             .truncate(false)
             .open(path)?;
         let write_back = file.try_clone()?;
-        let inner = FileBackend::new(file).map_err(io::Error::other)?;
+        let inner = FileBackend::new(file)?;
         Ok(WriteBackFile {
             inner,
             file: write_back,
             path: path.to_path_buf(),
+            at,
             pending: Mutex::new(Pending::default()),
         })
     }
@@ -181,7 +199,8 @@ impl StorageBackend for WriteBackFile {
                 *pending.chunks.entry(chunk).or_default() += end - start;
             }
             pending.bytes += data.len() as u64;
-            pending.bytes >= WRITE_BACK_PENDING_BYTES_MAX
+            self.at == WriteBackAt::SyncOrPendingMax
+                && pending.bytes >= WRITE_BACK_PENDING_BYTES_MAX
         };
         if full {
             self.write_back_pending()?;
@@ -236,7 +255,9 @@ mod tests {
     #[test]
     fn the_pieces_a_write_touches_wait_for_the_next_sync() {
         let dir = tempfile::tempdir().unwrap();
-        let file = WriteBackFile::create(&dir.path().join("read.redb")).unwrap();
+        let file =
+            WriteBackFile::create(&dir.path().join("read.redb"), WriteBackAt::SyncOrPendingMax)
+                .unwrap();
         file.set_len(4 * WRITE_BACK_CHUNK_BYTES).unwrap();
 
         // Across the boundary of pieces 0 and 1, then inside piece 3.
@@ -279,7 +300,9 @@ mod tests {
     #[test]
     fn writing_the_pending_bound_writes_back_at_once() {
         let dir = tempfile::tempdir().unwrap();
-        let file = WriteBackFile::create(&dir.path().join("read.redb")).unwrap();
+        let file =
+            WriteBackFile::create(&dir.path().join("read.redb"), WriteBackAt::SyncOrPendingMax)
+                .unwrap();
         let piece = vec![1; 64 * 1024];
         let pieces = WRITE_BACK_PENDING_BYTES_MAX / piece.len() as u64;
         file.set_len(pieces * piece.len() as u64).unwrap();
@@ -301,12 +324,51 @@ mod tests {
     }
 
     #[test]
+    fn the_live_model_s_file_writes_back_only_before_a_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = WriteBackFile::create(&dir.path().join("read.redb"), WriteBackAt::Sync).unwrap();
+        let piece = vec![1; 64 * 1024];
+        let pieces = 2 * WRITE_BACK_PENDING_BYTES_MAX / piece.len() as u64;
+        file.set_len(pieces * piece.len() as u64).unwrap();
+
+        for index in 0..pieces {
+            file.write(index * piece.len() as u64, &piece).unwrap();
+        }
+        let (chunks, bytes) = pending(&file);
+        assert_eq!(
+            bytes,
+            2 * WRITE_BACK_PENDING_BYTES_MAX,
+            "no write-back inside redb's write, past the rebuild's bound too"
+        );
+        assert_eq!(
+            chunks.len() as u64,
+            2 * WRITE_BACK_PENDING_BYTES_MAX / WRITE_BACK_CHUNK_BYTES
+        );
+
+        file.sync_data().unwrap();
+        assert_eq!(pending(&file), (vec![], 0));
+    }
+
+    #[test]
+    fn a_file_another_database_holds_is_refused_as_redb_refuses_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("read.redb");
+        let _held = redb::Database::create(&path).unwrap();
+        let opened = WriteBackFile::create(&path, WriteBackAt::Sync)
+            .and_then(|backend| redb::Database::builder().create_with_backend(backend));
+        assert!(
+            matches!(opened, Err(DatabaseError::DatabaseAlreadyOpen)),
+            "{opened:?}"
+        );
+    }
+
+    #[test]
     fn redb_s_own_file_backend_opens_what_it_wrote() {
         const TABLE: TableDefinition<u64, u64> = TableDefinition::new("numbers");
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("read.redb");
         let db = redb::Database::builder()
-            .create_with_backend(WriteBackFile::create(&path).unwrap())
+            .create_with_backend(WriteBackFile::create(&path, WriteBackAt::Sync).unwrap())
             .unwrap();
         let txn = db.begin_write().unwrap();
         {
