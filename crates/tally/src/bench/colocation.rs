@@ -1014,7 +1014,8 @@ struct Latencies {
     /// `latencies_ms`.
     due_s: Vec<f64>,
     failed: u64,
-    /// Each read-your-writes lookup's latency (see [`lookup_probe`]).
+    /// Each read-your-writes lookup's latency (see [`lookup_probe`]); at most one per
+    /// [`LOOKUP_INTERVAL`] of a window bounded by [`WINDOW_MAX`].
     lookups_ms: Vec<f64>,
     lookups_failed: u64,
 }
@@ -1056,12 +1057,8 @@ impl Load {
                     if stop.load(Ordering::Relaxed) {
                         return measured;
                     }
-                    let from = rng.random_range(0..accounts);
-                    let to = (from + rng.random_range(1..accounts)) % accounts;
-                    let id = next_id.fetch_add(1, Ordering::Relaxed);
-                    let body = format!(
-                        r#"{{"id":"co-t{id}","from":"co-{from}","to":"co-{to}","amount":1}}"#
-                    );
+                    let id = format!("co-t{}", next_id.fetch_add(1, Ordering::Relaxed));
+                    let body = transfer_between_random_accounts(&mut rng, accounts, &id);
                     let answer = connection
                         .send(Method::POST, "/v1/transfers", Bytes::from(body))
                         .await;
@@ -1100,6 +1097,14 @@ impl Load {
     }
 }
 
+/// The body of a transfer `id` of 1 between two distinct accounts of `co-0` ..
+/// `co-{accounts-1}`, picked by `rng`.
+fn transfer_between_random_accounts(rng: &mut impl Rng, accounts: u64, id: &str) -> String {
+    let from = rng.random_range(0..accounts);
+    let to = (from + rng.random_range(1..accounts)) % accounts;
+    format!(r#"{{"id":"{id}","from":"co-{from}","to":"co-{to}","amount":1}}"#)
+}
+
 /// Every [`LOOKUP_INTERVAL`] until `stop`, writes a transfer and at once looks it up by id; returns
 /// each lookup's latency in ms and how many writes or lookups failed. The lookup waits for the
 /// read model to project the transfer (up to 5 s, then `503`), so its latency is the price of
@@ -1116,10 +1121,8 @@ async fn lookup_probe(
     let mut rng = rand::rngs::SmallRng::seed_from_u64(u64::MAX);
     while !stop.load(Ordering::Relaxed) {
         ticks.tick().await;
-        let from = rng.random_range(0..accounts);
-        let to = (from + rng.random_range(1..accounts)) % accounts;
         let id = format!("co-l{}", next_id.fetch_add(1, Ordering::Relaxed));
-        let body = format!(r#"{{"id":"{id}","from":"co-{from}","to":"co-{to}","amount":1}}"#);
+        let body = transfer_between_random_accounts(&mut rng, accounts, &id);
         let written = connection
             .send(Method::POST, "/v1/transfers", Bytes::from(body))
             .await;
