@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::courtesy::YieldTimer;
 use crate::guard::{UnitJob, UnitJobHandle, Watchdog};
 use crate::isolation::{self, IdleCgroup, Isolation, Priority};
 use crate::limits::{GUARD_BOUND_DEFAULT, GUARD_BOUND_MIN, JOBS_FINISHED_KEPT, JOBS_RUNNING_MAX};
@@ -241,6 +242,7 @@ impl OfflineExecutor {
         let progress = self.track(name, unit).map_err(io::Error::other)?;
         let tracked = progress.clone();
         let thread = self.spawn_thread(name, move || {
+            let _yield_timer = YieldTimer::start();
             let finish = FinishOnDrop(tracked.clone());
             let outcome = work(&tracked);
             finish.finish(outcome.is_ok());
@@ -271,7 +273,10 @@ impl OfflineExecutor {
         let progress = self.track(name, "units").map_err(io::Error::other)?;
         let handle = self.inner.watchdog.guard(job, progress, pin)?;
         let worker = handle.clone();
-        self.spawn_thread(name, move || worker.work_offline())?;
+        self.spawn_thread(name, move || {
+            let _yield_timer = YieldTimer::start();
+            worker.work_offline()
+        })?;
         Ok(handle)
     }
 

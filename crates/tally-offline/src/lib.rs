@@ -32,7 +32,9 @@
 //!
 //! Offline loops also call [`yield_point`] once per unit of work: on some kernels a woken
 //! normal thread waits for the next scheduler tick before it preempts an idle one, and an idle
-//! thread that yields every [`limits::YIELD_INTERVAL`] takes that wait away.
+//! thread that yields every [`limits::YIELD_INTERVAL`] takes that wait away. Jobs also run a
+//! timer that makes their thread yield every [`limits::YIELD_TIMER_INTERVAL`], for the
+//! stretches no yield point reaches (code of other crates, the kernel's page faults).
 #![deny(missing_docs)]
 
 mod courtesy;
@@ -43,7 +45,7 @@ pub mod limits;
 mod metrics;
 mod progress;
 
-pub use courtesy::{yield_point, yields_to_online};
+pub use courtesy::{timer_yields, yield_point, yields_to_online};
 pub use executor::{Job, OfflineConfig, OfflineExecutor};
 pub use guard::{UnitJob, UnitJobHandle};
 pub use isolation::{current_thread_policy, Isolation, Priority};

@@ -21,6 +21,13 @@ pub const WATCHDOG_TICK: Duration = Duration::from_millis(50);
 /// tick. A yield with nobody waiting costs about a microsecond, so 1% at most.
 pub const YIELD_INTERVAL: Duration = Duration::from_micros(100);
 
+/// Period of the yield timer of an offline job (see `courtesy.rs`): the longest an online thread
+/// waits for the core while the job is in a stretch without yield points, instead of up to a
+/// scheduler tick. Shorter costs the job more than it saves: each expiry is a timer interrupt
+/// and a signal, dearer than a yield point in a virtual machine (at 100 µs a rebuild took 1.7×
+/// as long).
+pub const YIELD_TIMER_INTERVAL: Duration = Duration::from_micros(250);
+
 /// Offline jobs running at once in one executor. Each is a thread; more than this is a bug in
 /// the caller (jobs are few and long), and refused rather than left to exhaust threads.
 pub const JOBS_RUNNING_MAX: usize = 32;
@@ -36,5 +43,9 @@ pub const JOB_UNITS_MAX: u64 = 1 << 20;
 /// thread could hold, so it polls.
 pub const JOB_WAIT_POLL: Duration = Duration::from_millis(5);
 
+const _: () = assert!(
+    YIELD_TIMER_INTERVAL.as_nanos() >= YIELD_INTERVAL.as_nanos()
+        && YIELD_TIMER_INTERVAL.as_nanos() < 1_000_000_000
+);
 const _: () = assert!(GUARD_BOUND_MIN.as_millis() >= 2 * WATCHDOG_TICK.as_millis());
 const _: () = assert!(GUARD_BOUND_DEFAULT.as_millis() >= GUARD_BOUND_MIN.as_millis());

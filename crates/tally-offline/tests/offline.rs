@@ -110,6 +110,81 @@ fn normal_priority_leaves_offline_threads_alone() {
     assert_eq!(follower.join().unwrap(), 0, "a follower at normal priority");
 }
 
+#[test]
+fn an_idle_job_yields_on_its_timer_where_it_has_no_yield_points() {
+    /// Spins without a yield point until the timer made this thread yield `wanted` times or
+    /// `limit` passed (an idle thread may wait long for a core on a busy machine); returns the
+    /// timer's yields.
+    fn spin_for_timer_yields(wanted: u64, limit: Duration) -> u64 {
+        let start = Instant::now();
+        while tally_offline::timer_yields() < wanted && start.elapsed() < limit {
+            std::hint::spin_loop();
+        }
+        tally_offline::timer_yields()
+    }
+
+    let offline = OfflineExecutor::new(OfflineConfig::with_priority(Priority::Idle));
+    let job = offline
+        .spawn_job("spin", "iterations", |_| {
+            Ok(spin_for_timer_yields(8, Duration::from_secs(30)))
+        })
+        .unwrap();
+    assert!(
+        job.join().unwrap() >= 8,
+        "the timer makes an idle job yield"
+    );
+
+    // A blocking system call the signal interrupts restarts: the job never sees it.
+    let (mut writer, reader) = std::os::unix::net::UnixStream::pair().unwrap();
+    let job = offline
+        .spawn_job("read", "bytes", move |_| {
+            let mut byte = [0u8; 1];
+            // SAFETY: a read into a live one-byte buffer from a descriptor `reader` keeps open.
+            let read = unsafe {
+                libc::read(
+                    std::os::fd::AsRawFd::as_raw_fd(&reader),
+                    byte.as_mut_ptr().cast(),
+                    1,
+                )
+            };
+            let error = std::io::Error::last_os_error();
+            Ok((
+                read,
+                byte[0],
+                error.raw_os_error(),
+                tally_offline::timer_yields(),
+            ))
+        })
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    std::io::Write::write_all(&mut writer, &[42]).unwrap();
+    let (read, byte, errno, yields) = job.join().unwrap();
+    assert_eq!(
+        (read, byte),
+        (1, 42),
+        "errno {errno:?} after {yields} timer yields"
+    );
+
+    // Long-lived offline services and normal-priority jobs run no timer.
+    let service = offline
+        .spawn_thread("tally-test-service", || {
+            spin_for_timer_yields(1, Duration::from_millis(50))
+        })
+        .unwrap();
+    assert_eq!(service.join().unwrap(), 0);
+    let normal = OfflineExecutor::new(OfflineConfig::with_priority(Priority::Normal));
+    let job = normal
+        .spawn_job("spin", "iterations", |_| {
+            Ok(spin_for_timer_yields(1, Duration::from_millis(50)))
+        })
+        .unwrap();
+    assert_eq!(
+        job.join().unwrap(),
+        0,
+        "normal priority competes as any thread"
+    );
+}
+
 /// Threads that spin at normal priority on every core until dropped.
 struct CpuHog {
     stop: Arc<AtomicBool>,
