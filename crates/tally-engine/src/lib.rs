@@ -233,9 +233,13 @@ impl Engine {
         let (request_sender, requests) = sync_channel(COMMAND_QUEUE_REQUESTS_MAX);
         let (staged_sender, staged) = sync_channel(STAGED_BATCHES_MAX);
         let writer = WriterThread { writer, staged };
+        // Requests wait for both threads: they ask for short scheduler slices as they start.
         let writer_thread = std::thread::Builder::new()
             .name("tally-writer".into())
-            .spawn(move || writer.run())
+            .spawn(move || {
+                tally_offline::request_short_slice();
+                writer.run()
+            })
             .map_err(setup("cannot start the writer thread"))?;
         let state = StateThread {
             decider,
@@ -245,7 +249,10 @@ impl Engine {
         };
         let state_thread = std::thread::Builder::new()
             .name("tally-state".into())
-            .spawn(move || state.run())
+            .spawn(move || {
+                tally_offline::request_short_slice();
+                state.run()
+            })
             .map_err(setup("cannot start the state thread"))?;
 
         let engine = Engine {

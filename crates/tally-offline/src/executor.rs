@@ -181,7 +181,9 @@ impl OfflineExecutor {
     /// `503`; and one that caught up with 90,000 events within 5 s at `SCHED_IDLE` did not in
     /// the cgroup while a build ran next to it. At nice 19 it still yields to normal threads
     /// (a weight of 15 against their 1,024, and the same yield points) but keeps a share of a
-    /// busy core, which is all its work, proportional to the writes, needs.
+    /// busy core, which is all its work, proportional to the writes, needs. Like the online
+    /// threads, it asks for short scheduler slices ([`crate::request_short_slice`]), at any
+    /// priority.
     pub fn spawn_follower<T: Send + 'static>(
         &self,
         name: &str,
@@ -337,6 +339,9 @@ struct Isolate {
 
 impl Isolate {
     fn current_thread(&self, name: &str) {
+        if self.kind == ThreadKind::Follower {
+            crate::slice::request_short_slice();
+        }
         if self.priority == Priority::Normal {
             return;
         }

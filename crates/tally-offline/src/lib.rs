@@ -35,6 +35,10 @@
 //! thread that yields every [`limits::YIELD_INTERVAL`] takes that wait away. Jobs also run a
 //! timer that makes their thread yield every [`limits::YIELD_TIMER_INTERVAL`], for the
 //! stretches no yield point reaches (code of other crates, the kernel's page faults).
+//!
+//! The other side of the same bargain: every thread requests wait for, online or a follower
+//! such as the projector, calls [`request_short_slice`] as it starts, so that the kernel runs
+//! it in 100 µs slices and no such thread holds a core for long while another waits.
 #![deny(missing_docs)]
 
 mod courtesy;
@@ -44,9 +48,11 @@ mod isolation;
 pub mod limits;
 mod metrics;
 mod progress;
+mod slice;
 
 pub use courtesy::{timer_yields, yield_point, yields_to_online};
 pub use executor::{Job, OfflineConfig, OfflineExecutor};
 pub use guard::{UnitJob, UnitJobHandle};
 pub use isolation::{current_thread_policy, Isolation, Priority};
 pub use progress::{JobState, JobStatus, Progress};
+pub use slice::{current_thread_slice, request_short_slice, short_slice_in_force};

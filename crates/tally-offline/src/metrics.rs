@@ -4,6 +4,8 @@
 //! - `tally_offline_isolation{mode}`: 1 for the isolation in force (`none`, `sched_idle`,
 //!   `sched_idle+idle_cgroup`), 0 for the others.
 //! - `tally_offline_boosts_total`: jobs the starvation guard handed to a normal-priority thread.
+//! - `tally_online_slice_seconds`: the scheduler slice threads requests wait for run with, 0
+//!   for the kernel's default (see `slice.rs`).
 //! - per job, running or among the newest finished, labelled `name` (fixed by the code), `id`
 //!   and `unit` (what is counted): `tally_offline_job_units_done`,
 //!   `tally_offline_job_units_expected` (0 while unknown), `tally_offline_job_units_per_second`
@@ -65,6 +67,14 @@ impl Collector for Scrape {
             "Offline jobs holding a pinned resource that made no progress for the bound (500 ms by default) and were handed to a normal-priority thread by the starvation guard.",
             None,
             MetricType::Counter,
+        )?)?;
+        let slice =
+            ConstGauge::new(crate::short_slice_in_force().map_or(0.0, |slice| slice.as_secs_f64()));
+        slice.encode(encoder.encode_descriptor(
+            "tally_online_slice_seconds",
+            "The scheduler slice the threads requests wait for asked the kernel for and got (Linux 6.12 and later); 0 while they run with the kernel's default slice.",
+            None,
+            MetricType::Gauge,
         )?)?;
         let jobs = self.executor.jobs();
         let labels = |job: &JobStatus| -> Labels {

@@ -5,9 +5,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tally_offline::limits::{GUARD_BOUND_DEFAULT, WATCHDOG_TICK};
+use tally_offline::limits::{GUARD_BOUND_DEFAULT, SHORT_SLICE, WATCHDOG_TICK};
 use tally_offline::{
-    current_thread_policy, Isolation, JobState, OfflineConfig, OfflineExecutor, Priority, UnitJob,
+    current_thread_policy, current_thread_slice, Isolation, JobState, OfflineConfig,
+    OfflineExecutor, Priority, UnitJob,
 };
 
 /// The cgroup line of the calling thread.
@@ -82,6 +83,79 @@ fn offline_threads_run_at_sched_idle() {
     assert_eq!(nice, 19);
     assert!(yields, "a follower yields at its yield points");
     assert!(!cgroups.contains("tally-offline-"), "{cgroups}");
+}
+
+/// Whether this kernel gives a `SCHED_OTHER` thread a scheduler slice of its own (Linux 6.12
+/// and later).
+fn kernel_has_custom_slices() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut numbers = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|part| part.parse::<u32>().unwrap_or(0));
+    let version = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    version >= (6, 12)
+}
+
+#[test]
+fn threads_requests_wait_for_run_in_short_slices_and_idle_ones_do_not() {
+    let expected = kernel_has_custom_slices().then_some(SHORT_SLICE);
+    // An online thread keeps its nice value and policy and gets the slice, read back.
+    let online = std::thread::spawn(|| {
+        // SAFETY: gettid has no preconditions; setpriority is a plain syscall on this thread.
+        let tid = unsafe { libc::gettid() };
+        assert_eq!(
+            unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 5) },
+            0
+        );
+        let granted = tally_offline::request_short_slice();
+        (
+            granted,
+            current_thread_slice().unwrap(),
+            current_thread_nice(),
+            current_thread_policy(),
+        )
+    });
+    let (granted, read_back, nice, policy) = online.join().unwrap();
+    assert_eq!(granted, expected);
+    if expected.is_some() {
+        assert_eq!(read_back, expected, "the slice read back from the kernel");
+    }
+    assert_eq!((nice, policy), (5, libc::SCHED_OTHER));
+    assert_eq!(tally_offline::short_slice_in_force(), expected);
+    // A thread that has not asked runs with the kernel's default slice.
+    assert_ne!(current_thread_slice().unwrap(), Some(SHORT_SLICE));
+
+    // Followers ask for it at either priority; a SCHED_IDLE job cannot have one.
+    for priority in [Priority::Idle, Priority::Normal] {
+        let offline = OfflineExecutor::new(OfflineConfig::with_priority(priority));
+        let follower = offline
+            .spawn_follower("tally-test-follower", || current_thread_slice().unwrap())
+            .unwrap();
+        let slice = follower.join().unwrap();
+        assert_eq!(
+            slice == Some(SHORT_SLICE),
+            expected.is_some(),
+            "{priority:?}: {slice:?}"
+        );
+    }
+    let offline = OfflineExecutor::new(OfflineConfig::with_priority(Priority::Idle));
+    let job = offline
+        .spawn_job("probe", "units", |_| {
+            Ok((
+                tally_offline::request_short_slice(),
+                current_thread_slice().unwrap(),
+                current_thread_policy(),
+            ))
+        })
+        .unwrap();
+    let (granted, slice, policy) = job.join().unwrap();
+    assert_eq!((granted, policy), (None, libc::SCHED_IDLE));
+    assert_ne!(
+        slice,
+        Some(SHORT_SLICE),
+        "an idle thread keeps the default slice"
+    );
 }
 
 #[test]

@@ -233,6 +233,9 @@ fn is_broken_pipe(error: &anyhow::Error) -> bool {
 pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .on_thread_start(|| {
+            tally_offline::request_short_slice();
+        })
         .build()?)
 }
 

@@ -165,12 +165,25 @@ async fn metrics_pass_promtool_after_real_traffic() {
         r#"method="other",route="/v1/accounts",status="405""#,
         "tally_offline_isolation{mode=\"sched_idle+idle_cgroup\"} ",
         "tally_offline_boosts_total 0",
+        "tally_online_slice_seconds ",
         "tally_offline_job_units_done{name=\"snapshot\",",
         "tally_offline_job_units_per_second{name=\"snapshot\",",
         "tally_offline_job_state{name=\"snapshot\",",
     ] {
         assert!(text.contains(series), "no {series} in:\n{text}");
     }
+    // The server's threads ask for 100 µs scheduler slices, which Linux 6.12 and later give.
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|part| part.parse::<u32>().unwrap_or(0));
+    let custom_slices = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0)) >= (6, 12);
+    let slice_line = text
+        .lines()
+        .find(|line| line.starts_with("tally_online_slice_seconds "))
+        .unwrap();
+    let slice: f64 = slice_line.split(' ').nth(1).unwrap().parse().unwrap();
+    assert_eq!(slice, if custom_slices { 0.0001 } else { 0.0 }, "{slice_line}");
     let (clean, printed) = promtool_check(&text);
     assert!(
         clean && printed.is_empty(),
