@@ -13,11 +13,11 @@
 //! 0.1–100 ms), which is how the kernel is told that a thread wants short waits rather than
 //! long runs: every thread requests wait for (the HTTP workers, the state machine, the log
 //! writer, the projector) asks for [`SHORT_SLICE`], the shortest the kernel takes. Their runs
-//! are cut into 100 µs pieces, so a woken one waits for at most about that much of another's
-//! slice. Measured with `tally bench-offline` on 2026-12-04 (2 cores, 4 rounds each,
-//! interleaved): the online p99 fell from 3.48 to 2.82 ms alone and from 4.84 to 3.83 ms with
-//! idle-priority offline work, with no change to batched or single-request throughput
-//! (`tally bench`).
+//! are cut into 100 µs pieces with a deadline each, so one woken behind another gets the core
+//! sooner. Measured with `tally bench-offline` on 2026-12-04 (2 cores, medians of six
+//! interleaved rounds): the online p99 fell from 3.73 to 3.00 ms alone and from 4.88 to 4.61 ms
+//! with idle-priority offline work, with no change to batched or single-request throughput
+//! (`tally bench`). It does not close the gap between the two (README, "Short slices").
 //!
 //! `SCHED_IDLE` threads cannot have a slice of their own (the kernel keeps the default for
 //! them); they yield on a timer instead (`courtesy.rs`). Older kernels take the request and
