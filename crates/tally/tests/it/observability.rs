@@ -183,7 +183,11 @@ async fn metrics_pass_promtool_after_real_traffic() {
         .find(|line| line.starts_with("tally_online_slice_seconds "))
         .unwrap();
     let slice: f64 = slice_line.split(' ').nth(1).unwrap().parse().unwrap();
-    assert_eq!(slice, if custom_slices { 0.0001 } else { 0.0 }, "{slice_line}");
+    assert_eq!(
+        slice,
+        if custom_slices { 0.0001 } else { 0.0 },
+        "{slice_line}"
+    );
     let (clean, printed) = promtool_check(&text);
     assert!(
         clean && printed.is_empty(),
