@@ -237,7 +237,7 @@ impl Engine {
         let writer_thread = std::thread::Builder::new()
             .name("tally-writer".into())
             .spawn(move || {
-                tally_offline::request_short_slice();
+                tally_offline::online_thread_started();
                 writer.run()
             })
             .map_err(setup("cannot start the writer thread"))?;
@@ -250,7 +250,7 @@ impl Engine {
         let state_thread = std::thread::Builder::new()
             .name("tally-state".into())
             .spawn(move || {
-                tally_offline::request_short_slice();
+                tally_offline::online_thread_started();
                 state.run()
             })
             .map_err(setup("cannot start the state thread"))?;

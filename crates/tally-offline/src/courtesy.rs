@@ -71,6 +71,7 @@ pub fn yield_point() {
     LAST_YIELD.with(|last| {
         if let Some(since) = last.get() {
             if since.elapsed() >= YIELD_INTERVAL {
+                crate::handover::hand_over();
                 std::thread::yield_now();
                 last.set(Some(Instant::now()));
             }
@@ -188,6 +189,7 @@ extern "C" fn yield_on_signal(_: libc::c_int) {
     // SAFETY: errno is the calling thread's own; read and restored around the call.
     unsafe {
         let errno = *libc::__errno_location();
+        crate::handover::hand_over();
         libc::sched_yield();
         *libc::__errno_location() = errno;
     }

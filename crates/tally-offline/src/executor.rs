@@ -182,7 +182,8 @@ impl OfflineExecutor {
     /// the cgroup while a build ran next to it. At nice 19 it still yields to normal threads
     /// (a weight of 15 against their 1,024, and the same yield points) but keeps a share of a
     /// busy core, which is all its work, proportional to the writes, needs. Like the online
-    /// threads, it asks for short scheduler slices ([`crate::request_short_slice`]), at any
+    /// threads, it asks for short scheduler slices and may be handed an idle thread's core
+    /// ([`crate::online_thread_started`]), at any
     /// priority.
     pub fn spawn_follower<T: Send + 'static>(
         &self,
@@ -340,7 +341,7 @@ struct Isolate {
 impl Isolate {
     fn current_thread(&self, name: &str) {
         if self.kind == ThreadKind::Follower {
-            crate::slice::request_short_slice();
+            crate::slice::online_thread_started();
         }
         if self.priority == Priority::Normal {
             return;
@@ -355,7 +356,10 @@ impl Isolate {
             return;
         }
         match isolation::set_sched_idle() {
-            Ok(()) => crate::courtesy::enable_for_current_thread(),
+            Ok(()) => {
+                crate::courtesy::enable_for_current_thread();
+                crate::handover::enable_for_current_thread();
+            }
             Err(error) => {
                 let niced = isolation::set_nice_19().is_ok();
                 tracing::warn!(thread = name, %error, niced, "SCHED_IDLE refused; this offline thread runs at nice 19 instead if niced");

@@ -37,13 +37,16 @@
 //! stretches no yield point reaches (code of other crates, the kernel's page faults).
 //!
 //! The other side of the same bargain: every thread requests wait for, online or a follower
-//! such as the projector, calls [`request_short_slice`] as it starts, so that the kernel runs
-//! it in 100 µs slices and no such thread holds a core for long while another waits.
+//! such as the projector, calls [`online_thread_started`] as it starts, so that the kernel runs
+//! it in 100 µs slices and no such thread holds a core for long while another waits, and so
+//! that an idle thread that finds it waiting on another core moves it to its own
+//! ([`handovers`] counts how often).
 #![deny(missing_docs)]
 
 mod courtesy;
 mod executor;
 mod guard;
+mod handover;
 mod isolation;
 pub mod limits;
 mod metrics;
@@ -53,6 +56,9 @@ mod slice;
 pub use courtesy::{timer_yields, yield_point, yields_to_online};
 pub use executor::{Job, OfflineConfig, OfflineExecutor};
 pub use guard::{UnitJob, UnitJobHandle};
+pub use handover::handovers;
 pub use isolation::{current_thread_policy, Isolation, Priority};
 pub use progress::{JobState, JobStatus, Progress};
-pub use slice::{current_thread_slice, request_short_slice, short_slice_in_force};
+pub use slice::{
+    current_thread_slice, online_thread_started, request_short_slice, short_slice_in_force,
+};

@@ -35,6 +35,12 @@ pub const YIELD_TIMER_INTERVAL: Duration = Duration::from_micros(250);
 /// was the same with it.
 pub const SHORT_SLICE: Duration = Duration::from_micros(100);
 
+/// Threads requests wait for that idle threads may hand their core to (see `handover.rs`): the
+/// tokio workers and blocking threads, the engine's two, the followers. Each holds an open
+/// `/proc/thread-self/stat`; threads beyond it are not handed cores. An idle thread reads each
+/// registered one's file when one may be waiting, so it is also what bounds that cost.
+pub const ONLINE_THREADS_MAX: usize = 64;
+
 /// Offline jobs running at once in one executor. Each is a thread; more than this is a bug in
 /// the caller (jobs are few and long), and refused rather than left to exhaust threads.
 pub const JOBS_RUNNING_MAX: usize = 32;

@@ -4,6 +4,8 @@
 //! - `tally_offline_isolation{mode}`: 1 for the isolation in force (`none`, `sched_idle`,
 //!   `sched_idle+idle_cgroup`), 0 for the others.
 //! - `tally_offline_boosts_total`: jobs the starvation guard handed to a normal-priority thread.
+//! - `tally_offline_handovers_total`: threads requests wait for that an idle thread found
+//!   waiting on another core and moved to its own (see `handover.rs`).
 //! - `tally_online_slice_seconds`: the scheduler slice threads requests wait for run with, 0
 //!   for the kernel's default (see `slice.rs`).
 //! - per job, running or among the newest finished, labelled `name` (fixed by the code), `id`
@@ -65,6 +67,13 @@ impl Collector for Scrape {
         boosts.encode(encoder.encode_descriptor(
             "tally_offline_boosts",
             "Offline jobs holding a pinned resource that made no progress for the bound (500 ms by default) and were handed to a normal-priority thread by the starvation guard.",
+            None,
+            MetricType::Counter,
+        )?)?;
+        let handovers = ConstCounter::new(crate::handovers());
+        handovers.encode(encoder.encode_descriptor(
+            "tally_offline_handovers",
+            "Threads requests wait for that an idle-priority offline thread found waiting for a core behind another such thread and moved to its own core, which it then yielded to them.",
             None,
             MetricType::Counter,
         )?)?;

@@ -139,3 +139,11 @@ fn set_slice(slice: Duration) -> io::Result<Option<Duration>> {
     }
     Ok(current_thread_slice()?.filter(|granted| *granted == slice))
 }
+
+/// Called first by every thread requests wait for (the tokio workers, the engine's state and
+/// writer threads, followers): asks for short slices ([`request_short_slice`]) and registers the
+/// thread so that idle threads may hand it their core when it waits for one (`handover.rs`).
+pub fn online_thread_started() {
+    request_short_slice();
+    crate::handover::register_current_thread();
+}

@@ -524,3 +524,96 @@ fn finished_jobs_are_forgotten_beyond_the_limit() {
     );
     assert!(jobs.iter().all(|job| job.state == JobState::Done));
 }
+
+/// Sets the calling thread's CPU affinity to `cpus`.
+fn pin_current_thread(cpus: &[usize]) {
+    // SAFETY: a zeroed cpu set is valid; CPU_SET writes within it; the call reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &cpu in cpus {
+            libc::CPU_SET(cpu, &mut set);
+        }
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Two threads requests wait for are made to queue on the first core (pinned there, then given
+/// every core back, which leaves them there) while an idle job runs on the second core: the idle
+/// job moves one of them to its core. The kernel's load balancer may spread them first, so the
+/// test tries a few times and asks for one handover; with a single core there is nothing to
+/// hand over, and none happens.
+#[test]
+fn an_idle_job_hands_its_core_to_an_online_thread_waiting_on_another() {
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let all: Vec<usize> = (0..cores).collect();
+    let offline = OfflineExecutor::new(OfflineConfig::with_priority(Priority::Idle));
+    let stop = Arc::new(AtomicBool::new(false));
+    let job = {
+        let stop = Arc::clone(&stop);
+        offline
+            .spawn_job("spinner", "loops", move |_| {
+                pin_current_thread(&[cores - 1]);
+                while !stop.load(Ordering::Relaxed) {
+                    tally_offline::yield_point();
+                }
+                Ok(())
+            })
+            .unwrap()
+    };
+    let before = tally_offline::handovers();
+    let mut handed_over = false;
+    for _attempt in 0..20 {
+        let queued = Arc::new(AtomicBool::new(false));
+        let spinners: Vec<_> = (0..2)
+            .map(|_| {
+                let (queued, all) = (Arc::clone(&queued), all.clone());
+                std::thread::spawn(move || {
+                    tally_offline::online_thread_started();
+                    pin_current_thread(&[0]);
+                    pin_current_thread(&all);
+                    let until = Instant::now() + Duration::from_millis(300);
+                    while Instant::now() < until && !queued.load(Ordering::Relaxed) {
+                        std::hint::spin_loop();
+                    }
+                })
+            })
+            .collect();
+        let until = Instant::now() + Duration::from_millis(300);
+        while Instant::now() < until && tally_offline::handovers() == before {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        queued.store(true, Ordering::Relaxed);
+        for spinner in spinners {
+            spinner.join().unwrap();
+        }
+        if tally_offline::handovers() > before {
+            handed_over = true;
+            break;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    job.join().unwrap();
+    let mut registry = prometheus_client::registry::Registry::default();
+    offline.register_metrics(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    let shown = format!(
+        "tally_offline_handovers_total {}",
+        tally_offline::handovers()
+    );
+    assert!(text.contains(&shown), "no {shown} in\n{text}");
+    if cores < 2 {
+        assert!(!handed_over, "one core: nothing to hand over");
+    } else {
+        assert!(
+            handed_over,
+            "an idle job on core {} never moved a waiting online thread to it",
+            cores - 1
+        );
+    }
+}

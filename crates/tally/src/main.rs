@@ -234,7 +234,7 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .on_thread_start(|| {
-            tally_offline::request_short_slice();
+            tally_offline::online_thread_started();
         })
         .build()?)
 }

@@ -199,6 +199,9 @@ struct Measured {
     rebuild_s: f64,
     /// Events of the offline data directory's log.
     offline_events: u64,
+    /// Online threads this process's idle threads moved to their own core over the run
+    /// (`tally_offline_handovers_total`; offline work in a child process hands over none here).
+    handovers: u64,
     /// The machine's 1-minute load average at the start and the end of the window: the machine
     /// is shared, and other processes' load shows here.
     loadavg_start: f64,
@@ -372,6 +375,7 @@ struct Summary {
     verify_s: f64,
     rebuild_s: f64,
     offline_events: u64,
+    handovers: f64,
     /// The lowest and highest 1-minute load average seen at the start or end of a run.
     loadavg: (f64, f64),
     /// Each run's [`Measured::steal_share`] and [`Measured::io_full_share`].
@@ -404,6 +408,7 @@ fn summarize(conditions: &[Condition], runs: &[Measured]) -> Vec<Summary> {
                 verify_s: median_of(|r| r.verify_s),
                 rebuild_s: median_of(|r| r.rebuild_s),
                 offline_events: first.offline_events,
+                handovers: median_of(|r| r.handovers as f64),
                 loadavg: (
                     loads.clone().fold(f64::INFINITY, f64::min),
                     loads.fold(f64::NEG_INFINITY, f64::max),
@@ -451,6 +456,7 @@ fn print_summary(summaries: &[Summary], rounds: u32) {
                 "verify_s": round3(s.verify_s),
                 "rebuild_s": round3(s.rebuild_s),
                 "offline_events": s.offline_events,
+                "handovers": s.handovers,
                 "loadavg_min": s.loadavg.0,
                 "loadavg_max": s.loadavg.1,
                 "steal_share_each": s.steal_share_each,
@@ -549,6 +555,7 @@ async fn measure(
     let loadavg_start = loadavg();
     let counters_start = MachineCounters::read();
     let rusage_before = cpu_seconds();
+    let handovers_before = tally_offline::handovers();
     let started = Instant::now();
     let scratch = args.rebuild_dir.as_deref().unwrap_or(data.path());
     let offline_work = match (condition, args.offline_in) {
@@ -623,6 +630,7 @@ async fn measure(
         verify_s: round3(verify_s),
         rebuild_s: round3(rebuild_s),
         offline_events,
+        handovers: tally_offline::handovers() - handovers_before,
         loadavg_start,
         loadavg_end,
         steal_share: steal_share.map(round3),
@@ -1379,6 +1387,7 @@ mod tests {
                 p99_ms
             },
             offline_events: 0,
+            handovers: 0,
             loadavg_start: loadavg,
             loadavg_end: loadavg + 1.0,
             steal_share: Some(loadavg / 100.0),

@@ -165,6 +165,7 @@ async fn metrics_pass_promtool_after_real_traffic() {
         r#"method="other",route="/v1/accounts",status="405""#,
         "tally_offline_isolation{mode=\"sched_idle+idle_cgroup\"} ",
         "tally_offline_boosts_total 0",
+        "tally_offline_handovers_total ",
         "tally_online_slice_seconds ",
         "tally_offline_job_units_done{name=\"snapshot\",",
         "tally_offline_job_units_per_second{name=\"snapshot\",",
