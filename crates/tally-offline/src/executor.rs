@@ -183,8 +183,7 @@ impl OfflineExecutor {
     /// (a weight of 15 against their 1,024, and the same yield points) but keeps a share of a
     /// busy core, which is all its work, proportional to the writes, needs. Like the online
     /// threads, it asks for short scheduler slices and may be handed an idle thread's core
-    /// ([`crate::online_thread_started`]), at any
-    /// priority.
+    /// ([`crate::online_thread_started`]), at any priority.
     pub fn spawn_follower<T: Send + 'static>(
         &self,
         name: &str,

@@ -149,8 +149,9 @@ pub fn handovers() -> u64 {
 }
 
 /// On an idle thread: when a registered thread waits on another core behind a second one, moves
-/// it to this core and yields to it. Async-signal-safe (system calls on descriptors opened
-/// before, a stack buffer, atomics); errno is the caller's to keep.
+/// it to this core; the caller yields right after (a yield point, the timer's handler), which
+/// hands it the core. Async-signal-safe (system calls on descriptors opened before, a stack
+/// buffer, atomics); errno is the caller's to keep.
 pub(crate) fn hand_over() {
     // `try_with`: a signal may arrive while the thread's locals are being destroyed.
     if !IDLE.try_with(|thread| thread.idle.get()).unwrap_or(false) {
@@ -177,8 +178,6 @@ pub(crate) fn hand_over() {
     };
     if move_to(waiting, this_cpu as usize) {
         HANDOVERS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: sched_yield has no preconditions.
-        unsafe { libc::sched_yield() };
     }
 }
 
