@@ -40,13 +40,16 @@
 //! such as the projector, calls [`online_thread_started`] as it starts, so that the kernel runs
 //! it in 100 µs slices and no such thread holds a core for long while another waits, and so
 //! that an idle thread that finds it waiting on another core moves it to its own
-//! ([`handovers`] counts how often).
+//! ([`handovers`] counts how often). And the process backs its memory with small pages only
+//! ([`turn_off_huge_pages`]), since the kernel zeroes a huge page inside one page fault that it
+//! does not interrupt, for milliseconds, whichever thread touched it first.
 #![deny(missing_docs)]
 
 mod courtesy;
 mod executor;
 mod guard;
 mod handover;
+mod huge_pages;
 mod isolation;
 pub mod limits;
 mod metrics;
@@ -57,6 +60,7 @@ pub use courtesy::{timer_yields, yield_point, yields_to_online};
 pub use executor::{Job, OfflineConfig, OfflineExecutor};
 pub use guard::{UnitJob, UnitJobHandle};
 pub use handover::handovers;
+pub use huge_pages::{huge_pages_off, turn_off_huge_pages};
 pub use isolation::{current_thread_policy, Isolation, Priority};
 pub use progress::{JobState, JobStatus, Progress};
 pub use slice::{

@@ -8,6 +8,8 @@
 //!   waiting on another core and moved to its own (see `handover.rs`).
 //! - `tally_online_slice_seconds`: the scheduler slice threads requests wait for run with, 0
 //!   for the kernel's default (see `slice.rs`).
+//! - `tally_huge_pages_off`: 1 while the process's memory is kept off transparent huge pages
+//!   (see `huge_pages.rs`).
 //! - per job, running or among the newest finished, labelled `name` (fixed by the code), `id`
 //!   and `unit` (what is counted): `tally_offline_job_units_done`,
 //!   `tally_offline_job_units_expected` (0 while unknown), `tally_offline_job_units_per_second`
@@ -82,6 +84,13 @@ impl Collector for Scrape {
         slice.encode(encoder.encode_descriptor(
             "tally_online_slice_seconds",
             "The scheduler slice the threads requests wait for asked the kernel for and got (Linux 6.12 and later); 0 while they run with the kernel's default slice.",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        let small_pages = ConstGauge::new(i64::from(crate::huge_pages_off()));
+        small_pages.encode(encoder.encode_descriptor(
+            "tally_huge_pages_off",
+            "1 while the kernel keeps this process's memory off transparent huge pages, whose zeroing inside one page fault holds a core for milliseconds; 0 otherwise.",
             None,
             MetricType::Gauge,
         )?)?;

@@ -262,6 +262,7 @@ pub async fn serve(
     tracing::info!(
         isolation = isolation.as_str(),
         priority = ?offline.config().priority,
+        huge_pages_off = tally_offline::huge_pages_off(),
         "offline work (snapshots, projection, verification, rebuilds) isolated as {}",
         isolation.as_str()
     );

@@ -166,6 +166,10 @@ fn main() -> ExitCode {
         _ => "info",
     };
     init_logging(log_format, default_level);
+    // Before the heap grows: see `tally_offline::turn_off_huge_pages` for why.
+    if let Err(error) = tally_offline::turn_off_huge_pages() {
+        tracing::warn!(%error, "transparent huge pages stay on; a thread that faults one in holds its core for milliseconds");
+    }
     let result = match cli.command {
         CommandLine::Serve(args) => serve(args).map(|()| ExitCode::SUCCESS),
         CommandLine::Verify(args) => verify::run(args),

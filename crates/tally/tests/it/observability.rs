@@ -167,6 +167,8 @@ async fn metrics_pass_promtool_after_real_traffic() {
         "tally_offline_boosts_total 0",
         "tally_offline_handovers_total ",
         "tally_online_slice_seconds ",
+        // The binary turns transparent huge pages off as it starts (`huge_pages.rs`).
+        "tally_huge_pages_off 1",
         "tally_offline_job_units_done{name=\"snapshot\",",
         "tally_offline_job_units_per_second{name=\"snapshot\",",
         "tally_offline_job_state{name=\"snapshot\",",
