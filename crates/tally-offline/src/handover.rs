@@ -17,7 +17,7 @@
 //! start (`register_current_thread`, with a `/proc/thread-self/stat` opened once, which gives
 //! a thread's state and core). An idle thread, at its yield points and yield timer signals,
 //! first reads the number of runnable threads from `/proc/loadavg` (one `pread`); only when
-//! the runnable threads other than the idle ones fill every core, so that one of them must be
+//! that number less the idle threads alive fills every core, so that one of the others must be
 //! waiting, does it read the registered threads' state (a `pread` each) and look for a core with
 //! two of them runnable. Everything `hand_over` does is a system call on a file descriptor opened
 //! before, so the yield timer's signal handler may call it.

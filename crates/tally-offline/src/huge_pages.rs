@@ -2,13 +2,13 @@
 //! pages.
 //!
 //! Why: the first touch of a huge page makes the kernel zero 2 MiB inside the page fault, and a
-//! kernel built without preemption (`preempt=none`, the default of many distributions and of
-//! the virtual machines measured here) does not switch threads in the middle of that. On the
+//! kernel that does not preempt in kernel mode (`preempt=none` or `voluntary`; the virtual machines
+//! measured here run `none`) switches threads in the middle of that only once something has asked
+//! for a reschedule, which no yield point or signal of ours can do from user space. On the
 //! project's 2-core Firecracker machine one such fault took 2.5–4 ms, since the host backs the
 //! guest's memory on first touch too. mimalloc asks for huge pages for its arenas
-//! (`MADV_HUGEPAGE`), so every thread that grew the heap faulted them: a rebuild growing its
-//! 1 GiB page cache kept online threads waiting on its core for up to 3.8 ms (with a signal or a
-//! yield point nowhere near, since neither acts inside the kernel), and an online thread that
+//! (`MADV_HUGEPAGE`), so every thread that grew the heap faulted them: a rebuild growing its 1 GiB
+//! page cache kept online threads waiting on its core for up to 3.8 ms, and an online thread that
 //! grew the heap stalled itself. `perf` of `tally bench-offline` on 2026-12-04 put most of the
 //! waits of over 1 ms behind the rebuild in `clear_page_erms` under `do_huge_pmd_anonymous_page`.
 //!

@@ -87,8 +87,8 @@ impl Collector for Scrape {
             None,
             MetricType::Gauge,
         )?)?;
-        let small_pages = ConstGauge::new(i64::from(crate::huge_pages_off()));
-        small_pages.encode(encoder.encode_descriptor(
+        let huge_pages_off = ConstGauge::new(i64::from(crate::huge_pages_off()));
+        huge_pages_off.encode(encoder.encode_descriptor(
             "tally_huge_pages_off",
             "1 while the kernel keeps this process's memory off transparent huge pages, whose zeroing inside one page fault holds a core for milliseconds; 0 otherwise.",
             None,

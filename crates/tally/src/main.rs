@@ -166,7 +166,8 @@ fn main() -> ExitCode {
         _ => "info",
     };
     init_logging(log_format, default_level);
-    // Before the heap grows: see `tally_offline::turn_off_huge_pages` for why.
+    // It covers memory mapped before it too; called once logging is up, so that a refusal is
+    // logged. See `tally_offline::turn_off_huge_pages` for why.
     if let Err(error) = tally_offline::turn_off_huge_pages() {
         tracing::warn!(%error, "transparent huge pages stay on; a thread that faults one in holds its core for milliseconds");
     }
