@@ -7,11 +7,21 @@ use std::time::Duration;
 /// process dies before the transaction commits.
 pub const TRANSACTION_EVENTS_MAX: u64 = 50_000;
 
-/// About the most a rebuild writes back to the disk at a time (see `write_back.rs`), and the size
-/// of the pieces of its file it tracks writes by: the log's next `fdatasync` may queue behind one
-/// such write-back, a millisecond or two of this disk's time, rather than behind a whole
-/// transaction's pages.
+/// About the most the live read model writes back to the disk at a time (see `write_back.rs`),
+/// and the size of the pieces of its file it tracks writes by: the log's next `fdatasync` may
+/// queue behind one such write-back rather than behind a whole second's pages. Larger than a
+/// rebuild's ([`REBUILD_WRITE_BACK_CHUNK_BYTES`]) because the live model writes back before its
+/// durable commit, which read-your-writes queries wait for: in 32 KiB ranges their p99 went from
+/// 21–27 ms to 36–40 ms, for no gain in the online p99 (2026-12-04).
 pub const WRITE_BACK_CHUNK_BYTES: u64 = 256 * 1024;
+
+/// The same for a rebuild, which nothing waits for. The log's next write and `fdatasync` may queue
+/// behind one write-back, so this is what bounds the rebuild's requests in the device's queue
+/// ahead of them: redb's pages land apart in the file, so each 4 KiB page written back is about a
+/// request of its own, eight of them here. At 256 KiB (some 60 requests at a time) idle-priority
+/// work cost the online p99 1.17× on 2026-12-04; at 32 KiB about 1.0× (README, "Eight pages at a
+/// time"), the rebuild taking about as long, since it waits for the CPU rather than the disk.
+pub const REBUILD_WRITE_BACK_CHUNK_BYTES: u64 = 32 * 1024;
 
 /// Bytes a rebuild writes before it writes them back (see `write_back.rs`); bounds how much of
 /// its file sits dirty in the page cache, for the kernel's flusher or a sync to send at once.
@@ -66,6 +76,12 @@ pub const STORE_FORMAT_VERSION: u64 = 2;
 const _: () = assert!(TRANSACTION_EVENTS_MAX > 0);
 const _: () =
     assert!(WRITE_BACK_CHUNK_BYTES > 0 && WRITE_BACK_CHUNK_BYTES <= WRITE_BACK_PENDING_BYTES_MAX);
+// Whole 4 KiB pages, and few of them: each may be a request of its own in the device's queue.
+const _: () = assert!(
+    REBUILD_WRITE_BACK_CHUNK_BYTES.is_multiple_of(4096)
+        && REBUILD_WRITE_BACK_CHUNK_BYTES > 0
+        && REBUILD_WRITE_BACK_CHUNK_BYTES <= 64 * 1024
+);
 const _: () = assert!(HISTORY_PAGE_ENTRIES_MAX > 0);
 const _: () = assert!(DAILY_PAGE_DAYS_MAX > 0);
 const _: () = assert!(TRANSACTION_DURATION_MAX.as_nanos() < DURABLE_COMMIT_INTERVAL.as_nanos());
