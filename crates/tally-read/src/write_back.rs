@@ -14,24 +14,23 @@
 //! second, sends the second's pages (some 10 MB at 4,000 transfers a second) at once, and the
 //! requests of the next group commits wait behind them.
 //!
-//! So every write is remembered by the piece of the file it touched ([`WRITE_BACK_CHUNK_BYTES`]
-//! for the live model, [`REBUILD_WRITE_BACK_CHUNK_BYTES`] for a rebuild), and before any sync
-//! (and, for a rebuild, once [`WRITE_BACK_PENDING_BYTES_MAX`] have been written) the touched
-//! pieces are written back in file order, in ranges that each hold about a piece's worth of what
-//! was written, each range waited for before the next is sent (`sync_file_range`). The log's `fdatasync` then waits behind at most one range. Ranges, not
-//! pieces: redb's pages land all over the file, so a piece often holds one 4 KiB page, and a call
-//! per piece made the write-back a stream of single-page writes, each waited for (the final
-//! commit of a two-million-event rebuild took 11 s). Small ranges, though, for the same reason:
-//! the pages of a range mostly go to the device as one request each (a rebuild of two million
-//! events sent 187,000 write requests of 4.2 KiB on average), and the log's next write may queue
-//! behind all of a range's requests: 60 or so at 256 KiB per range, which cost the online p99
-//! about 15% on this project's virtual disk (the requests' summed time in the queue fell from
-//! 173 s to 32 s at 32 KiB, for the same requests and bytes). A rebuild's ranges are that small;
-//! the live model's stay larger, since queries wait for the durable commit they come before.
-//! The writing thread pays
-//! for the waiting in time, which is what an idle-priority job should pay with; the writes carry
-//! its I/O class (idle at `SCHED_IDLE`), for the block layer's schedulers that have one. The sync
-//! that follows finds little left to write.
+//! So every write is remembered by the piece of the file it touched ([`WRITE_BACK_CHUNK_BYTES`] for
+//! the live model, [`REBUILD_WRITE_BACK_CHUNK_BYTES`] for a rebuild), and before any sync (and, for
+//! a rebuild, once [`WRITE_BACK_PENDING_BYTES_MAX`] have been written) the touched pieces are
+//! written back in file order, in ranges that each hold about a piece's worth of what was written,
+//! each range waited for before the next is sent (`sync_file_range`). The log's `fdatasync` then
+//! waits behind at most one range. Ranges, not pieces: redb's pages land all over the file, so a
+//! piece often holds one 4 KiB page, and a call per piece made the write-back a stream of
+//! single-page writes, each waited for (the final commit of a two-million-event rebuild took 11 s).
+//! Small ranges, though, for the same reason: the pages of a range mostly go to the device as one
+//! request each (a rebuild of two million events sent 187,000 write requests of 4.2 KiB on
+//! average), and the log's next write may queue behind all of a range's requests: 60 or so at 256
+//! KiB per range, which cost the online p99 about 15% on this project's virtual disk (the requests'
+//! summed time in flight fell from 173 s to 32 s at 32 KiB, for the same requests and bytes). A
+//! rebuild's ranges are that small; the live model's stay larger, since queries wait for the
+//! durable commit they come before. The writing thread pays for the waiting in time, which is what
+//! an idle-priority job should pay with; the writes carry its I/O class (idle at `SCHED_IDLE`), for
+//! the block layer's schedulers that have one. The sync that follows finds little left to write.
 //!
 //! Written here rather than found in a crate: it is a thin wrapper over redb's own
 //! [`FileBackend`], which does the reading, writing and locking.
