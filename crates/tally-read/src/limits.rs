@@ -12,7 +12,7 @@ pub const TRANSACTION_EVENTS_MAX: u64 = 50_000;
 /// queue behind one such write-back rather than behind a whole second's pages. Larger than a
 /// rebuild's ([`REBUILD_WRITE_BACK_CHUNK_BYTES`]) because the live model writes back before its
 /// durable commit, which read-your-writes queries wait for: in 32 KiB ranges their p99 went from
-/// 21–27 ms to 36–40 ms, for no gain in the online p99 (2026-12-04).
+/// 21–27 ms to 35–45 ms, for no gain in the online p99 (2026-12-04).
 pub const WRITE_BACK_CHUNK_BYTES: u64 = 256 * 1024;
 
 /// The same for a rebuild, which nothing waits for. The log's next write and `fdatasync` may queue
@@ -20,7 +20,8 @@ pub const WRITE_BACK_CHUNK_BYTES: u64 = 256 * 1024;
 /// ahead of them: redb's pages land apart in the file, so each 4 KiB page written back is about a
 /// request of its own, eight of them here. At 256 KiB (some 60 requests at a time) idle-priority
 /// work cost the online p99 1.17× on 2026-12-04; at 32 KiB about 1.0× (README, "Eight pages at a
-/// time"), the rebuild taking about as long, since it waits for the CPU rather than the disk.
+/// time"). A rebuild on its own took as long (27 s for two million events); next to the online
+/// load about 15% longer, the time its waits for the disk now take.
 pub const REBUILD_WRITE_BACK_CHUNK_BYTES: u64 = 32 * 1024;
 
 /// Bytes a rebuild writes before it writes them back (see `write_back.rs`); bounds how much of

@@ -23,8 +23,8 @@
 //! piece often holds one 4 KiB page, and a call per piece made the write-back a stream of
 //! single-page writes, each waited for (the final commit of a two-million-event rebuild took 11 s).
 //! Small ranges, though, for the same reason: the pages of a range mostly go to the device as one
-//! request each (a rebuild of two million events sent 187,000 write requests of 4.2 KiB on
-//! average), and the log's next write may queue behind all of a range's requests: 60 or so at 256
+//! request each (a rebuild of two million events sent 187,000 write requests of about 4 KiB
+//! each), and the log's next write may queue behind all of a range's requests: 60 or so at 256
 //! KiB per range, which cost the online p99 about 15% on this project's virtual disk (the requests'
 //! summed time in flight fell from 173 s to 32 s at 32 KiB, for the same requests and bytes). A
 //! rebuild's ranges are that small; the live model's stay larger, since queries wait for the
