@@ -23,14 +23,16 @@
 //! piece often holds one 4 KiB page, and a call per piece made the write-back a stream of
 //! single-page writes, each waited for (the final commit of a two-million-event rebuild took 11 s).
 //! Small ranges, though, for the same reason: the pages of a range mostly go to the device as one
-//! request each (a rebuild of two million events sent 187,000 write requests of about 4 KiB
-//! each), and the log's next write may queue behind all of a range's requests: 60 or so at 256
-//! KiB per range, which cost the online p99 about 15% on this project's virtual disk (the requests'
-//! summed time in flight fell from 173 s to 32 s at 32 KiB, for the same requests and bytes). A
-//! rebuild's ranges are that small; the live model's stay larger, since queries wait for the
-//! durable commit they come before. The writing thread pays for the waiting in time, which is what
-//! an idle-priority job should pay with; the writes carry its I/O class (idle at `SCHED_IDLE`), for
-//! the block layer's schedulers that have one. The sync that follows finds little left to write.
+//! request each (a rebuild of two million events sent 187,000 write requests of about 4 KiB each),
+//! and the log's next write may queue behind all of a range's requests: 60 or so at 256 KiB per
+//! range, which cost the online p99 about 15% on this project's virtual disk (the requests' summed
+//! time in flight fell from 173 s to 32 s at 32 KiB, for the same requests and bytes). A rebuild's
+//! ranges are that small; the live model's stay larger, since queries wait for the durable commit
+//! they come before. The writing thread pays for the waiting in time, which is what an
+//! idle-priority job should pay with. The writes themselves go to the disk as best-effort I/O, like
+//! the log's: `SCHED_IDLE` does not lower a thread's I/O class under `mq-deadline`, and an explicit
+//! idle class was tried and not kept (README, "The idle I/O class, tried and not kept"). The sync
+//! that follows finds little left to write.
 //!
 //! Written here rather than found in a crate: it is a thin wrapper over redb's own
 //! [`FileBackend`], which does the reading, writing and locking.
